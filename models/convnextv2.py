@@ -231,9 +231,7 @@ class ConvNeXtV2(nnx.Module):
 
 def upsample_visible(mask: jax.Array, factor: int) -> jax.Array:
   """(B, h, w) mask (1 = masked) -> (B, h*factor, w*factor, 1) visibility (1 = visible)."""
-  visible = 1.0 - mask.astype(jnp.float32)
-  visible = jnp.repeat(jnp.repeat(visible, factor, axis=1), factor, axis=2)
-  return visible[..., None]
+  return layers.upsample_nearest(1.0 - mask.astype(jnp.float32), factor)[..., None]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -224,4 +224,9 @@ def drop_path(x: jax.Array, rate, rng: jax.Array | None) -> jax.Array:
   return x * scale.reshape((-1,) + (1,) * (x.ndim - 1))
 
 
+def upsample_nearest(x: jax.Array, factor: int) -> jax.Array:
+  """(B, h, w, ...) -> (B, h*factor, w*factor, ...) by repetition (FCMAE's mask upsampling)."""
+  return jnp.repeat(jnp.repeat(x, factor, axis=1), factor, axis=2)
+
+
 gelu = functools.partial(jax.nn.gelu, approximate=False)  # the exact erf form

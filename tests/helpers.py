@@ -1,0 +1,17 @@
+"""Small utilities shared by the tests."""
+
+import jax
+
+
+def perturb(params, scale=0.1, seed=1):
+  """Adds noise to GRN, LayerNorm and bias parameters (zero or one at init), so that no part of
+  a block is an identity and parity tests exercise every parameter."""
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+  keys = jax.random.split(jax.random.key(seed), len(leaves))
+  out = []
+  for (path, leaf), key in zip(leaves, keys):
+    name = jax.tree_util.keystr(path)
+    if any(s in name for s in ("gamma", "beta", "scale", "bias")):
+      leaf = leaf + scale * jax.random.normal(key, leaf.shape)
+    out.append(leaf)
+  return jax.tree_util.tree_unflatten(treedef, out)

@@ -1,0 +1,161 @@
+"""FCMAE: masks, dense == sparse, masked pixels never leak, the loss, encoder compatibility."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from fcmae import masking
+from fcmae import model as fcmae_model
+from models import convnextv2
+from tests.helpers import perturb
+
+
+def _images(batch, size, seed=0):
+  return jnp.asarray(np.random.default_rng(seed).standard_normal((batch, size, size, 3)), jnp.float32)
+
+
+@pytest.mark.parametrize("num_patches, ratio, keep", [(49, 0.6, 19), (9, 0.6, 3), (4, 0.6, 1),
+                                                      (144, 0.75, 36), (49, 0.0, 49)])
+def test_mask_keeps_exactly_len_keep_per_sample(num_patches, ratio, keep):
+  mask = np.asarray(masking.random_mask(jax.random.key(0), 64, num_patches, ratio))
+  assert mask.shape == (64, num_patches) and set(np.unique(mask)) <= {0.0, 1.0}
+  np.testing.assert_array_equal((1 - mask).sum(axis=1), keep)
+
+
+def test_masks_are_uniform_over_patches_and_differ_per_sample():
+  mask = np.asarray(masking.random_mask(jax.random.key(1), 4000, 49, 0.6))
+  assert len({m.tobytes() for m in mask[:50]}) == 50
+  frequency = mask.mean(axis=0)
+  np.testing.assert_allclose(frequency, 30 / 49, atol=0.03)
+
+
+def test_mask_upsampling_covers_whole_patches():
+  mask = masking.random_mask(jax.random.key(2), 3, 4, 0.5)
+  up = np.asarray(masking.upsample_mask(mask, (2, 2), 8))
+  assert up.shape == (3, 16, 16)
+  for b in range(3):
+    for i in range(2):
+      for j in range(2):
+        block = up[b, 8 * i:8 * i + 8, 8 * j:8 * j + 8]
+        assert np.all(block == mask[b, 2 * i + j])
+
+
+def test_bad_sizes_and_ratios_are_clear_errors():
+  with pytest.raises(ValueError, match="not divisible by the patch size 32"):
+    fcmae_model.build("atto", image_size=200)
+  with pytest.raises(ValueError, match="mask_ratio"):
+    masking.random_mask(jax.random.key(0), 2, 49, 1.0)
+  with pytest.raises(ValueError, match="impl"):
+    fcmae_model.build("atto", impl="minkowski")
+  loss_fn, params = fcmae_model.build("atto", impl="sparse", image_size=64)
+  with pytest.raises(ValueError, match="visible patches"):
+    loss_fn(params, _images(2, 64), jnp.zeros((2, 4)))
+
+
+@pytest.mark.parametrize("variant, size", [("atto", 64), ("atto", 96), ("femto", 96), ("atto", 224)])
+def test_sparse_equals_dense(variant, size):
+  grid = masking.grid_shape(size)
+  dense_fn, params = fcmae_model.build(variant, impl="dense", image_size=size)
+  sparse_fn, _ = fcmae_model.build(variant, impl="sparse", image_size=size)
+  params = perturb(params)
+  images = _images(2, size)
+  mask = masking.random_mask(jax.random.key(4), 2, grid[0] * grid[1], 0.6)
+
+  loss_d, pred_d = jax.jit(dense_fn)(params, images, mask)
+  loss_s, pred_s = jax.jit(sparse_fn)(params, images, mask)
+  np.testing.assert_allclose(loss_s, loss_d, rtol=1e-5)
+  np.testing.assert_allclose(pred_s, pred_d, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(pred_d))))
+
+  grad_d = jax.jit(jax.grad(lambda p: dense_fn(p, images, mask)[0]))(params)
+  grad_s = jax.jit(jax.grad(lambda p: sparse_fn(p, images, mask)[0]))(params)
+  for (path, gd), gs in zip(jax.tree_util.tree_leaves_with_path(grad_d), jax.tree.leaves(grad_s)):
+    scale = float(jnp.max(jnp.abs(gd))) + 1e-12
+    assert float(jnp.max(jnp.abs(gd - gs))) / scale < 1e-4, jax.tree_util.keystr(path)
+
+
+def test_sparse_equals_dense_with_drop_path_and_scan():
+  size = 96
+  dense_fn, params = fcmae_model.build("atto", impl="dense", image_size=size, drop_path_rate=0.4)
+  sparse_fn, _ = fcmae_model.build("atto", impl="sparse", image_size=size, drop_path_rate=0.4,
+                                   scan=True)
+  images = _images(4, size)
+  mask = masking.random_mask(jax.random.key(5), 4, 9, 0.6)
+  rng = jax.random.key(6)
+  loss_d, pred_d = jax.jit(dense_fn)(params, images, mask, rng=rng)
+  loss_s, pred_s = jax.jit(sparse_fn)(params, images, mask, rng=rng)
+  np.testing.assert_allclose(loss_s, loss_d, rtol=1e-5)
+  no_drop, _ = jax.jit(dense_fn)(params, images, mask)
+  assert abs(float(no_drop) - float(loss_d)) > 1e-6  # drop path was really on
+
+
+@pytest.mark.parametrize("impl", fcmae_model.IMPLS)
+def test_masked_pixels_never_influence_predictions(impl):
+  size = 96
+  loss_fn, params = fcmae_model.build("atto", impl=impl, image_size=size)
+  params = perturb(params)
+  images = _images(2, size)
+  mask = masking.random_mask(jax.random.key(7), 2, 9, 0.6)
+  pixel_mask = masking.upsample_mask(mask, (3, 3), 32)[..., None]
+  noise = 100.0 * _images(2, size, seed=9)
+  corrupted = images * (1 - pixel_mask) + noise * pixel_mask
+  _, pred = loss_fn(params, images, mask)
+  _, pred_corrupted = loss_fn(params, corrupted, mask)
+  np.testing.assert_allclose(pred_corrupted, pred, rtol=1e-5, atol=1e-5)
+  # ... while the visible pixels do matter.
+  _, pred_visible_changed = loss_fn(params, images * pixel_mask + noise * (1 - pixel_mask), mask)
+  assert float(jnp.max(jnp.abs(pred_visible_changed - pred))) > 1e-3
+
+
+def _numpy_loss(images, pred, mask, norm_pix):
+  b, height, width, _ = images.shape
+  h, w = height // 32, width // 32
+  target = images.reshape(b, h, 32, w, 32, 3).transpose(0, 1, 3, 2, 4, 5).reshape(b, h * w, 3072)
+  if norm_pix:
+    mean = target.mean(-1, keepdims=True)
+    var = target.var(-1, ddof=1, keepdims=True)
+    target = (target - mean) / np.sqrt(var + 1e-6)
+  per_patch = ((pred - target) ** 2).mean(-1)
+  return (per_patch * mask).sum() / mask.sum()
+
+
+@pytest.mark.parametrize("norm_pix", [True, False])
+def test_loss_matches_numpy(norm_pix):
+  loss_fn, params = fcmae_model.build("atto", impl="sparse", image_size=64, norm_pix_loss=norm_pix)
+  images = _images(3, 64)
+  mask = masking.random_mask(jax.random.key(8), 3, 4, 0.6)
+  loss, pred = loss_fn(params, images, mask)
+  assert pred.shape == (3, 4, 3072)
+  expected = _numpy_loss(np.asarray(images, np.float64), np.asarray(pred, np.float64),
+                         np.asarray(mask, np.float64), norm_pix)
+  np.testing.assert_allclose(loss, expected, rtol=1e-5)
+
+
+def test_encoder_params_load_into_the_classifier():
+  size = 64
+  loss_fn, params = fcmae_model.build("atto", impl="dense", image_size=size, decoder_dim=64)
+  apply_fn, features_params = convnextv2.build("atto", num_classes=0)
+  assert jax.tree.structure(params["encoder"]) == jax.tree.structure(features_params)
+  assert jax.tree.map(jnp.shape, params["encoder"]) == jax.tree.map(jnp.shape, features_params)
+  # With nothing masked the FCMAE encoder is the plain network.
+  encoder = params["encoder"]
+  stages_fn, _ = convnextv2.build("atto", num_classes=0, output="stages")
+  module = fcmae_model.FCMAE("atto", fcmae_model.DecoderOptions(64), convnextv2.Options(),
+                             rngs=nnx.Rngs(0))
+  model = convnextv2.merge(convnextv2.split(module)[0], params)
+  images = _images(2, size)
+  out = model.encode_dense(images, jnp.zeros((2, 4)))
+  np.testing.assert_allclose(out, stages_fn(encoder, images)[-1], rtol=1e-5, atol=1e-6)
+  # And the classifier takes the encoder plus a new head.
+  classify, cls_params = convnextv2.build("atto", num_classes=10)
+  cls_params = {**cls_params, **encoder}
+  assert classify(cls_params, images).shape == (2, 10)
+
+
+def test_decoder_options_and_parameter_layout():
+  _, params = fcmae_model.build("atto", image_size=64, decoder_dim=96, decoder_depth=2)
+  assert params["mask_token"].shape == (96,)
+  assert params["proj"]["kernel"].shape == (320, 96)
+  assert params["decoder"]["blocks"]["pwconv1"]["kernel"].shape == (2, 96, 384)
+  assert params["pred"]["kernel"].shape == (96, 3072)

@@ -1,0 +1,170 @@
+"""Builds the locked run configs from the recipe tables (configs/recipes.py).
+
+Every config file is a thin `get_config(arg=None)` that calls `pretrain_from_arg` or
+`finetune_from_arg`; the field schema lives here, once:
+
+    config.model.{variant, dtype, depthwise_impl, scan, remat, drop_path_rate[, head_init_scale]}
+    config.data.{name, data_dir, image_size, crop_scale_min[, crop_pct, num_classes]}
+    config.{batch_size, num_epochs, total_steps, warmup_epochs, warmup_steps, seed}
+    config.{log_every_steps, checkpoint_every_steps, keep_checkpoints, eval_every_steps}
+    config.mesh.{data, fsdp}, config.sharding.min_size
+    config.optim.{base_lr, min_lr, b1, b2, eps, weight_decay, grad_clip, layer_decay,
+                  layer_decay_scheme, ema_decay}
+    pretraining: config.fcmae.{mask_ratio, decoder_dim, decoder_depth, norm_pix_loss, impl}
+    finetuning:  config.{init_from, eval_only},
+                 config.aug.{randaugment, reprob, mixup, cutmix, mixup_switch_prob, label_smoothing}
+
+The learning rate is lr = optim.base_lr * batch_size / 256 (fcmae/optim.py), so overriding
+`--config.batch_size` rescales it the way the paper does. Every float field is created as a float,
+so `--config.optim.base_lr=1` and `--config.warmup_epochs=5` are accepted; configs are locked, so
+a mistyped field name is an error.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ml_collections
+
+from configs import recipes
+
+STAGES = tuple(recipes.FINETUNE_STAGES)
+
+
+def parse_arg(arg: str | None, **defaults: Any) -> dict[str, Any]:
+  """'in22k_to_in1k,384' or 'stage=in22k,resolution=384' -> dict over `defaults`' keys.
+
+  Positional tokens fill the keys in order; `key=value` tokens set a key by name. Values are
+  converted to the type of the default. Unknown keys and extra tokens raise ValueError.
+  """
+  result = dict(defaults)
+  if not arg:
+    return result
+  keys = list(defaults)
+  for position, token in enumerate(t.strip() for t in arg.split(",")):
+    if "=" in token:
+      key, value = (s.strip() for s in token.split("=", 1))
+    elif position < len(keys):
+      key, value = keys[position], token
+    else:
+      raise ValueError(f"Too many config arguments in {arg!r}; expected at most {keys}.")
+    if key not in defaults:
+      raise ValueError(f"Unknown config argument {key!r} in {arg!r}; valid: {keys}.")
+    result[key] = _convert(value, defaults[key], key)
+  return result
+
+
+def _convert(value: str, default: Any, key: str) -> Any:
+  if isinstance(default, bool):
+    if value.lower() not in ("true", "false", "1", "0"):
+      raise ValueError(f"Config argument {key}={value!r} is not a bool.")
+    return value.lower() in ("true", "1")
+  try:
+    return type(default)(value)
+  except ValueError:
+    raise ValueError(f"Config argument {key}={value!r} is not a {type(default).__name__}.") from None
+
+
+def _base(variant: str, *, image_size: int, batch_size: int) -> ml_collections.ConfigDict:
+  """The fields every run shares, with run-cadence defaults for full-size runs (ours)."""
+  if variant not in recipes.SIZES:
+    raise ValueError(f"Unknown variant {variant!r}; valid: {', '.join(recipes.SIZES)}.")
+  c = ml_collections.ConfigDict()
+  c.model = ml_collections.ConfigDict(dict(
+      variant=variant,
+      dtype="bfloat16",             # compute dtype; params, GRN/LayerNorm statistics stay float32
+      depthwise_impl="",            # '' = per-backend default; 'shift' or 'xla'
+      scan=variant in recipes.SCAN_SIZES,
+      remat=variant in recipes.REMAT_SIZES,
+      drop_path_rate=0.0,
+  ))
+  c.data = ml_collections.ConfigDict(dict(
+      name="imagenet2012", data_dir="", image_size=int(image_size), crop_scale_min=0.2))
+  c.batch_size = int(batch_size)       # global
+  c.num_epochs = 0
+  c.total_steps = 0                    # > 0 overrides num_epochs
+  c.warmup_epochs = 0.0
+  c.warmup_steps = 0                   # > 0 overrides warmup_epochs
+  c.seed = 0
+  c.log_every_steps = 100
+  c.checkpoint_every_steps = 1000
+  c.keep_checkpoints = 3
+  c.eval_every_steps = 1000
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
+  c.sharding = ml_collections.ConfigDict(dict(min_size=2 ** 18))
+  c.optim = ml_collections.ConfigDict(dict(
+      base_lr=0.0, min_lr=0.0, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0, grad_clip=0.0,
+      layer_decay=1.0, layer_decay_scheme="single", ema_decay=0.0))
+  return c
+
+
+def pretrain_config(variant: str, epochs: int = recipes.PRETRAIN["epochs"]) -> ml_collections.ConfigDict:
+  """FCMAE pretraining of `variant` with the paper's recipe (Table 8); locked."""
+  r = recipes.PRETRAIN
+  if epochs not in r["epoch_options"]:
+    raise ValueError(f"Pretraining epochs {epochs} is not one of the paper's {r['epoch_options']}; "
+                     "override --config.num_epochs for anything else.")
+  c = _base(variant, image_size=r["image_size"], batch_size=r["batch_size"])
+  c.num_epochs = int(epochs)
+  c.warmup_epochs = float(r["warmup_epochs"])
+  c.data.crop_scale_min = float(r["crop_scale_min"])
+  c.optim.update(dict(base_lr=r["base_lr"], min_lr=float(r["min_lr"]), b1=r["b1"], b2=r["b2"],
+                      eps=r["eps"], weight_decay=r["weight_decay"]))
+  c.fcmae = ml_collections.ConfigDict(dict(
+      mask_ratio=r["mask_ratio"], decoder_dim=r["decoder_dim"], decoder_depth=r["decoder_depth"],
+      norm_pix_loss=r["norm_pix_loss"],
+      impl="sparse",                   # 'dense' = the paper's emulation on dense tensors
+  ))
+  c.lock()
+  return c
+
+
+def finetune_config(variant: str, stage: str = "in1k", resolution: int = 224) -> ml_collections.ConfigDict:
+  """Finetuning of `variant` for one of the paper's stages; locked.
+
+  stage: 'in1k' (Tables 9-11, after FCMAE), 'in22k' (Table 12, ImageNet-22K intermediate; set
+  --config.data.name=folder:/path/to/imagenet22k), 'in22k_to_in1k' (Table 13; set
+  --config.init_from to the in22k run's checkpoint). resolution: 224 or 384 (any multiple of 32).
+  """
+  if stage not in recipes.FINETUNE_STAGES:
+    raise ValueError(f"Unknown finetuning stage {stage!r}; valid: {', '.join(STAGES)}.")
+  table = recipes.FINETUNE_STAGES[stage]
+  if variant not in table:
+    raise ValueError(f"The paper has no {stage!r} recipe for {variant!r}; "
+                     f"sizes with one: {', '.join(table)}.")
+  if resolution <= 0 or resolution % 32:
+    raise ValueError(f"Resolution must be a positive multiple of 32 (e.g. 224, 384); got {resolution}.")
+  r, shared = table[variant], recipes.FINETUNE_SHARED
+  c = _base(variant, image_size=resolution, batch_size=r.batch_size)
+  if stage == "in22k":
+    c.data.name = "folder:/path/to/imagenet22k"  # no TFDS builder for ImageNet-22K: set yours
+  c.num_epochs = int(r.epochs)
+  c.warmup_epochs = float(r.warmup_epochs)
+  c.eval_every_steps = 2500
+  c.model.drop_path_rate = float(r.drop_path)
+  c.model.head_init_scale = float(shared["head_init_scale"])
+  c.data.crop_scale_min = float(shared["crop_scale_min"])
+  c.data.crop_pct = float(shared["crop_pct"])
+  c.data.num_classes = 0               # 0 = from the dataset
+  c.optim.update(dict(
+      base_lr=float(r.base_lr), min_lr=float(shared["min_lr"]), b1=shared["b1"], b2=shared["b2"],
+      eps=shared["eps"], weight_decay=float(r.weight_decay), layer_decay=float(r.layer_decay),
+      layer_decay_scheme=r.layer_decay_scheme, ema_decay=float(r.ema_decay)))
+  c.aug = ml_collections.ConfigDict(dict(
+      randaugment=shared["randaugment"], reprob=float(shared["reprob"]), mixup=float(r.mixup),
+      cutmix=float(r.cutmix), mixup_switch_prob=float(shared["mixup_switch_prob"]),
+      label_smoothing=float(r.label_smoothing)))
+  c.init_from = ""                     # '' = scratch; a pretraining / finetuning checkpoint
+  c.eval_only = False
+  c.lock()
+  return c
+
+
+def pretrain_from_arg(variant: str, arg: str | None = None) -> ml_collections.ConfigDict:
+  """`get_config` of configs/fcmae_<size>.py: arg '' (1600 epochs) or '800' / 'epochs=800'."""
+  return pretrain_config(variant, **parse_arg(arg, epochs=recipes.PRETRAIN["epochs"]))
+
+
+def finetune_from_arg(variant: str, arg: str | None = None) -> ml_collections.ConfigDict:
+  """`get_config` of configs/finetune_<size>.py: arg 'STAGE[,RESOLUTION]', e.g. 'in22k_to_in1k,384'."""
+  return finetune_config(variant, **parse_arg(arg, stage="in1k", resolution=224))

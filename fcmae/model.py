@@ -179,7 +179,7 @@ def _unpatchify(patches, grid):
 
 def build(variant: str, *, impl: str = "dense", image_size: int = 224, seed: int = 0,
           mask_ratio: float = 0.6, decoder_dim: int = 512, decoder_depth: int = 1,
-          norm_pix_loss: bool = True, **options) -> tuple[Callable, dict]:
+          norm_pix_loss: bool = True, abstract: bool = False, **options) -> tuple[Callable, dict]:
   """Returns (loss_fn, params).
 
   loss_fn(params, images, mask, *, rng=None) -> (loss, pred): images (B, H, W, 3) normalized,
@@ -187,15 +187,17 @@ def build(variant: str, *, impl: str = "dense", image_size: int = 224, seed: int
   float32. `rng` turns on the encoder's drop path. `options`: the encoder's `Options` fields
   (dtype, depthwise_impl, scan, remat, drop_path_rate). `impl="sparse"` needs every mask to keep
   exactly len_keep(L, mask_ratio) patches (static shapes); a mask that does not gives a NaN loss
-  under jit and an error outside it.
+  under jit and an error outside it. `abstract`: params as jax.ShapeDtypeStructs (nothing
+  allocated).
   """
   if impl not in IMPLS:
     raise ValueError(f"Unknown FCMAE impl {impl!r}; expected one of {IMPLS}.")
   grid = masking.grid_shape(image_size)
   num_visible = masking.len_keep(grid[0] * grid[1], mask_ratio)
   decoder = DecoderOptions(decoder_dim, decoder_depth, norm_pix_loss)
-  module = FCMAE(variant, decoder, convnextv2.make_options(**options), rngs=nnx.Rngs(seed))
-  graphdef, params = convnextv2.split(module)
+  options = convnextv2.make_options(**options)
+  graphdef, params = convnextv2.init(
+      lambda: FCMAE(variant, decoder, options, rngs=nnx.Rngs(seed)), abstract)
 
   def loss_fn(params, images, mask, *, rng=None):
     if impl == "sparse":

@@ -47,7 +47,6 @@ Python API (for the training and finetuning code):
     save(params, out_dir, variant, num_classes, *, force=False, **meta)
     load_params(out_dir) -> (params as numpy, config)
     load(out_dir, **options) -> (apply_fn, params)
-    build_abstract(variant, num_classes, **options) -> (apply_fn, abstract params)  (no init)
     convert(src, out, *, variant=None, force=False, key=None) -> info
     export_hf(params, variant, num_classes, out_dir, *, labels=None, force=False)
 
@@ -79,7 +78,7 @@ from models import convnextv2 as cv
 __all__ = [
     "ConversionError", "OutputExistsError", "FORMATS", "read_state_dict", "detect_format",
     "to_params", "from_params", "official_shapes", "infer_variant", "hf_config", "save",
-    "load_params", "load", "build_abstract", "convert", "export_hf", "is_converted_checkpoint", "main",
+    "load_params", "load", "convert", "export_hf", "is_converted_checkpoint", "main",
 ]
 
 CHECKPOINT_FORMAT = "convnextv2-jax"   # config.json "format" of a converted checkpoint
@@ -773,24 +772,9 @@ def load(ckpt_dir: str | os.PathLike, **options) -> tuple[Callable, dict]:
   ...), and its params as jax arrays on the default device, every shape checked against it."""
   import jax
   params, config = load_params(ckpt_dir)
-  apply_fn, abstract = build_abstract(config["variant"], config["num_classes"], **options)
+  apply_fn, abstract = cv.build(config["variant"], config["num_classes"], abstract=True, **options)
   _check_tree(abstract, params, f"{ckpt_dir}/params")
   return apply_fn, jax.device_put(params)
-
-
-def build_abstract(variant: str, num_classes: int, **options) -> tuple[Callable, dict]:
-  """`models.convnextv2.build` without its random init: (apply_fn, params as
-  jax.ShapeDtypeStruct), for when the params come from a checkpoint (the init of a large variant
-  is slow and, for huge, gigabytes)."""
-  import jax
-  built: dict = {}
-
-  def build():  # only traced
-    built["apply_fn"], params = cv.build(variant, num_classes, **options)
-    return params
-
-  abstract = jax.eval_shape(build)
-  return built["apply_fn"], abstract
 
 
 # ----------------------------------------------------------------------------------------------

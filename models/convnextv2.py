@@ -259,25 +259,37 @@ def split(module: nnx.Module):
   return graphdef, nnx.to_pure_dict(state)
 
 
+def init(make_module: Callable[[], nnx.Module], abstract: bool = False) -> tuple[Any, dict]:
+  """(graphdef, params) of the module `make_module()` builds, initialised in one jitted program
+  (eager initialisation dispatches every op on its own and is several times slower). With
+  `abstract`, params are jax.ShapeDtypeStructs and nothing is allocated."""
+  graphdef, _ = nnx.split(nnx.eval_shape(make_module))
+  make_params = lambda: split(make_module())[1]
+  params = jax.eval_shape(make_params) if abstract else jax.jit(make_params)()
+  return graphdef, params
+
+
 def merge(graphdef, params) -> nnx.Module:
   """Inverse of `split`, usable inside jit (costs nothing after tracing)."""
   return nnx.merge(graphdef, nnx.State(params))
 
 
 def build(variant: str, num_classes: int = 1000, seed: int = 0, *, output: str = "logits",
-          **options) -> tuple[Callable, dict]:
+          abstract: bool = False, **options) -> tuple[Callable, dict]:
   """Returns (apply_fn, params).
 
   apply_fn(params, images, *, rng=None): images (B, H, W, 3) NHWC float32, ImageNet-normalized;
   `rng` (a PRNG key) turns on drop path. `output`:
     "logits": (B, num_classes) (pooled features (B, C3) when num_classes=0);
     "stages": the four stage feature maps, strides 4, 8, 16, 32 (detection / segmentation).
+  abstract: return params as jax.ShapeDtypeStructs, allocating nothing (when the params will
+  come from a checkpoint, or `build` is traced to initialise sharded params).
   options: the fields of `Options` (dtype, depthwise_impl, scan, remat, drop_path_rate,
   head_init_scale, head_norm_eps).
   """
   if output not in ("logits", "stages"):
     raise ValueError(f"Unknown output {output!r}; expected 'logits' or 'stages'.")
-  graphdef, params = split(create(variant, num_classes, seed, **options))
+  graphdef, params = init(lambda: create(variant, num_classes, seed, **options), abstract)
 
   def apply_fn(params, images, *, rng=None):
     model = merge(graphdef, params)
@@ -290,7 +302,7 @@ def build(variant: str, num_classes: int = 1000, seed: int = 0, *, output: str =
 
 def abstract_params(variant: str, num_classes: int = 1000, **options) -> dict:
   """Parameter shapes and dtypes without allocating them (jax.ShapeDtypeStruct leaves)."""
-  return jax.eval_shape(lambda: split(create(variant, num_classes, 0, **options))[1])
+  return build(variant, num_classes, abstract=True, **options)[1]
 
 
 # ----------------------------------------------------------------------------------------------

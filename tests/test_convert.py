@@ -78,7 +78,7 @@ def ours_cached(variant: str, num_classes: int, params, x: np.ndarray, **options
   most of this file's run time)."""
   key = (variant, num_classes, tuple(sorted(options.items())))
   if key not in _JITTED:
-    _JITTED[key] = jax.jit(convert.build_abstract(variant, num_classes, **options)[0])
+    _JITTED[key] = jax.jit(cv.build(variant, num_classes, abstract=True, **options)[0])
   return np.asarray(_JITTED[key](params, x.transpose(0, 2, 3, 1)))
 
 

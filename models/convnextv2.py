@@ -131,8 +131,12 @@ class Stage(nnx.Module):
     if self.scan:
       x, _ = jax.lax.scan(body, x, (state, index, rates))
       return x
+    # One split per leaf (its gradient is one concatenation), not depth separate slices.
+    per_block = jax.tree.map(lambda a: [p[0] for p in jnp.split(a, self.depth)], state)
     for j in range(self.depth):
-      x, _ = body(x, (jax.tree.map(lambda a: a[j], state), index[j], self.drop_rates[j]))
+      block_state = jax.tree.map(lambda parts: parts[j], per_block,
+                                 is_leaf=lambda node: isinstance(node, list))
+      x, _ = body(x, (block_state, index[j], self.drop_rates[j]))
     return x
 
   def __call__(self, x, *, rng=None, visible=None):

@@ -1,0 +1,225 @@
+"""The training loop shared by pretraining (train.py) and finetuning (finetune.py).
+
+config -> mesh -> data -> state (born sharded) -> jitted step -> checkpoints and metrics.
+
+A `Task` says what differs between the two jobs: how to make the params, the loss, the input
+stream and what to evaluate. Everything else lives here once: the mesh, the optimizer from the
+config, the sharded train state, resume from WORKDIR/checkpoints (including the data position:
+the stream restarts at the saved step), SIGTERM (save and stop), the NaN stop, and the logs.
+
+The per-step randomness is `fold_in(PRNGKey(seed), step)`, and the data stream is a function of
+(seed, step), so an interrupted and resumed run computes exactly what an uninterrupted one does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from typing import Any, Callable, Iterator
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from fcmae import checkpoint, metrics, optim, sharding
+
+
+class NonFiniteLossError(FloatingPointError):
+  """The loss became NaN or Inf; the run stopped without saving the bad state."""
+
+
+@dataclasses.dataclass
+class Task:
+  """The job-specific parts of a run.
+
+  init_params: () -> params, traced under jit (so it must be jax-only).
+  loss_fn: (params, batch, rng) -> (loss, dict of scalar metrics), batch a dict of global arrays.
+  train_batches: (start_step) -> iterator of this process's local numpy batches.
+  steps_per_epoch: global steps in one pass over the training data.
+  initial_params: optional (fresh params) -> params, called once when a run starts from scratch
+    (finetuning loads a pretrained encoder here).
+  evaluate: optional (state, step) -> dict of metrics, called every config.eval_every_steps and at
+    the end (pretraining writes reconstruction pictures, finetuning measures accuracy).
+  """
+  init_params: Callable[[], Any]
+  loss_fn: Callable[..., tuple[jax.Array, dict]]
+  train_batches: Callable[[int], Iterator[dict]]
+  steps_per_epoch: int
+  initial_params: Callable[[Any], Any] | None = None
+  evaluate: Callable[[dict, int], dict] | None = None
+  skipped_images: Callable[[], int] | None = None
+
+
+@dataclasses.dataclass
+class Run:
+  """A run's compiled pieces, for the loop and for tools (memory analysis, eval-only)."""
+  mesh: Any
+  state_shardings: Any
+  batch_sharding: Any
+  init_state: Callable[[], dict]
+  train_step: Callable
+  abstract_state: Any
+  schedule: Callable
+  total_steps: int
+
+
+def setup(config, task: Task, *, devices=None) -> Run:
+  """The mesh, optimizer, sharded state initializer and jitted train step of a config."""
+  mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, devices)
+  if config.batch_size % mesh.size:
+    raise ValueError(f"batch_size {config.batch_size} is not divisible by the {mesh.size} devices "
+                     f"of the mesh {dict(mesh.shape)}.")
+  abstract_params = jax.eval_shape(task.init_params)
+  tx, schedule = optim.make_optimizer(config, abstract_params, task.steps_per_epoch)
+  ema_decay = config.optim.get("ema_decay", 0.0)
+
+  def init_state():
+    params = task.init_params()
+    state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
+    if ema_decay:
+      state["ema_params"] = params
+    return state
+
+  abstract_state = jax.eval_shape(init_state)
+  state_shardings = sharding.tree_shardings(abstract_state, mesh, config.sharding.min_size)
+  batch_sharding = sharding.batch_sharding(mesh)
+  replicated = sharding.replicated(mesh)
+
+  def train_step(state, batch, rng):
+    (loss, aux), grads = jax.value_and_grad(task.loss_fn, has_aux=True)(state["params"], batch, rng)
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    new_state = {"step": state["step"] + 1, "params": params, "opt_state": opt_state}
+    if ema_decay:
+      new_state["ema_params"] = optim.ema_update(state["ema_params"], params, ema_decay)
+    step_metrics = {"loss": loss, "lr": schedule(state["step"]), "grad_norm": optax.tree.norm(grads),
+                    "param_norm": optax.tree.norm(params), **aux}
+    return new_state, step_metrics
+
+  return Run(
+      mesh=mesh,
+      state_shardings=state_shardings,
+      batch_sharding=batch_sharding,
+      init_state=jax.jit(init_state, out_shardings=state_shardings),
+      train_step=jax.jit(train_step, in_shardings=(state_shardings, batch_sharding, replicated),
+                         out_shardings=(state_shardings, replicated), donate_argnums=0),
+      abstract_state=jax.tree.map(
+          lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state,
+          state_shardings),
+      schedule=schedule,
+      total_steps=optim.total_steps(config, task.steps_per_epoch),
+  )
+
+
+def restore_or_init(run: Run, task: Task, ckpt: checkpoint.Checkpointer) -> dict:
+  """Resumes from the latest checkpoint in the workdir, else starts fresh (maybe from
+  task.initial_params)."""
+  if ckpt.latest_step() is not None:
+    state, meta = ckpt.restore(run.abstract_state)
+    metrics.say(f"Resumed from {ckpt.directory} at step {int(state['step'])}.")
+    return state
+  state = run.init_state()
+  if task.initial_params is not None:
+    params = task.initial_params(state["params"])
+    state["params"] = jax.device_put(params, run.state_shardings["params"])
+  if "ema_params" in state:  # its own buffers: the step donates params and EMA separately
+    state["ema_params"] = jax.tree.map(jnp.copy, state["params"])
+  return state
+
+
+def train_and_evaluate(config, workdir: str, task: Task, *, devices=None) -> dict:
+  """Runs (or resumes) the job in `workdir` to config's total steps; returns the final state.
+
+  devices: the devices of the mesh (default: all)."""
+  run = setup(config, task, devices=devices)
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                 keep=config.keep_checkpoints)
+  writer = metrics.MetricWriter(workdir, run.total_steps)
+  watch = checkpoint.PreemptionWatch()
+  try:
+    state = restore_or_init(run, task, ckpt)
+    step = int(state["step"])
+    if jax.process_index() == 0:
+      _save_config(config, workdir)
+    batches = task.train_batches(step)
+    base_rng = jax.random.key(config.seed)
+    log_every, ckpt_every = config.log_every_steps, config.checkpoint_every_steps
+    eval_every = config.get("eval_every_steps", 0)
+    images_seen, window_start, started = 0, time.time(), False
+
+    while step < run.total_steps:
+      batch = sharding.make_global_batch(next(batches), run.batch_sharding)
+      state, step_metrics = run.train_step(state, batch, jax.random.fold_in(base_rng, step))
+      step += 1
+      images_seen += config.batch_size
+      if not started:  # the first step compiles: time the rest
+        jax.block_until_ready(step_metrics["loss"])
+        writer.start(step)
+        images_seen, window_start, started = 0, time.time(), True
+      last = step == run.total_steps
+      stop = watch.should_stop(step)
+      if step % log_every == 0 or last or stop:
+        host = jax.device_get(step_metrics)
+        _check_finite(host["loss"], step, ckpt)
+        elapsed = time.time() - window_start
+        host.update(images_per_sec=images_seen / max(elapsed, 1e-9),
+                    epoch=step / task.steps_per_epoch)
+        if task.skipped_images is not None:
+          host["skipped_images"] = task.skipped_images()
+        writer.write(step, host)
+        images_seen, window_start = 0, time.time()
+      if step % ckpt_every == 0 or last or stop:
+        _check_finite(jax.device_get(step_metrics["loss"]), step, ckpt)
+        ckpt.save(step, state, {"step": step, "epoch": step / task.steps_per_epoch})
+      if task.evaluate is not None and eval_every and (step % eval_every == 0 or last):
+        writer.write(step, task.evaluate(state, step), progress=True)
+      if stop:
+        metrics.say(f"Stopped at step {step} on a preemption notice; the checkpoint is saved. "
+                    "Run the same command again to resume.")
+        break
+    ckpt.wait()
+    return state
+  finally:
+    watch.close()
+    ckpt.close()
+    writer.close()
+
+
+def evaluate_only(config, workdir: str, task: Task, *, devices=None) -> dict:
+  """Evaluates the latest checkpoint of `workdir`, or else the task's initial params (e.g. a
+  pretrained model), writes one row to metrics.jsonl and returns it."""
+  if task.evaluate is None:
+    raise ValueError("This task has no evaluation.")
+  run = setup(config, task, devices=devices)
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                 keep=config.keep_checkpoints)
+  writer = metrics.MetricWriter(workdir, run.total_steps)
+  try:
+    state = restore_or_init(run, task, ckpt)
+    step = int(state["step"])
+    result = task.evaluate(state, step)
+    writer.write(step, result)
+    return result
+  finally:
+    ckpt.close()
+    writer.close()
+
+
+def _check_finite(loss, step: int, ckpt: checkpoint.Checkpointer) -> None:
+  loss = float(loss)
+  if not math.isfinite(loss):
+    ckpt.wait()
+    last = ckpt.latest_step()
+    raise NonFiniteLossError(
+        f"The loss is {loss} at step {step}; stopping without saving. The last good checkpoint "
+        f"is step {last} in {ckpt.directory}." if last is not None else
+        f"The loss is {loss} at step {step}, before any checkpoint was saved. Lower the learning "
+        "rate or check the input data.")
+
+
+def _save_config(config, workdir: str) -> None:
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    f.write(config.to_json_best_effort(indent=2))

@@ -1,0 +1,200 @@
+"""train.py end to end on the built-in data: learning, 1 vs 8 devices, 2 processes, preemption and
+resume, corrupt images, the NaN stop, and the reconstruction pictures."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from configs import fcmae_demo
+from fcmae import checkpoint, loop, metrics, pretrain
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STEPS = 12
+OVERRIDES = {"batch_size": 16, "total_steps": STEPS, "warmup_steps": 4, "log_every_steps": 1,
+             "checkpoint_every_steps": 4, "eval_every_steps": 0, "optim.base_lr": 0.024}
+ONE_DEVICE = {"mesh.data": 1, "mesh.fsdp": 1}
+
+
+def _config(**changes):
+  config = fcmae_demo.get_config()
+  config.sharding.min_size = 1024  # shard even atto's small tensors over fsdp
+  for key, value in {**OVERRIDES, **changes}.items():
+    node = config
+    *parents, leaf = key.split(".")
+    for parent in parents:
+      node = node[parent]
+    node[leaf] = value
+  return config
+
+
+def _flags(**changes):
+  return [f"--config.{k}={v}" for k, v in {**OVERRIDES, **changes}.items()] + [
+      "--config.sharding.min_size=1024"]
+
+
+def _train(workdir, devices=None, **changes):
+  """An in-process run; on one device unless told otherwise (8 fake devices on 2 cores are slow)."""
+  if devices is None:
+    devices = jax.devices()[:1]
+    changes = {**ONE_DEVICE, **changes}
+  config = _config(**changes)
+  loop.train_and_evaluate(config, str(workdir), pretrain.make_task(config, str(workdir)),
+                          devices=devices)
+  return _losses(workdir)
+
+
+def _losses(workdir):
+  return {r["step"]: r["loss"] for r in metrics.read_metrics(str(workdir)) if "loss" in r}
+
+
+def _run_train_py(workdir, *extra, env_devices=8, **popen):
+  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={env_devices}",
+             JAX_PLATFORMS="cpu")
+  cmd = [sys.executable, os.path.join(REPO, "train.py"), "--config",
+         os.path.join(REPO, "configs", "fcmae_demo.py"), "--workdir", str(workdir), *extra]
+  return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, **popen)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+  """An uninterrupted single-device run, the losses every other layout must reproduce."""
+  workdir = tmp_path_factory.mktemp("reference")
+  return _train(workdir), workdir
+
+
+def test_demo_config_learns(tmp_path):
+  """The README's demo, shortened: the masked-patch loss falls clearly within 100 steps."""
+  losses = _train(tmp_path, batch_size=32, total_steps=100, warmup_steps=10, log_every_steps=5,
+                  checkpoint_every_steps=100, **{"optim.base_lr": fcmae_demo.get_config().optim.base_lr})
+  first = np.mean([losses[s] for s in (5, 10, 15)])
+  last = np.mean([losses[s] for s in (90, 95, 100)])
+  assert last < first - 0.1, (first, last)
+
+
+def test_run_writes_metrics_checkpoints_and_tensorboard(reference):
+  losses, workdir = reference
+  assert sorted(losses) == list(range(1, STEPS + 1))
+  assert checkpoint.Checkpointer(str(workdir / "checkpoints")).all_steps() == [4, 8, 12]
+  assert os.listdir(workdir / "tensorboard")
+  record = metrics.read_metrics(str(workdir))[-1]
+  assert {"lr", "grad_norm", "images_per_sec", "epoch", "skipped_images"} <= set(record)
+
+
+def test_reconstruction_pictures_from_a_run(reference, tmp_path):
+  from fcmae import visualize
+  _, workdir = reference
+  out = tmp_path / "recon.png"
+  visualize.main(["--checkpoint", str(workdir), "--out", str(out)])
+  picture = np.asarray(Image.open(out))
+  assert picture.shape == (8 * 64, 4 * 64, 3)
+  assert picture.std() > 10  # not a blank image
+
+
+def test_params_are_really_sharded_over_fsdp():
+  config = _config(**{"mesh.data": 2, "mesh.fsdp": 4})
+  task = pretrain.make_task(config, "/tmp/unused")
+  run = loop.setup(config, task)
+  kernel = run.state_shardings["params"]["encoder"]["stage2"]["blocks"]["pwconv1"]["kernel"]
+  assert kernel.spec == jax.sharding.PartitionSpec(None, None, "fsdp")  # never the block axis
+  mu = run.state_shardings["opt_state"]
+  assert any("fsdp" in str(s.spec) for s in jax.tree.leaves(mu))
+
+
+def test_one_device_and_eight_devices_give_the_same_losses(reference, tmp_path):
+  losses, _ = reference
+  sharded = _train(tmp_path, devices=jax.devices(), **{"mesh.data": 2, "mesh.fsdp": 4})
+  np.testing.assert_allclose([sharded[s] for s in sorted(sharded)],
+                             [losses[s] for s in sorted(losses)], rtol=2e-4)
+
+
+def test_two_processes_match_the_single_process_run(reference, tmp_path):
+  losses, _ = reference
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  # 2 processes x 2 devices, data=2 x fsdp=2: batch and parameters both cross processes.
+  procs = [_run_train_py(tmp_path, *_flags(**{"mesh.data": 2, "mesh.fsdp": 2}),
+                         f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+                         f"--process_id={i}", env_devices=2) for i in range(2)]
+  outputs = [p.communicate(timeout=600)[0] for p in procs]
+  for p, out in zip(procs, outputs):
+    assert p.returncode == 0, out[-3000:]
+  two = _losses(tmp_path)
+  assert sorted(two) == sorted(losses)
+  np.testing.assert_allclose([two[s] for s in sorted(two)], [losses[s] for s in sorted(losses)],
+                             rtol=2e-4)
+
+
+def test_preemption_saves_and_resume_is_exact(reference, tmp_path):
+  losses, _ = reference
+  flags = _flags(**{"mesh.data": 2, "mesh.fsdp": 1})
+  proc = _run_train_py(tmp_path, *flags, env_devices=2)
+  metrics_file = tmp_path / "metrics.jsonl"
+  deadline = time.time() + 300
+  while time.time() < deadline and proc.poll() is None:
+    if metrics_file.exists() and len(metrics_file.read_text().splitlines()) >= 3:
+      break
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGTERM)
+  out = proc.communicate(timeout=300)[0]
+  assert proc.returncode == 0, out[-3000:]
+  assert "preemption" in out
+  stopped = max(_losses(tmp_path))
+  assert 3 <= stopped < STEPS
+  assert checkpoint.Checkpointer(str(tmp_path / "checkpoints")).latest_step() == stopped
+
+  proc = _run_train_py(tmp_path, *flags, env_devices=2)
+  out = proc.communicate(timeout=600)[0]
+  assert proc.returncode == 0, out[-3000:]
+  assert f"Resumed from {tmp_path / 'checkpoints'} at step {stopped}" in out
+  resumed = _losses(tmp_path)
+  assert sorted(resumed) == list(range(1, STEPS + 1))
+  np.testing.assert_allclose([resumed[s] for s in sorted(resumed)],
+                             [losses[s] for s in sorted(losses)], rtol=2e-4)
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tmp_path):
+  config = _config(total_steps=12, checkpoint_every_steps=4, log_every_steps=4)
+  config.mesh.data = config.mesh.fsdp = 1
+  task = pretrain.make_task(config, str(tmp_path))
+  clean_batches = task.train_batches
+
+  def poisoned_batches(start_step):  # NaN pixels from step 7 on
+    for step, batch in enumerate(clean_batches(start_step), start_step + 1):
+      yield {**batch, "image": batch["image"] * (np.nan if step >= 7 else 1.0)}
+
+  task.train_batches = poisoned_batches
+  with pytest.raises(loop.NonFiniteLossError, match="last good checkpoint is step 4"):
+    loop.train_and_evaluate(config, str(tmp_path), task, devices=jax.devices()[:1])
+  ckpt = checkpoint.Checkpointer(str(tmp_path / "checkpoints"))
+  assert ckpt.all_steps() == [4]
+  params = checkpoint.restore_params(str(tmp_path))
+  assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(params))
+
+
+def test_corrupt_images_are_skipped_and_counted(tmp_path):
+  rng = np.random.default_rng(0)
+  root = tmp_path / "data"
+  for split, count in (("train", 20), ("val", 4)):
+    for label in ("a", "b"):
+      folder = root / split / label
+      folder.mkdir(parents=True)
+      for i in range(count):
+        pixels = rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"{i}.png")
+  (root / "train" / "a" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+  workdir = tmp_path / "run"
+  _train(workdir, **{"data.name": f"folder:{root}", "batch_size": 8, "total_steps": 8,
+                     "checkpoint_every_steps": 8})
+  records = metrics.read_metrics(str(workdir))
+  assert len(_losses(workdir)) == 8
+  assert max(r.get("skipped_images", 0) for r in records) >= 1

@@ -1,0 +1,34 @@
+"""FCMAE pretraining of ConvNeXt V2.
+
+    python train.py --config configs/fcmae_base.py --workdir /path/to/workdir
+    python train.py --config configs/fcmae_demo.py --workdir runs/demo      # built-in data, CPU
+
+Overrides: --config.batch_size=1024 --config.mesh.fsdp=8 ... (a mistyped field is an error).
+Running the same command again resumes from the workdir's latest checkpoint.
+Several processes: JAX's distributed runtime starts by itself on TPU pods and under SLURM;
+otherwise pass --coordinator_address=HOST:PORT --num_processes=N --process_id=I.
+"""
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from fcmae import cli
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Config file (configs/fcmae_*.py).",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and pictures go.")
+flags.mark_flags_as_required(["config", "workdir"])
+cli.define_distributed_flags()
+
+
+def main(argv):
+  del argv
+  from fcmae import loop, pretrain
+  config = FLAGS.config
+  cli.start(FLAGS)
+  loop.train_and_evaluate(config, FLAGS.workdir, pretrain.make_task(config, FLAGS.workdir))
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,38 @@
+"""ImageNet finetuning and evaluation of ConvNeXt V2.
+
+    python finetune.py --config configs/finetune_base.py --workdir DIR --config.init_from=PATH
+    python finetune.py --config configs/finetune_demo.py --workdir runs/finetune_demo
+    python finetune.py --config configs/finetune_base.py --workdir DIR \\
+        --config.init_from=convnextv2_base_1k_224_ema.pt --config.eval_only=True
+
+init_from: a train.py workdir or checkpoint, a `python -m models.convert` output, or an
+official / Hugging Face / timm PyTorch checkpoint. Running the same command again resumes from
+the workdir's latest checkpoint. Multi-process flags as in train.py.
+"""
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from fcmae import cli
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Config file (configs/finetune_*.py).",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Where checkpoints and metrics go.")
+flags.mark_flags_as_required(["config", "workdir"])
+cli.define_distributed_flags()
+
+
+def main(argv):
+  del argv
+  from fcmae import classify, loop
+  config = FLAGS.config
+  cli.start(FLAGS)
+  if config.eval_only:
+    classify.evaluate_only(config, FLAGS.workdir)
+  else:
+    loop.train_and_evaluate(config, FLAGS.workdir, classify.make_task(config, FLAGS.workdir))
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -11,16 +11,11 @@ the workdir's latest checkpoint. Multi-process flags as in train.py.
 """
 
 from absl import app, flags
-from ml_collections import config_flags
 
 from fcmae import cli
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Config file (configs/finetune_*.py).",
-                                lock_config=True)
-flags.DEFINE_string("workdir", None, "Where checkpoints and metrics go.")
-flags.mark_flags_as_required(["config", "workdir"])
-cli.define_distributed_flags()
+cli.define_flags("Config file (configs/finetune_*.py).")
 
 
 def main(argv):

@@ -10,16 +10,11 @@ otherwise pass --coordinator_address=HOST:PORT --num_processes=N --process_id=I.
 """
 
 from absl import app, flags
-from ml_collections import config_flags
 
 from fcmae import cli
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Config file (configs/fcmae_*.py).",
-                                lock_config=True)
-flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and pictures go.")
-flags.mark_flags_as_required(["config", "workdir"])
-cli.define_distributed_flags()
+cli.define_flags("Config file (configs/fcmae_*.py).")
 
 
 def main(argv):

@@ -17,13 +17,13 @@ log lists all three groups. An encoder whose shapes do not fit is an error that 
 from __future__ import annotations
 
 import os
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
 
-from fcmae import checkpoint, data, loop, metrics, mixup
+from fcmae import checkpoint, data, loop, metrics, mixup, sharding
 from models import convert, convnextv2
 
 
@@ -70,8 +70,8 @@ def merge_pretrained(fresh: dict, pretrained: dict, *, source: str = "") -> tupl
 
   Returns (params, report) with report lists `loaded`, `skipped` (in the source only) and
   `initialized` (kept fresh). A shape mismatch outside the head is an error."""
-  fresh_flat = _flatten(fresh)
-  source_flat = _flatten(pretrained)
+  fresh_flat = traverse_util.flatten_dict(fresh, sep="/")
+  source_flat = traverse_util.flatten_dict(pretrained, sep="/")
   loaded, initialized, mismatched = [], [], []
   merged = {}
   for name, leaf in fresh_flat.items():
@@ -92,29 +92,7 @@ def merge_pretrained(fresh: dict, pretrained: dict, *, source: str = "") -> tupl
                      + more)
   skipped = sorted(set(source_flat) - set(fresh_flat))
   report = {"loaded": loaded, "skipped": skipped, "initialized": initialized}
-  return _unflatten(merged), report
-
-
-def _flatten(tree, prefix=""):
-  out = {}
-  for key, value in tree.items():
-    name = f"{prefix}{key}"
-    if isinstance(value, dict):
-      out.update(_flatten(value, name + "/"))
-    else:
-      out[name] = value
-  return out
-
-
-def _unflatten(flat):
-  tree: dict[str, Any] = {}
-  for name, value in flat.items():
-    node = tree
-    *parents, leaf = name.split("/")
-    for parent in parents:
-      node = node.setdefault(parent, {})
-    node[leaf] = value
-  return tree
+  return traverse_util.unflatten_dict(merged, sep="/"), report
 
 
 def _summarize(names: list[str]) -> str:
@@ -147,14 +125,6 @@ def make_task(config, workdir: str) -> loop.Task:
     logits = apply_fn(params, images, rng=drop_rng if config.model.drop_path_rate > 0 else None)
     return jnp.mean(mixup.soft_cross_entropy(logits.astype(jnp.float32), targets)), {}
 
-  def train_batches(start_step):
-    return data.train_iterator(
-        config.data.name, data_dir=config.data.data_dir or None,
-        image_size=config.data.image_size, local_batch_size=local_batch, seed=config.seed,
-        start_step=start_step, process_index=jax.process_index(),
-        process_count=jax.process_count(), augment="finetune",
-        augment_options={"scale": (config.data.crop_scale_min, 1.0),
-                         "randaugment": aug.randaugment, "reprob": aug.reprob})
 
   def initial_params(fresh):
     if not config.init_from:
@@ -172,7 +142,8 @@ def make_task(config, workdir: str) -> loop.Task:
   return loop.Task(
       init_params=lambda: build_model(config, classes)[1],
       loss_fn=task_loss,
-      train_batches=train_batches,
+      train_batches=loop.train_stream(config, "finetune", randaugment=aug.randaugment,
+                                      reprob=aug.reprob),
       steps_per_epoch=max(steps_per_epoch, 1),
       initial_params=initial_params,
       evaluate=evaluator,
@@ -197,7 +168,6 @@ class Evaluator:
     self._counts = jax.jit(counts)
 
   def __call__(self, state, step) -> dict:
-    from fcmae import sharding
     config = self.config
     batch_sharding = sharding.batch_sharding(_mesh_of(state))
     totals: dict[str, float] = {}

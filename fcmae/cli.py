@@ -5,7 +5,13 @@ from absl import flags
 from fcmae import sharding
 
 
-def define_distributed_flags() -> None:
+def define_flags(config_help: str) -> None:
+  """--config (locked ml_collections file, overridable field by field), --workdir, and the
+  multi-process flags."""
+  from ml_collections import config_flags
+  config_flags.DEFINE_config_file("config", None, config_help, lock_config=True)
+  flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and pictures go.")
+  flags.mark_flags_as_required(["config", "workdir"])
   flags.DEFINE_string("coordinator_address", "", "HOST:PORT of process 0, for multi-process "
                       "runs outside TPU pods and SLURM (where it is detected).")
   flags.DEFINE_integer("num_processes", 0, "Number of processes (with --coordinator_address).")

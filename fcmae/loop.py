@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fcmae import checkpoint, metrics, optim, sharding
+from fcmae import checkpoint, data, metrics, optim, sharding
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -50,6 +50,20 @@ class Task:
   initial_params: Callable[[Any], Any] | None = None
   evaluate: Callable[[dict, int], dict] | None = None
   skipped_images: Callable[[], int] | None = None
+
+
+def train_stream(config, augment: str, **augment_options) -> Callable[[int], Iterator[dict]]:
+  """The Task.train_batches of a config: this process's share of each global batch, from step
+  `start_step` on, with RandomResizedCrop(config.data.crop_scale_min..1) and `augment`."""
+  def batches(start_step):
+    return data.train_iterator(
+        config.data.name, data_dir=config.data.data_dir or None,
+        image_size=config.data.image_size,
+        local_batch_size=config.batch_size // jax.process_count(), seed=config.seed,
+        start_step=start_step, process_index=jax.process_index(),
+        process_count=jax.process_count(), augment=augment,
+        augment_options={"scale": (config.data.crop_scale_min, 1.0), **augment_options})
+  return batches
 
 
 @dataclasses.dataclass

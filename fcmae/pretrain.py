@@ -6,11 +6,9 @@ images, and (at eval intervals) a PNG of reconstructions in WORKDIR/reconstructi
 
 from __future__ import annotations
 
-import logging
 import os
 
 import jax
-import numpy as np
 
 from fcmae import data, loop, masking, visualize
 from fcmae import model as fcmae_model
@@ -32,7 +30,6 @@ def make_task(config, workdir: str) -> loop.Task:
   grid = masking.grid_shape(config.data.image_size)
   num_patches = grid[0] * grid[1]
   info = data.dataset_info(config.data.name, config.data.data_dir or None)
-  local_batch = config.batch_size // jax.process_count()
   steps_per_epoch = info.num_train_examples // config.batch_size
   if steps_per_epoch < 1:
     raise ValueError(f"batch_size {config.batch_size} is larger than the {info.num_train_examples} "
@@ -46,13 +43,6 @@ def make_task(config, workdir: str) -> loop.Task:
                       rng=drop_rng if config.model.drop_path_rate > 0 else None)
     return loss, {}
 
-  def train_batches(start_step):
-    return data.train_iterator(
-        config.data.name, data_dir=config.data.data_dir or None,
-        image_size=config.data.image_size, local_batch_size=local_batch, seed=config.seed,
-        start_step=start_step, process_index=jax.process_index(),
-        process_count=jax.process_count(), augment="pretrain",
-        augment_options={"scale": (config.data.crop_scale_min, 1.0)})
 
   pictures = visualize.Reconstructions(config, loss_fn, os.path.join(workdir, "reconstructions"))
 
@@ -63,7 +53,7 @@ def make_task(config, workdir: str) -> loop.Task:
   return loop.Task(
       init_params=lambda: build_model(config)[1],  # traced by the loop: born sharded
       loss_fn=task_loss,
-      train_batches=train_batches,
+      train_batches=loop.train_stream(config, "pretrain"),
       steps_per_epoch=steps_per_epoch,
       evaluate=evaluate,
       skipped_images=data.skipped_images,

@@ -72,6 +72,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
+from flax import traverse_util
 
 from models import convnextv2 as cv
 
@@ -641,15 +642,9 @@ def _get(tree: Mapping, path: tuple[str, ...]):
   return tree
 
 
-def _flatten(tree: Mapping, prefix: str = "") -> dict[str, Any]:
-  out = {}
-  for key, value in tree.items():
-    name = f"{prefix}{key}"
-    if isinstance(value, Mapping):
-      out.update(_flatten(value, name + "/"))
-    else:
-      out[name] = value
-  return out
+def _flatten(tree: Mapping) -> dict[str, Any]:
+  """{'a/b/c': leaf} of a nested dict."""
+  return traverse_util.flatten_dict(tree, sep="/")
 
 
 def _check_tree(expected: Mapping, got: Mapping, what: str) -> None:

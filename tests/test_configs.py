@@ -10,7 +10,6 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from configs import common
 from fcmae import model as fcmae_model
 from fcmae import optim
 from models import convnextv2

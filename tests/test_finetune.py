@@ -15,6 +15,7 @@ from models import convert
 from tests.helpers import perturb
 
 DEMO_CLASSES = len(data.DEMO_CLASSES)
+ONE = jax.devices()[:1]
 
 
 def _config(**changes):
@@ -25,6 +26,7 @@ def _config(**changes):
   config.log_every_steps = 3
   config.checkpoint_every_steps = 6
   config.eval_every_steps = 6
+  config.mesh.data = config.mesh.fsdp = 1  # runs on one device: 8 fake ones on 2 cores are slow
   for key, value in changes.items():
     node = config
     *parents, leaf = key.split(".")
@@ -99,7 +101,7 @@ def test_eval_of_a_converted_checkpoint_is_exact_and_matches_its_logits(tmp_path
   _hf_checkpoint(tmp_path / "hf")
   convert.main([str(tmp_path / "hf"), str(tmp_path / "converted")])
   config = _config(init_from=str(tmp_path / "converted"), eval_only=True, batch_size=64)
-  result = classify.evaluate_only(config, str(tmp_path / "eval"))
+  result = classify.evaluate_only(config, str(tmp_path / "eval"), devices=ONE)
   # The demo's 240 validation images do not fill whole batches of 64: all counted, once.
   info = data.dataset_info("demo")
   assert info.num_eval_examples % 64 != 0
@@ -122,7 +124,7 @@ def test_eval_of_a_converted_checkpoint_is_exact_and_matches_its_logits(tmp_path
 def test_finetuning_runs_evaluates_and_resumes(tmp_path):
   config = _config(**{"aug.mixup": 0.8, "aug.cutmix": 1.0})
   workdir = str(tmp_path)
-  loop.train_and_evaluate(config, workdir, classify.make_task(config, workdir))
+  loop.train_and_evaluate(config, workdir, classify.make_task(config, workdir), devices=ONE)
   rows = metrics.read_metrics(workdir)
   evals = [r for r in rows if "top1" in r]
   assert len(evals) == 1 and evals[0]["step"] == 6
@@ -130,7 +132,8 @@ def test_finetuning_runs_evaluates_and_resumes(tmp_path):
   assert all(np.isfinite(r["loss"]) for r in rows if "loss" in r)
   # Asking for more steps resumes from the checkpoint of step 6.
   config.total_steps = 9
-  state = loop.train_and_evaluate(config, workdir, classify.make_task(config, workdir))
+  state = loop.train_and_evaluate(config, workdir, classify.make_task(config, workdir),
+                                  devices=ONE)
   assert int(state["step"]) == 9
   with open(tmp_path / "config.json") as f:
     assert json.load(f)["total_steps"] == 9

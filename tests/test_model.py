@@ -133,6 +133,7 @@ def test_scan_and_remat_change_nothing_but_speed():
 def test_drop_path_is_per_sample_and_off_without_rng():
   apply_fn, params = convnextv2.build("atto", drop_path_rate=0.5, num_classes=0)
   x = jnp.tile(_images(batch=1), (16, 1, 1, 1))
+  apply_fn = jax.jit(apply_fn)
   det = apply_fn(params, x)
   np.testing.assert_allclose(det, apply_fn(params, x), rtol=0, atol=0)
   stoch = apply_fn(params, x, rng=jax.random.key(0))
@@ -170,6 +171,7 @@ def test_bfloat16_compute_keeps_float32_params_and_stays_close():
   x = _images()
   apply32, params = convnextv2.build("atto")
   apply16, params16 = convnextv2.build("atto", dtype="bfloat16")
+  apply32, apply16 = jax.jit(apply32), jax.jit(apply16)
   assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(params16))
   params = perturb(params)
   ref = apply32(params, x)

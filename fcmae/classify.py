@@ -48,7 +48,7 @@ def build_model(config, classes: int, abstract: bool = False):
 
 def read_pretrained(path: str) -> dict:
   """Params (host numpy) of any supported source: a run's workdir/checkpoint (ours), a converted
-  checkpoint, or a PyTorch checkpoint file/directory. FCMAE params give their encoder."""
+  checkpoint, or a PyTorch checkpoint file/directory."""
   if not os.path.exists(path):
     raise FileNotFoundError(f"init_from={path!r} does not exist.")
   if convert.is_converted_checkpoint(path):
@@ -57,7 +57,7 @@ def read_pretrained(path: str) -> dict:
     params = checkpoint.restore_params(path)
   else:
     params, _ = convert.to_params(convert.read_state_dict(path))
-  return params["encoder"] if "encoder" in params else params
+  return params
 
 
 def _is_train_checkpoint(path: str) -> bool:
@@ -68,10 +68,14 @@ def _is_train_checkpoint(path: str) -> bool:
 def merge_pretrained(fresh: dict, pretrained: dict, *, source: str = "") -> tuple[dict, dict]:
   """Fresh params with every leaf the pretrained tree has (same name and shape) replaced.
 
-  Returns (params, report) with report lists `loaded`, `skipped` (in the source only) and
-  `initialized` (kept fresh). A shape mismatch outside the head is an error."""
+  FCMAE params contribute their encoder; the decoder is reported as skipped. Returns (params,
+  report) with report lists `loaded`, `skipped` (in the source only) and `initialized` (kept
+  fresh). A shape mismatch outside the head is an error."""
   fresh_flat = traverse_util.flatten_dict(fresh, sep="/")
   source_flat = traverse_util.flatten_dict(pretrained, sep="/")
+  if "encoder" in pretrained:  # FCMAE params: the encoder is the classifier's body
+    source_flat = {(k[len("encoder/"):] if k.startswith("encoder/") else k): v
+                   for k, v in source_flat.items()}
   loaded, initialized, mismatched = [], [], []
   merged = {}
   for name, leaf in fresh_flat.items():

@@ -56,9 +56,10 @@ def test_init_from_an_fcmae_checkpoint_loads_the_encoder_and_a_fresh_head(tmp_pa
     np.testing.assert_array_equal(a, b)
   np.testing.assert_array_equal(params["head"]["kernel"], fresh["head"]["kernel"])
   assert float(np.abs(params["head"]["kernel"]).max()) < 0.01  # head_init_scale 0.001
-  _, report = classify.merge_pretrained(jax.device_get(fresh), pretrained["encoder"])
+  _, report = classify.merge_pretrained(jax.device_get(fresh), pretrained)
   assert "head/kernel" in report["initialized"] and "norm/scale" in report["initialized"]
   assert "stem/conv/kernel" in report["loaded"]
+  assert "mask_token" in report["skipped"] and "decoder/blocks/grn/gamma" in report["skipped"]
 
 
 def test_init_from_reports_what_it_skipped(tmp_path):
@@ -66,7 +67,7 @@ def test_init_from_reports_what_it_skipped(tmp_path):
   config = _config(init_from=str(tmp_path / "pretrain"))
   _, report = classify.merge_pretrained(
       jax.device_get(jax.jit(classify.make_task(config, str(tmp_path)).init_params)()),
-      {"extra": {"kernel": np.zeros(3)}, **classify.read_pretrained(config.init_from)})
+      {"extra": {"kernel": np.zeros(3)}, **classify.read_pretrained(config.init_from)["encoder"]})
   assert report["skipped"] == ["extra/kernel"]
 
 

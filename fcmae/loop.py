@@ -152,6 +152,7 @@ def train_and_evaluate(config, workdir: str, task: Task, *, devices=None) -> dic
                                  keep=config.keep_checkpoints)
   writer = metrics.MetricWriter(workdir, run.total_steps)
   watch = checkpoint.PreemptionWatch()
+  batches = None
   try:
     state = restore_or_init(run, task, ckpt)
     step = int(state["step"])
@@ -196,6 +197,8 @@ def train_and_evaluate(config, workdir: str, task: Task, *, devices=None) -> dic
     ckpt.wait()
     return state
   finally:
+    if hasattr(batches, "close"):  # stops the input pipeline's prefetch threads
+      batches.close()
     watch.close()
     ckpt.close()
     writer.close()

@@ -27,10 +27,9 @@ from fcmae import checkpoint, data, loop, metrics, mixup, sharding
 from models import convert, convnextv2
 
 
-def num_classes(config) -> int:
-  if config.data.num_classes > 0:
-    return int(config.data.num_classes)
-  return data.dataset_info(config.data.name, config.data.data_dir or None).num_classes
+def num_classes(config, info: data.DatasetInfo) -> int:
+  """config.data.num_classes, or (when 0) the dataset's own count."""
+  return int(config.data.num_classes) if config.data.num_classes > 0 else info.num_classes
 
 
 def build_model(config, classes: int, abstract: bool = False):
@@ -110,14 +109,10 @@ def _summarize(names: list[str]) -> str:
 
 
 def make_task(config, workdir: str) -> loop.Task:
-  classes = num_classes(config)
-  apply_fn, _ = build_model(config, classes, abstract=True)
   info = data.dataset_info(config.data.name, config.data.data_dir or None)
+  classes = num_classes(config, info)
+  apply_fn, _ = build_model(config, classes, abstract=True)
   local_batch = config.batch_size // jax.process_count()
-  steps_per_epoch = info.num_train_examples // config.batch_size
-  if steps_per_epoch < 1 and not config.eval_only:
-    raise ValueError(f"batch_size {config.batch_size} is larger than the {info.num_train_examples} "
-                     f"training images of {config.data.name!r}.")
   aug = config.aug
 
   def task_loss(params, batch, rng):
@@ -148,7 +143,7 @@ def make_task(config, workdir: str) -> loop.Task:
       loss_fn=task_loss,
       train_batches=loop.train_stream(config, "finetune", randaugment=aug.randaugment,
                                       reprob=aug.reprob),
-      steps_per_epoch=max(steps_per_epoch, 1),
+      steps_per_epoch=loop.steps_per_epoch(config, info, training=not config.eval_only),
       initial_params=initial_params,
       evaluate=evaluator,
       skipped_images=data.skipped_images,

@@ -66,6 +66,16 @@ def train_stream(config, augment: str, **augment_options) -> Callable[[int], Ite
   return batches
 
 
+def steps_per_epoch(config, info: data.DatasetInfo, *, training: bool = True) -> int:
+  """Global steps in one pass over the training split (at least 1); a batch larger than the
+  split is an error when training."""
+  steps = info.num_train_examples // config.batch_size
+  if steps < 1 and training:
+    raise ValueError(f"batch_size {config.batch_size} is larger than the {info.num_train_examples} "
+                     f"training images of {config.data.name!r}.")
+  return max(steps, 1)
+
+
 @dataclasses.dataclass
 class Run:
   """A run's compiled pieces, for the loop and for tools (memory analysis, eval-only)."""

@@ -30,10 +30,6 @@ def make_task(config, workdir: str) -> loop.Task:
   grid = masking.grid_shape(config.data.image_size)
   num_patches = grid[0] * grid[1]
   info = data.dataset_info(config.data.name, config.data.data_dir or None)
-  steps_per_epoch = info.num_train_examples // config.batch_size
-  if steps_per_epoch < 1:
-    raise ValueError(f"batch_size {config.batch_size} is larger than the {info.num_train_examples} "
-                     f"training images of {config.data.name!r}.")
 
   def task_loss(params, batch, rng):
     mask_rng, drop_rng = jax.random.split(rng)
@@ -54,7 +50,7 @@ def make_task(config, workdir: str) -> loop.Task:
       init_params=lambda: build_model(config)[1],  # traced by the loop: born sharded
       loss_fn=task_loss,
       train_batches=loop.train_stream(config, "pretrain"),
-      steps_per_epoch=steps_per_epoch,
+      steps_per_epoch=loop.steps_per_epoch(config, info),
       evaluate=evaluate,
       skipped_images=data.skipped_images,
   )

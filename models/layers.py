@@ -13,7 +13,7 @@
 
 from __future__ import annotations
 
-import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -157,6 +157,47 @@ class DepthwiseConv(nnx.Module):
     return depthwise_conv(x, self.kernel[...].astype(self.dtype), self.impl) + self.bias[...].astype(self.dtype)
 
 
+@jax.custom_vjp
+def dense(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """x @ kernel over the last axis of x (any number of leading axes); kernel (in, out).
+
+  The same product as jnp.dot, with a kernel gradient that XLA:CPU computes without a
+  transposed copy of the activations (see `_dense_kernel_gradient`).
+  """
+  return jnp.dot(x, kernel)
+
+
+def _dense_fwd(x, kernel):
+  return jnp.dot(x, kernel), (x, kernel)
+
+
+def _dense_kernel_gradient(x: jax.Array, g: jax.Array) -> jax.Array:
+  """sum over all leading positions of x[..., :, None] * g[..., None, :], in float32.
+
+  As one dot contracting the (batch * positions) axis, XLA:CPU first writes transposed copies
+  of the activations and of the gradient: two extra passes over the largest tensors of a
+  block. Split into two halves of the batch, one batched dot and a sum of the two partial
+  (in, out) results reads its operands in place. On atto's four stage shapes at batch 32 that
+  is 2.6x, 2.8x, 1.7x faster and equal in the last stage (more chunks lose there). CPU only;
+  other backends take the plain dot.
+  """
+  acc = jnp.promote_types(x.dtype, jnp.float32)
+  if x.ndim >= 3 and x.shape[0] % 2 == 0 and jax.default_backend() == "cpu":
+    xs, gs = x.reshape(2, -1, x.shape[-1]), g.reshape(2, -1, g.shape[-1])
+    return jnp.einsum("bnc,bnd->bcd", xs, gs, preferred_element_type=acc).sum(axis=0)
+  lead = tuple(range(x.ndim - 1))
+  return jax.lax.dot_general(x, g, ((lead, lead), ((), ())), preferred_element_type=acc)
+
+
+def _dense_bwd(residuals, g):
+  x, kernel = residuals
+  dx = jnp.dot(g, kernel.T)
+  return dx.astype(x.dtype), _dense_kernel_gradient(x, g).astype(kernel.dtype)
+
+
+dense.defvjp(_dense_fwd, _dense_bwd)
+
+
 class Dense(nnx.Module):
   """x @ kernel + bias over the last axis; kernel (in, out). Any number of leading axes."""
 
@@ -166,7 +207,7 @@ class Dense(nnx.Module):
     self.dtype = dtype
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    y = jnp.dot(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+    y = dense(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
     return y + self.bias[...].astype(self.dtype)
 
 
@@ -190,7 +231,7 @@ class PatchConv(nnx.Module):
     x = x.astype(self.dtype).reshape(*lead, h // k, k, w // k, k, c)
     x = jnp.swapaxes(x, -4, -3).reshape(*lead, h // k, w // k, k * k * c)  # (p, q, c) order
     kernel = self.kernel[...].astype(self.dtype).reshape(k * k * c, -1)
-    return jnp.dot(x, kernel) + self.bias[...].astype(self.dtype)
+    return dense(x, kernel) + self.bias[...].astype(self.dtype)
 
 
 class LayerNorm(nnx.Module):
@@ -259,4 +300,9 @@ def upsample_nearest(x: jax.Array, factor: int) -> jax.Array:
   return jnp.repeat(jnp.repeat(x, factor, axis=1), factor, axis=2)
 
 
-gelu = functools.partial(jax.nn.gelu, approximate=False)  # the exact erf form
+def gelu(x: jax.Array) -> jax.Array:
+  """Exact GELU, x * Phi(x), written as PyTorch computes it: 0.5 x (1 + erf(x / sqrt 2)).
+
+  jax.nn.gelu(approximate=False) goes through erfc, which XLA:CPU evaluates about 1.5x slower.
+  """
+  return 0.5 * x * (1.0 + jax.lax.erf(x * (1.0 / math.sqrt(2.0))))

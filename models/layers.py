@@ -44,7 +44,7 @@ def _fusion_fence(x: jax.Array) -> jax.Array:
 
   Without it, the pass that hands a LayerNorm's reduction to YNNPACK pulls the whole 49-term
   shifted sum into the same library call, and every shifted slice and every broadcast kernel
-  tap is then written out as a full-size tensor: 4-6x the memory traffic of the forward pass.
+  tap is then written out as a full-size tensor (about half of an atto training step).
   reduce_precision to the value's own format changes no bit, and the pass does not support it,
   so the shifted sum stays one loop fusion.
   """
@@ -303,6 +303,7 @@ def upsample_nearest(x: jax.Array, factor: int) -> jax.Array:
 def gelu(x: jax.Array) -> jax.Array:
   """Exact GELU, x * Phi(x), written as PyTorch computes it: 0.5 x (1 + erf(x / sqrt 2)).
 
-  jax.nn.gelu(approximate=False) goes through erfc, which XLA:CPU evaluates about 1.5x slower.
+  jax.nn.gelu(approximate=False) goes through erfc, which XLA:CPU evaluates more slowly (one
+  block's forward+backward at atto's first stage, batch 32: 352 instead of 387 ms).
   """
   return 0.5 * x * (1.0 + jax.lax.erf(x * (1.0 / math.sqrt(2.0))))

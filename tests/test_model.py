@@ -93,11 +93,13 @@ def test_depthwise_forms_equal_a_direct_convolution(impl):
   np.testing.assert_allclose(out, _dwconv_reference(x.astype(np.float64), kernel), rtol=1e-5, atol=1e-5)
 
 
-def test_depthwise_shift_gradient_equals_grouped_conv_gradient():
+# Heights whose row groups in the kernel gradient are 10, 1 (a prime) and 14 rows.
+@pytest.mark.parametrize("height, width", [(10, 8), (17, 9), (28, 7)])
+def test_depthwise_shift_gradient_equals_grouped_conv_gradient(height, width):
   rng = np.random.default_rng(1)
-  x = jnp.asarray(rng.standard_normal((2, 10, 8, 6)), jnp.float32)
+  x = jnp.asarray(rng.standard_normal((2, height, width, 6)), jnp.float32)
   kernel = jnp.asarray(rng.standard_normal((7, 7, 1, 6)), jnp.float32)
-  cotangent = jnp.asarray(rng.standard_normal((2, 10, 8, 6)), jnp.float32)
+  cotangent = jnp.asarray(rng.standard_normal((2, height, width, 6)), jnp.float32)
 
   def grads(impl):
     f = lambda x, k: jnp.sum(layers.depthwise_conv(x, k, impl) * cotangent)
@@ -105,6 +107,22 @@ def test_depthwise_shift_gradient_equals_grouped_conv_gradient():
 
   for ours, theirs in zip(grads("shift"), grads("xla")):
     np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4)
+
+
+# Even batch (two-chunk kernel gradient), odd batch and 2-D input (one dot).
+@pytest.mark.parametrize("shape", [(4, 5, 3, 6), (3, 5, 6), (4, 6)])
+def test_dense_gradients_equal_those_of_a_plain_dot(shape):
+  rng = np.random.default_rng(2)
+  x = jnp.asarray(rng.standard_normal(shape), jnp.float32)
+  kernel = jnp.asarray(rng.standard_normal((6, 7)), jnp.float32)
+  cotangent = jnp.asarray(rng.standard_normal(shape[:-1] + (7,)), jnp.float32)
+
+  def grads(fn):
+    return jax.jit(jax.grad(lambda x, k: jnp.sum(fn(x, k) * cotangent), argnums=(0, 1)))(x, kernel)
+
+  np.testing.assert_allclose(layers.dense(x, kernel), jnp.dot(x, kernel), rtol=1e-6, atol=1e-6)
+  for ours, theirs in zip(grads(layers.dense), grads(jnp.dot)):
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)
 
 
 def test_depthwise_impls_give_the_same_model():

@@ -25,7 +25,11 @@ import subprocess
 import sys
 import time
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+
+from models import convnextv2, layers
 
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0}
 MODES = ("inference", "training")
@@ -42,10 +46,6 @@ def _median_seconds(fn, reps: int) -> float:
 
 
 def _jax_worker(args) -> dict:
-  import jax
-  import jax.numpy as jnp
-  from models import convnextv2
-
   apply_fn, params = convnextv2.build(args.variant, dtype=args.dtype, scan=args.scan,
                                       depthwise_impl=args.depthwise)
   infer = jax.jit(apply_fn)
@@ -63,7 +63,6 @@ def _jax_worker(args) -> dict:
 def _torch_worker(args) -> dict:
   import torch
   from transformers import ConvNextV2Config, ConvNextV2ForImageClassification
-  from models import convnextv2
 
   spec = convnextv2.VARIANTS[args.variant]
   model = ConvNextV2ForImageClassification(ConvNextV2Config(
@@ -115,7 +114,7 @@ def main(argv=None):
   parser.add_argument("--reps", type=int, default=3)
   parser.add_argument("--dtype", default="float32")
   parser.add_argument("--scan", action="store_true", help="lax.scan over the blocks of a stage")
-  parser.add_argument("--depthwise", choices=("shift", "xla"), default=None,
+  parser.add_argument("--depthwise", choices=layers.DEPTHWISE_IMPLS, default=None,
                       help="depthwise conv form (default: the backend's default)")
   parser.add_argument("--no-torch", action="store_true")
   parser.add_argument("--worker", choices=("jax", "torch"), help=argparse.SUPPRESS)
@@ -127,8 +126,6 @@ def main(argv=None):
     print(json.dumps(worker(args)))
     return
 
-  import jax
-  from models import convnextv2, layers
   backend = jax.default_backend()
   use_torch = not args.no_torch and backend == "cpu"
   print(f"JAX backend {backend}, batch {args.batch}, {args.image_size}px, {args.dtype}, "

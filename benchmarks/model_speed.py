@@ -11,8 +11,13 @@ PyTorch, round 2 again, and so on. In one shared process the two interfere (one 
 two thread pools), which moved atto training by 20-30% in opposite directions for the two.
 Each worker compiles and warms up, then times `--reps` calls; the figure printed is the median
 over rounds of each worker's median. The training line also gives the temporary memory XLA
-assigns to the compiled JAX training step. On a GPU (JAX only) add --dtype bfloat16 to also print the
-share of peak FLOP/s.
+assigns to the compiled JAX training step, and each worker's minor page faults per training
+call (the cost of memory that the allocator maps afresh). On a GPU (JAX only) add
+--dtype bfloat16 to also print the share of peak FLOP/s.
+
+The workers inherit the environment, so an allocator setting applies to both frameworks alike;
+the first line prints GLIBC_TUNABLES. On CPU, `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` backs
+XLA's per-step temporaries with transparent huge pages (README, "CPU specifics").
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -35,14 +41,23 @@ PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0}
 MODES = ("inference", "training")
 
 
-def _median_seconds(fn, reps: int) -> float:
+def _median_seconds(fn, reps: int) -> tuple[float, float]:
+  """Median seconds per call after a warm-up call, and minor page faults per timed call."""
   fn()  # compile / warm up
   times = []
+  faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
   for _ in range(reps):
     start = time.perf_counter()
     fn()
     times.append(time.perf_counter() - start)
-  return statistics.median(times)
+  faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+  return statistics.median(times), faults / reps
+
+
+def _timings(infer, train, reps: int) -> dict:
+  inference, _ = _median_seconds(infer, reps)
+  training, training_faults = _median_seconds(train, reps)
+  return {"inference": inference, "training": training, "training_faults": training_faults}
 
 
 def _jax_worker(args) -> dict:
@@ -51,9 +66,9 @@ def _jax_worker(args) -> dict:
   infer = jax.jit(apply_fn)
   train = jax.jit(jax.grad(lambda p, x: jnp.mean(apply_fn(p, x) ** 2)))
   x = jnp.asarray(_images(args))
-  result = {"inference": _median_seconds(lambda: jax.block_until_ready(infer(params, x)), args.reps),
-            "training": _median_seconds(lambda: jax.block_until_ready(train(params, x)), args.reps),
-            "device": jax.devices()[0].device_kind}
+  result = _timings(lambda: jax.block_until_ready(infer(params, x)),
+                    lambda: jax.block_until_ready(train(params, x)), args.reps)
+  result["device"] = jax.devices()[0].device_kind
   if args.memory:
     memory = train.lower(params, x).compile().memory_analysis()
     result["training_temp_gib"] = memory.temp_size_in_bytes / 2**30
@@ -79,8 +94,9 @@ def _torch_worker(args) -> dict:
     loss.backward()
     return loss
 
-  return {"inference": _median_seconds(infer, args.reps), "training": _median_seconds(train, args.reps),
-          "device": f"PyTorch {torch.__version__}, {torch.get_num_threads()} threads"}
+  result = _timings(infer, train, args.reps)
+  result["device"] = f"PyTorch {torch.__version__}, {torch.get_num_threads()} threads"
+  return result
 
 
 def _images(args) -> np.ndarray:
@@ -130,10 +146,12 @@ def main(argv=None):
   use_torch = not args.no_torch and backend == "cpu"
   print(f"JAX backend {backend}, batch {args.batch}, {args.image_size}px, {args.dtype}, "
         f"depthwise {args.depthwise or layers.default_depthwise_impl()}, scan {args.scan}; "
-        f"{args.rounds} rounds of {args.reps} timed calls, one process per framework per round")
+        f"{args.rounds} rounds of {args.reps} timed calls, one process per framework per round; "
+        f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '(unset)')}")
   frameworks = ("jax", "torch") if use_torch else ("jax",)
   for variant in args.variants:
     seconds = {(fw, mode): [] for fw in frameworks for mode in MODES}
+    faults = {fw: [] for fw in frameworks}
     devices = {}
     temp_gib = None
     for round_index in range(args.rounds):
@@ -142,6 +160,7 @@ def main(argv=None):
         temp_gib = result.get("training_temp_gib", temp_gib)
         for mode in MODES:
           seconds[(fw, mode)].append(result[mode])
+        faults[fw].append(result["training_faults"])
         devices[fw] = result["device"]
     gmacs = convnextv2.gmacs(variant, args.image_size)
     for mode in MODES:
@@ -155,8 +174,11 @@ def main(argv=None):
       peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in devices.get("jax", "")), None)
       if peak and args.dtype == "bfloat16":
         line += f" ({100 * flops / 1e12 / peak:.1f}% of bf16 peak)"
-      if mode == "training" and temp_gib is not None:
-        line += f"   XLA temporaries {temp_gib:.2f} GiB"
+      if mode == "training":
+        if temp_gib is not None:
+          line += f"   XLA temporaries {temp_gib:.2f} GiB"
+        line += "   page faults/step " + " / ".join(
+            f"{fw} {statistics.median(faults[fw]) / 1e3:.0f}k" for fw in frameworks)
       print(line, flush=True)
 
 

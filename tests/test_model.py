@@ -185,6 +185,33 @@ def test_grn_matches_definition_and_has_finite_gradient_at_zero():
   assert np.all(np.isfinite(grad))
 
 
+@pytest.mark.parametrize("shape,spatial_axes,masked", [
+    ((2, 5, 4, 6), (1, 2), False), ((2, 5, 4, 6), (1, 2), True), ((2, 3, 2, 2, 6), (1, 2, 3), True)])
+def test_grn_gradient_equals_autodiff_of_the_definition(shape, spatial_axes, masked):
+  """GRN's hand-written gradient against jax.grad of the formula as REFERENCE.md states it."""
+  rng = np.random.default_rng(1)
+  x = rng.standard_normal(shape).astype(np.float32)
+  x[0, ..., 2] = 0.0  # an all-zero channel: sqrt's gradient is taken as 0 there
+  x, g, gamma, beta = (jnp.asarray(a, jnp.float32) for a in (
+      x, rng.standard_normal(shape), rng.standard_normal(shape[-1]), rng.standard_normal(shape[-1])))
+  visible = jnp.asarray(rng.random(shape[:-1] + (1,)) > 0.4) if masked else None
+
+  def definition(x, gamma, beta):
+    sq = x * x if visible is None else x * x * visible
+    s = jnp.sum(sq, axis=spatial_axes, keepdims=True)
+    gx = jnp.where(s > 0, jnp.sqrt(jnp.where(s > 0, s, 1.0)), 0.0)
+    nx = gx / (jnp.mean(gx, axis=-1, keepdims=True) + 1e-6)
+    return jnp.sum((gamma * (x * nx) + beta + x) * g)
+
+  def ours(x, gamma, beta):
+    return jnp.sum(layers.grn(x, gamma, beta, visible, spatial_axes) * g)
+
+  np.testing.assert_allclose(ours(x, gamma, beta), definition(x, gamma, beta), rtol=1e-5)
+  for got, want in zip(jax.grad(ours, argnums=(0, 1, 2))(x, gamma, beta),
+                       jax.grad(definition, argnums=(0, 1, 2))(x, gamma, beta)):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
 def test_bfloat16_compute_keeps_float32_params_and_stays_close():
   x = _images()
   apply32, params = convnextv2.build("atto")

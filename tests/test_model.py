@@ -109,8 +109,9 @@ def test_depthwise_shift_gradient_equals_grouped_conv_gradient(height, width):
     np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4)
 
 
-# Even batch (two-chunk kernel gradient), odd batch and 2-D input (one dot).
-@pytest.mark.parametrize("shape", [(4, 5, 3, 6), (3, 5, 6), (4, 6)])
+# Two-chunk kernel gradient (even batch; batch 1 with an even number of positions), an odd
+# number of positions and 2-D input (one dot).
+@pytest.mark.parametrize("shape", [(4, 5, 3, 6), (1, 4, 5, 6), (3, 5, 6), (4, 6)])
 def test_dense_gradients_equal_those_of_a_plain_dot(shape):
   rng = np.random.default_rng(2)
   x = jnp.asarray(rng.standard_normal(shape), jnp.float32)

@@ -65,31 +65,57 @@ def _shifted_sum(xp: jax.Array, w: jax.Array, height: int, width: int) -> jax.Ar
   return _fusion_fence(out.astype(xp.dtype))
 
 
+def _column_windows(xp: jax.Array, width: int, k: int) -> jax.Array:
+  """(B, R, width+k-1, C) -> (B, R, width, k, C) with out[:, :, w, j] = xp[:, :, w + j].
+
+  Built from a broadcast, reshapes and slices only, so that XLA fuses it into the consumer as
+  index arithmetic and never writes the k-fold tensor out: broadcast each row to width+1
+  copies, flatten them, and reread the flat row with a stride one longer than the row.
+  """
+  batch, rows, length, channels = xp.shape
+  y = jnp.broadcast_to(xp[:, :, None], (batch, rows, width + 1, length, channels))
+  y = y.reshape(batch, rows, (width + 1) * length, channels)[:, :, :width * (length + 1)]
+  return y.reshape(batch, rows, width, length + 1, channels)[:, :, :, :k]
+
+
+def _row_group(height: int, k: int) -> int:
+  """Rows summed inside the product fusion: k to 2k, or the height if it is shorter.
+
+  The one among them that needs the fewest zero rows of padding, the larger on a tie.
+  """
+  if height <= k:
+    return height
+  return min(range(k, 2 * k + 1), key=lambda r: (-(-height // r) * r, -r))
+
+
 def _kernel_gradient(x: jax.Array, g: jax.Array, k: int) -> jax.Array:
   """dw[i, j, c] = sum_{b,h,w} xpad[b, h+i, w+j, c] * g[b, h, w, c], in float32.
 
-  A loop over the k*k kernel offsets, so that one shifted slice at a time is alive. Inside,
-  a loop fusion multiplies and adds up groups of up to 14 consecutive rows, and only that
-  14x smaller tensor goes to the final reduction (a reduction fed directly by the product is
-  taken by XLA:CPU's library fusion, which first writes the product out at full size). The
-  batch axis is reduced, not looped over, so a batch sharded across devices stays sharded.
+  One product fusion per kernel row i computes all k column offsets at once, from a k-wide
+  window of the padded input (`_column_windows`), so each fusion reads its two operands once
+  instead of once per offset. The fusion also adds up groups of `_row_group` consecutive rows,
+  so that only a tensor at most the input's size goes to the final reduction (a reduction
+  fed directly by the product is taken by XLA:CPU's library fusion, which first writes the
+  product out at full size). The batch axis is reduced, not looped over, so a batch sharded
+  across devices stays sharded.
   """
   batch, height, width, channels = x.shape
-  rows = max(r for r in range(1, 15) if height % r == 0)
+  rows = _row_group(height, k)
+  groups = -(-height // rows)
   acc_dtype = jnp.promote_types(x.dtype, jnp.float32)
-  xp = _pad(x, k // 2)
-  g = g.astype(acc_dtype)
-
-  def one_offset(t, dw):
-    shifted = jax.lax.dynamic_slice(xp, (0, t // k, t % k, 0), (batch, height, width, channels))
-    product = (shifted.astype(acc_dtype) * g).reshape(batch, height // rows, rows, width, channels)
+  # Zero rows below the image (for `groups * rows` rows) contribute nothing to the sums.
+  extra = groups * rows - height
+  xp = jnp.pad(x, ((0, 0), (k // 2, k // 2 + extra), (k // 2, k // 2), (0, 0)))
+  g = jnp.pad(g.astype(acc_dtype), ((0, 0), (0, extra), (0, 0), (0, 0)))[:, :, :, None, :]
+  dw = []
+  for i in range(k):
+    windows = _column_windows(xp[:, i:i + groups * rows], width, k).astype(acc_dtype)
+    product = (windows * g).reshape(batch, groups, rows, width, k, channels)
     partial = product[:, :, 0]
     for r in range(1, rows):
       partial = partial + product[:, :, r]
-    return dw.at[t].set(jnp.sum(_fusion_fence(partial), axis=(0, 1, 2)))
-
-  dw = jax.lax.fori_loop(0, k * k, one_offset, jnp.zeros((k * k, channels), acc_dtype))
-  return dw.reshape(k, k, channels)
+    dw.append(jnp.sum(_fusion_fence(partial), axis=(0, 1, 2)))
+  return jnp.stack(dw)
 
 
 def _pad(x: jax.Array, p: int) -> jax.Array:

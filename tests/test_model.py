@@ -93,7 +93,8 @@ def test_depthwise_forms_equal_a_direct_convolution(impl):
   np.testing.assert_allclose(out, _dwconv_reference(x.astype(np.float64), kernel), rtol=1e-5, atol=1e-5)
 
 
-# Heights whose row groups in the kernel gradient are 10, 1 (a prime) and 14 rows.
+# Heights whose row groups in the kernel gradient are 10 rows, 9 rows with one zero row padded
+# below (17 is prime) and 14 rows.
 @pytest.mark.parametrize("height, width", [(10, 8), (17, 9), (28, 7)])
 def test_depthwise_shift_gradient_equals_grouped_conv_gradient(height, width):
   rng = np.random.default_rng(1)

@@ -28,8 +28,9 @@ trunc_normal_02 = nnx.initializers.truncated_normal(stddev=0.02, lower=-2.0 / 0.
 def default_depthwise_impl(backend: str | None = None) -> str:
   """The faster depthwise form per backend, as measured by benchmarks/depthwise.py.
 
-  CPU: the shifted-slice form is 12-17x faster forward and 13-24x faster forward+backward than
-  XLA's grouped conv (benchmarks/depthwise.py: ConvNeXt V2-Tiny's stage shapes, batch 32).
+  CPU: the shifted-slice form is 8-17x faster forward and 8-24x faster forward+backward than
+  XLA's grouped conv (benchmarks/depthwise.py: ConvNeXt V2-Tiny's stage shapes, batch 32, two
+  runs; see the README).
   GPU/TPU: grouped convolutions map onto cuDNN / the TPU's conv units, so XLA's own op is used.
   """
   backend = backend or jax.default_backend()

@@ -95,10 +95,10 @@ def _kernel_gradient(x: jax.Array, g: jax.Array, k: int) -> jax.Array:
   One product fusion per kernel row i computes all k column offsets at once, from a k-wide
   window of the padded input (`_column_windows`), so each fusion reads its two operands once
   instead of once per offset. The fusion also adds up groups of `_row_group` consecutive rows,
-  so that only a tensor at most the input's size goes to the final reduction (a reduction
-  fed directly by the product is taken by XLA:CPU's library fusion, which first writes the
-  product out at full size). The batch axis is reduced, not looped over, so a batch sharded
-  across devices stays sharded.
+  so that only a tensor at most the input's size (for heights of at least k) goes to the final
+  reduction (a reduction fed directly by the product is taken by XLA:CPU's library fusion,
+  which first writes the product out at full size). The batch axis is reduced, not looped
+  over, so a batch sharded across devices stays sharded.
 
   XLA fuses elementwise producers of `x` and `g` into these fusions, where they are recomputed
   for every offset. In the network both arrive materialized (the padded block input; the next

@@ -94,8 +94,8 @@ def test_depthwise_forms_equal_a_direct_convolution(impl):
 
 
 # Heights whose row groups in the kernel gradient are 10 rows, 9 rows with one zero row padded
-# below (17 is prime) and 14 rows.
-@pytest.mark.parametrize("height, width", [(10, 8), (17, 9), (28, 7)])
+# below (17 is prime), 14 rows, and the whole height when it is under the kernel's 7.
+@pytest.mark.parametrize("height, width", [(10, 8), (17, 9), (28, 7), (3, 5)])
 def test_depthwise_shift_gradient_equals_grouped_conv_gradient(height, width):
   rng = np.random.default_rng(1)
   x = jnp.asarray(rng.standard_normal((2, height, width, 6)), jnp.float32)

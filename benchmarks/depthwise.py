@@ -44,7 +44,7 @@ def main(argv=None):
       for impl in ("xla", "shift"):
         conv = functools.partial(layers.depthwise_conv, impl=impl)
         if name == "forward":
-          fns[impl] = jax.jit(lambda x, k, conv=conv: conv(x, k))
+          fns[impl] = jax.jit(conv)
         else:
           def forward_backward(x, k, conv=conv):
             out, pullback = jax.vjp(conv, x, k)

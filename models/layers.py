@@ -102,11 +102,11 @@ def _kernel_gradient(x: jax.Array, g: jax.Array, k: int) -> jax.Array:
 
   XLA fuses elementwise producers of `x` and `g` into these fusions, where they are recomputed
   for every offset. In the network both arrive materialized (the padded block input; the next
-  LayerNorm's gradient), or at most times FCMAE's visibility mask, so this costs nothing. A
-  gradient computed from this convolution's own output, as in `sum(conv(x) ** 2)`, would be:
-  the 49-term sum then runs 49 times (8 s instead of 0.3 s at 56x56x96, batch 32), which is why
-  `benchmarks/depthwise.py` uses a fixed output gradient. `jax.lax.optimization_barrier` does
-  not stop this fusion on XLA:CPU.
+  LayerNorm's gradient), times FCMAE's visibility mask when masking, so this costs nothing.
+  The bad case is a gradient computed from this convolution's own output, as in
+  `sum(conv(x) ** 2)`: the 49-term sum then runs 49 times (8 s instead of 0.3 s at 56x56x96,
+  batch 32), which is why `benchmarks/depthwise.py` uses a fixed output gradient.
+  `jax.lax.optimization_barrier` does not stop this fusion on XLA:CPU.
   """
   batch, height, width, channels = x.shape
   rows = _row_group(height, k)

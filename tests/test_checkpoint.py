@@ -47,14 +47,15 @@ def test_restore_params_names_a_missing_checkpoint(tmp_path):
     checkpoint.restore_params(str(tmp_path))
 
 
-def test_kill_during_save_leaves_the_previous_checkpoint_intact(tmp_path):
-  """A process saving large checkpoints back to back is killed with SIGKILL mid-write; the
-  latest complete checkpoint restores with its exact contents."""
+def _kill_mid_save(directory, deadline_s=120.0) -> bool:
+  """Runs a process that saves 64 MiB checkpoints back to back into `directory` and SIGKILLs it
+  as soon as a save's temporary directory appears. True if the kill left that directory behind
+  (a save really was cut off); False if the save finished between the look and the kill."""
   script = textwrap.dedent(f"""
       import sys, jax, jax.numpy as jnp
       sys.path.insert(0, {REPO!r})
       from fcmae import checkpoint
-      ckpt = checkpoint.Checkpointer({str(tmp_path)!r}, keep=100)
+      ckpt = checkpoint.Checkpointer({str(directory)!r}, keep=100)
       for step in range(1, 1000):
         state = {{"step": jnp.asarray(step), "params": {{"w": jnp.full((4096, 4096), float(step))}}}}
         ckpt.save(step, state, {{"step": step}})
@@ -64,14 +65,35 @@ def test_kill_during_save_leaves_the_previous_checkpoint_intact(tmp_path):
   """)
   proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
                           env=dict(os.environ, JAX_PLATFORMS="cpu"))
-  assert proc.stdout.readline().strip() == "first"
-  time.sleep(1.5)  # several saves of 64 MiB in flight
-  proc.send_signal(signal.SIGKILL)
-  proc.wait(timeout=60)
-  # The kill really interrupted a save: its temporary directory is still there.
-  assert any("tmp" in name for name in os.listdir(tmp_path)), os.listdir(tmp_path)
+  try:
+    assert proc.stdout.readline().strip() == "first"
+    start = time.monotonic()
+    # Watch for the next save's temporary directory; the kill follows the sighting at once.
+    while not any("tmp" in name for name in os.listdir(directory)):
+      assert proc.poll() is None, "the saving process ended before it was killed"
+      assert time.monotonic() - start < deadline_s, "no save started within the deadline"
+      time.sleep(0.001)
+    proc.send_signal(signal.SIGKILL)
+  finally:
+    proc.kill()
+    proc.wait(timeout=60)
+  return any("tmp" in name for name in os.listdir(directory))
 
-  ckpt = checkpoint.Checkpointer(str(tmp_path), keep=100)
+
+def test_kill_during_save_leaves_the_previous_checkpoint_intact(tmp_path):
+  """A process saving large checkpoints back to back is killed with SIGKILL mid-write; the
+  latest complete checkpoint restores with its exact contents."""
+  # A save can complete in the microseconds between seeing its temporary directory and the kill;
+  # then the run did not test a cut-off save, and a fresh one is made.
+  for attempt in range(3):
+    directory = tmp_path / str(attempt)
+    directory.mkdir()
+    if _kill_mid_save(directory):
+      break
+  else:
+    pytest.fail("three runs in a row finished their save before the kill landed")
+
+  ckpt = checkpoint.Checkpointer(str(directory), keep=100)
   latest = ckpt.latest_step()
   assert latest is not None and latest >= 1
   abstract = {"step": jax.ShapeDtypeStruct((), jnp.int32),

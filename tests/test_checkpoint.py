@@ -47,17 +47,40 @@ def test_restore_params_names_a_missing_checkpoint(tmp_path):
     checkpoint.restore_params(str(tmp_path))
 
 
+def _weights(step):
+  # Random, so that the 64 MiB really are written (a constant array compresses to a few KB).
+  return jax.random.normal(jax.random.key(step), (4096, 4096))
+
+
+def _bytes_in_unfinished_saves(directory) -> int | None:
+  """Bytes written so far into the temporary directories of saves in progress; None if none."""
+  temporary = [os.path.join(directory, name) for name in os.listdir(directory) if "tmp" in name]
+  if not temporary:
+    return None
+  written = 0
+  for path in temporary:
+    for root, _, files in os.walk(path):
+      for name in files:
+        try:
+          written += os.path.getsize(os.path.join(root, name))
+        except FileNotFoundError:  # renamed or removed by the save since the listing
+          pass
+  return written
+
+
 def _kill_mid_save(directory, deadline_s=120.0) -> bool:
   """Runs a process that saves 64 MiB checkpoints back to back into `directory` and SIGKILLs it
-  as soon as a save's temporary directory appears. True if the kill left that directory behind
-  (a save really was cut off); False if the save finished between the look and the kill."""
+  once a save has written 1 MiB of its array. True if the kill left that save's temporary
+  directory behind (it really was cut off); False if the save finished between the look and the
+  kill."""
   script = textwrap.dedent(f"""
       import sys, jax, jax.numpy as jnp
       sys.path.insert(0, {REPO!r})
       from fcmae import checkpoint
+      from tests.test_checkpoint import _weights
       ckpt = checkpoint.Checkpointer({str(directory)!r}, keep=100)
       for step in range(1, 1000):
-        state = {{"step": jnp.asarray(step), "params": {{"w": jnp.full((4096, 4096), float(step))}}}}
+        state = {{"step": jnp.asarray(step), "params": {{"w": _weights(step)}}}}
         ckpt.save(step, state, {{"step": step}})
         if step == 1:
           ckpt.wait()
@@ -68,23 +91,23 @@ def _kill_mid_save(directory, deadline_s=120.0) -> bool:
   try:
     assert proc.stdout.readline().strip() == "first"
     start = time.monotonic()
-    # Watch for the next save's temporary directory; the kill follows the sighting at once.
-    while not any("tmp" in name for name in os.listdir(directory)):
+    # Watch the next save's temporary directory; the kill follows the first MiB at once.
+    while (_bytes_in_unfinished_saves(directory) or 0) < 2**20:
       assert proc.poll() is None, "the saving process ended before it was killed"
-      assert time.monotonic() - start < deadline_s, "no save started within the deadline"
+      assert time.monotonic() - start < deadline_s, f"no save wrote 1 MiB within {deadline_s} s"
       time.sleep(0.001)
     proc.send_signal(signal.SIGKILL)
   finally:
     proc.kill()
     proc.wait(timeout=60)
-  return any("tmp" in name for name in os.listdir(directory))
+  return _bytes_in_unfinished_saves(directory) is not None
 
 
 def test_kill_during_save_leaves_the_previous_checkpoint_intact(tmp_path):
   """A process saving large checkpoints back to back is killed with SIGKILL mid-write; the
   latest complete checkpoint restores with its exact contents."""
-  # A save can complete in the microseconds between seeing its temporary directory and the kill;
-  # then the run did not test a cut-off save, and a fresh one is made.
+  # A save can complete in the microseconds between the look and the kill; then the run did not
+  # test a cut-off save, and a fresh one is made.
   for attempt in range(3):
     directory = tmp_path / str(attempt)
     directory.mkdir()
@@ -101,4 +124,4 @@ def test_kill_during_save_leaves_the_previous_checkpoint_intact(tmp_path):
   state, meta = ckpt.restore(abstract)
   ckpt.close()
   assert meta == {"step": latest} and int(state["step"]) == latest
-  assert float(state["params"]["w"].min()) == float(state["params"]["w"].max()) == float(latest)
+  np.testing.assert_array_equal(state["params"]["w"], _weights(latest))

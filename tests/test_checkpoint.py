@@ -1,7 +1,6 @@
 """Checkpoints: save/restore into shardings, keep-last-N, and kill -9 during a save."""
 
 import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -96,9 +95,8 @@ def _kill_mid_save(directory, deadline_s=120.0) -> bool:
       assert proc.poll() is None, "the saving process ended before it was killed"
       assert time.monotonic() - start < deadline_s, f"no save wrote 1 MiB within {deadline_s} s"
       time.sleep(0.001)
-    proc.send_signal(signal.SIGKILL)
   finally:
-    proc.kill()
+    proc.kill()  # SIGKILL
     proc.wait(timeout=60)
   return _bytes_in_unfinished_saves(directory) is not None
 

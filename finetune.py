@@ -12,7 +12,7 @@ the workdir's latest checkpoint. Multi-process flags as in train.py.
 
 from absl import app, flags
 
-from fcmae import cli
+from trainer import cli
 
 FLAGS = flags.FLAGS
 cli.define_flags("Config file (configs/finetune_*.py).")
@@ -20,13 +20,14 @@ cli.define_flags("Config file (configs/finetune_*.py).")
 
 def main(argv):
   del argv
-  from fcmae import classify, loop
+  from classify import task
+  from trainer import loop
   config = FLAGS.config
   cli.start(FLAGS)
   if config.eval_only:
-    classify.evaluate_only(config, FLAGS.workdir)
+    task.evaluate_only(config, FLAGS.workdir)
   else:
-    loop.train_and_evaluate(config, FLAGS.workdir, classify.make_task(config, FLAGS.workdir))
+    loop.train_and_evaluate(config, FLAGS.workdir, task.make_task(config, FLAGS.workdir))
 
 
 if __name__ == "__main__":

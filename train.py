@@ -11,7 +11,7 @@ otherwise pass --coordinator_address=HOST:PORT --num_processes=N --process_id=I.
 
 from absl import app, flags
 
-from fcmae import cli
+from trainer import cli
 
 FLAGS = flags.FLAGS
 cli.define_flags("Config file (configs/fcmae_*.py).")
@@ -19,7 +19,8 @@ cli.define_flags("Config file (configs/fcmae_*.py).")
 
 def main(argv):
   del argv
-  from fcmae import loop, pretrain
+  from fcmae import pretrain
+  from trainer import loop
   config = FLAGS.config
   cli.start(FLAGS)
   loop.train_and_evaluate(config, FLAGS.workdir, pretrain.make_task(config, FLAGS.workdir))

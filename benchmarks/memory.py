@@ -26,7 +26,8 @@ def main(argv=None):
 
   import jax
   import jax.numpy as jnp
-  from fcmae import loop, pretrain
+  from fcmae import pretrain
+  from trainer import loop
 
   spec = importlib.util.spec_from_file_location("config_module", args.config)
   module = importlib.util.module_from_spec(spec)

@@ -2,8 +2,8 @@
 
 Source: ConvNeXt V2 (Woo et al., arXiv 2301.00808), Table 8 (FCMAE pretraining), Tables 9-11
 (ImageNet-1K finetuning per size), Table 12 (ImageNet-22K intermediate finetuning) and Table 13
-(22K -> 1K finetuning), as collected in REFERENCE.md sections 2 and 3. Learning rates are *base*
-rates: lr = base_lr * batch_size / 256.
+(22K -> 1K finetuning), as docs/reference.md sections 2 and 3 set them out. Learning rates are
+*base* rates: lr = base_lr * batch_size / 256.
 
 Choices where the paper is silent are marked "(ours)".
 """

@@ -1,4 +1,4 @@
-"""FCMAE's random patch masks and their upsampling to each stage's grid.
+"""FCMAE's random patch masks.
 
 A mask lives on the last stage's grid (one entry per 32x32-pixel patch), (B, L) with
 L = (H/32) * (W/32); 1 = masked (removed), 0 = visible. Every sample keeps exactly
@@ -10,9 +10,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from models import layers
+from models import convnextv2
 
-PATCH_SIZE = 32  # the total stride of ConvNeXt V2: one mask entry per last-stage position
+PATCH_SIZE = convnextv2.TOTAL_STRIDE  # one mask entry per last-stage position (32 pixels)
 
 
 def len_keep(num_patches: int, mask_ratio: float) -> int:
@@ -44,8 +44,3 @@ def grid_shape(image_size: int | tuple[int, int]) -> tuple[int, int]:
         f"Image size {height}x{width} is not divisible by the patch size {PATCH_SIZE} "
         f"(the encoder's total stride); use a multiple of {PATCH_SIZE}, e.g. 224.")
   return height // PATCH_SIZE, width // PATCH_SIZE
-
-
-def upsample_mask(mask: jax.Array, grid: tuple[int, int], factor: int) -> jax.Array:
-  """(B, L) mask -> (B, h*factor, w*factor): nearest (repeat) upsampling to a finer stage."""
-  return layers.upsample_nearest(mask.reshape(mask.shape[0], *grid), factor)

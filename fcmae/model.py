@@ -76,7 +76,7 @@ class FCMAE(nnx.Module):
     convnextv2.check_images(images)
     grid = masking.grid_shape(images.shape[1:3])
     layout = _VisibleLayout(mask, grid, num_visible)
-    x = layout.gather(_patchify(images.astype(self.encoder.dtype), grid))  # (B, K, 32, 32, 3)
+    x = layout.gather(patchify(images.astype(self.encoder.dtype), grid))  # (B, K, 32, 32, 3)
     x = self.encoder.stem(x)                                            # (B, K, 8, 8, C0)
     for i in range(4):
       if i > 0:
@@ -84,7 +84,7 @@ class FCMAE(nnx.Module):
 
       def block_fn(block, x, rate, key):
         shortcut = x
-        y = layout.gather(_patchify(block.dwconv(layout.scatter(x)), grid))   # visible-only input
+        y = layout.gather(patchify(block.dwconv(layout.scatter(x)), grid))   # visible-only input
         y = block.mlp(y, spatial_axes=(1, 2, 3))                        # GRN over K and p x p
         return shortcut + layers.drop_path(y, rate, key)
 
@@ -103,7 +103,7 @@ class FCMAE(nnx.Module):
 
   def loss(self, images, pred, mask):
     """Mean squared error per patch against the (normalized) pixels, over masked patches only."""
-    target = _patchify(images.astype(jnp.float32), masking.grid_shape(images.shape[1:3]))
+    target = patchify(images.astype(jnp.float32), masking.grid_shape(images.shape[1:3]))
     target = target.reshape(target.shape[0], target.shape[1], -1)       # (B, L, 32*32*3)
     if self.norm_pix_loss:
       mean = jnp.mean(target, axis=-1, keepdims=True)
@@ -150,10 +150,10 @@ class _VisibleLayout:
     """(B, K, p, p, C) -> (B, h*p, w*p, C) with zeros under masked patches."""
     padded = jnp.concatenate([x, jnp.zeros_like(x[:, :1])], axis=1)
     patches = jnp.take_along_axis(padded, self.slot[:, :, None, None, None], axis=1)
-    return _unpatchify(patches, self.grid)
+    return unpatchify(patches, self.grid)
 
 
-def _patchify(x, grid):
+def patchify(x, grid):
   """(B, H, W, C) -> (B, L, p, p, C), L = h * w patches in row-major order, p = H / h.
 
   At the pixel level p = 32 (flattened, this is the reference's (p, q, c) target order); on a
@@ -165,8 +165,8 @@ def _patchify(x, grid):
   return x.reshape(b, h * w, p, p, c)
 
 
-def _unpatchify(patches, grid):
-  """Inverse of _patchify: (B, L, p, p, C) -> (B, h*p, w*p, C)."""
+def unpatchify(patches, grid):
+  """Inverse of patchify: (B, L, p, p, C) -> (B, h*p, w*p, C)."""
   b, _, p, _, c = patches.shape
   h, w = grid
   x = patches.reshape(b, h, w, p, p, c).transpose(0, 1, 3, 2, 4, 5)
@@ -221,3 +221,14 @@ def _check_visible_count(mask, num_visible):
         f"impl='sparse' was built for {num_visible} visible patches per sample but the mask keeps "
         f"{sorted(set(int(c) for c in counts))}; make masks with masking.random_mask and the same "
         "mask_ratio as build().")
+
+
+def from_config(config, abstract: bool = False) -> tuple[Callable, dict]:
+  """`build` with the fields of a pretraining config (configs/common.py)."""
+  return build(
+      config.model.variant, impl=config.fcmae.impl, image_size=config.data.image_size,
+      seed=config.seed, mask_ratio=config.fcmae.mask_ratio,
+      decoder_dim=config.fcmae.decoder_dim, decoder_depth=config.fcmae.decoder_depth,
+      norm_pix_loss=config.fcmae.norm_pix_loss, dtype=config.model.dtype,
+      depthwise_impl=config.model.depthwise_impl or None, scan=config.model.scan,
+      remat=config.model.remat, drop_path_rate=config.model.drop_path_rate, abstract=abstract)

@@ -23,22 +23,12 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from fcmae import data, masking
+from data import augment, pipeline
+from fcmae import masking
+from fcmae import model as fcmae_model
+from trainer import checkpoint
 
 NUM_IMAGES = 8
-
-
-def _patchify(images, p):
-  b, height, width, c = images.shape
-  x = images.reshape(b, height // p, p, width // p, p, c).transpose(0, 1, 3, 2, 4, 5)
-  return x.reshape(b, -1, p * p * c)
-
-
-def _unpatchify(patches, grid, p):
-  b = patches.shape[0]
-  h, w = grid
-  x = patches.reshape(b, h, w, p, p, 3).transpose(0, 1, 3, 2, 4, 5)
-  return x.reshape(b, h * p, w * p, 3)
 
 
 def reconstruction_grid(images, pred, mask, norm_pix_loss: bool) -> np.ndarray:
@@ -48,15 +38,17 @@ def reconstruction_grid(images, pred, mask, norm_pix_loss: bool) -> np.ndarray:
   pred, mask = np.asarray(pred, np.float64), np.asarray(mask, np.float64)
   p = masking.PATCH_SIZE
   grid = masking.grid_shape(images.shape[1:3])
-  target = _patchify(images, p)
+  b = images.shape[0]
+  target = fcmae_model.patchify(images, grid).reshape(b, grid[0] * grid[1], -1)   # (B, L, 3072)
   if norm_pix_loss:
     mean = target.mean(-1, keepdims=True)
     std = np.sqrt(target.var(-1, ddof=1, keepdims=True) + 1e-6)
     pred = pred * std + mean
-  recon = _unpatchify(pred, grid, p)
-  pixel_mask = _unpatchify(np.repeat(mask[..., None], p * p * 3, axis=-1), grid, p)
+  as_image = lambda patches: fcmae_model.unpatchify(patches.reshape(b, -1, p, p, 3), grid)
+  recon = as_image(pred)
+  pixel_mask = as_image(np.repeat(mask[..., None], p * p * 3, axis=-1))
   pasted = images * (1 - pixel_mask) + recon * pixel_mask
-  mean, std = np.asarray(data.IMAGENET_MEAN), np.asarray(data.IMAGENET_STD)
+  mean, std = np.asarray(augment.IMAGENET_MEAN), np.asarray(augment.IMAGENET_STD)
   to_uint8 = lambda x: np.clip((x * std + mean) * 255 + 0.5, 0, 255).astype(np.uint8)
   grey_masked = np.where(pixel_mask > 0, 128, to_uint8(images)).astype(np.uint8)
   columns = [to_uint8(images), grey_masked, to_uint8(recon), to_uint8(pasted)]
@@ -74,7 +66,7 @@ def save_png(picture: np.ndarray, path: str) -> str:
 
 def sample_images(config, num: int = NUM_IMAGES) -> np.ndarray:
   """The first `num` validation images of the config's dataset, eval-preprocessed."""
-  batches = data.eval_iterator(config.data.name, data_dir=config.data.data_dir or None,
+  batches = pipeline.eval_iterator(config.data.name, data_dir=config.data.data_dir or None,
                                image_size=config.data.image_size, local_batch_size=num)
   return next(iter(batches))["image"][:num]
 
@@ -92,7 +84,7 @@ def load_images(paths, image_size: int) -> np.ndarray:
                           max(image_size, round(image.size[1] * scale))), Image.BICUBIC)
     left, top = (image.size[0] - image_size) // 2, (image.size[1] - image_size) // 2
     image = np.asarray(image.crop((left, top, left + image_size, top + image_size)), np.float32)
-    out.append((image / 255 - np.asarray(data.IMAGENET_MEAN)) / np.asarray(data.IMAGENET_STD))
+    out.append((image / 255 - np.asarray(augment.IMAGENET_MEAN)) / np.asarray(augment.IMAGENET_STD))
   return np.stack(out).astype(np.float32)
 
 
@@ -132,8 +124,6 @@ def load_run_config(path: str) -> ml_collections.ConfigDict:
 
 
 def main(argv=None) -> None:
-  from fcmae import checkpoint, pretrain
-
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--checkpoint", required=True, help="train.py workdir or checkpoint dir")
   parser.add_argument("--images", nargs="*", default=None, help="image files (default: the "
@@ -143,7 +133,7 @@ def main(argv=None) -> None:
   args = parser.parse_args(argv)
 
   config = load_run_config(args.checkpoint)
-  loss_fn, _ = pretrain.build_model(config, abstract=True)
+  loss_fn, _ = fcmae_model.from_config(config, abstract=True)
   params = checkpoint.restore_params(args.checkpoint)
   images = (load_images(args.images, config.data.image_size) if args.images
             else sample_images(config))

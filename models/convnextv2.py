@@ -26,7 +26,7 @@ from flax import nnx
 
 from models import layers
 
-# Paper Table 1 / REFERENCE.md section 1: depths, dims, and the published size and cost figures.
+# docs/reference.md, section 1: depths, dims, and the published size and cost figures.
 VARIANTS: dict[str, dict[str, Any]] = {
     "atto": dict(depths=(2, 2, 6, 2), dims=(40, 80, 160, 320), params_m=3.71, gmacs=0.55),
     "femto": dict(depths=(2, 2, 6, 2), dims=(48, 96, 192, 384), params_m=5.23, gmacs=0.79),

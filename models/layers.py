@@ -1,18 +1,23 @@
 """Building blocks of ConvNeXt V2 that need more care than a stock Flax layer.
 
 - `depthwise_conv`: the 7x7 depthwise convolution in two interchangeable forms: XLA's grouped
-  convolution ("xla") and a sum of shifted slices with its own gradient ("shift"). On CPU the
-  grouped convolution is many times slower (see README, "Depthwise convolution"); the custom
-  gradient keeps only the input alive instead of 49 shifted copies.
+  convolution ("xla") and the sum of shifted slices of `models/cpu_kernels.py` ("shift"), the
+  default when compiling for a CPU.
 - `LayerNorm`: channels-last LayerNorm with float32 statistics and a two-pass variance
   (as PyTorch computes it), whatever the compute dtype.
 - `grn` / `GRN`: Global Response Normalization with a hand-written gradient (finite at all-zero
   channels) and an optional visibility mask (FCMAE's dense emulation of sparse convolution).
 - `drop_path`: per-sample stochastic depth.
+
+Which platform a program is compiled for decides two kernels (`platform()`): JAX's default
+backend, or the platform named by `compiling_for` when a program is built for other devices (a
+TPU slice compiled on a CPU host).
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import math
 
@@ -20,9 +25,28 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from models import cpu_kernels
+
 DEPTHWISE_IMPLS = ("shift", "xla")
 
 trunc_normal_02 = nnx.initializers.truncated_normal(stddev=0.02, lower=-2.0 / 0.02, upper=2.0 / 0.02)
+
+_TARGET_PLATFORM = contextvars.ContextVar("target_platform", default=None)
+
+
+@contextlib.contextmanager
+def compiling_for(platform: str):
+  """Within this block, models are built and traced for `platform` ('cpu', 'gpu', 'tpu')."""
+  token = _TARGET_PLATFORM.set(platform)
+  try:
+    yield
+  finally:
+    _TARGET_PLATFORM.reset(token)
+
+
+def platform() -> str:
+  """The platform being compiled for: `compiling_for`'s, else JAX's default backend."""
+  return _TARGET_PLATFORM.get() or jax.default_backend()
 
 
 def default_depthwise_impl(backend: str | None = None) -> str:
@@ -30,129 +54,18 @@ def default_depthwise_impl(backend: str | None = None) -> str:
 
   CPU: the shifted-slice form is 8-17x faster forward and 8-24x faster forward+backward than
   XLA's grouped conv (benchmarks/depthwise.py: ConvNeXt V2-Tiny's stage shapes, batch 32, two
-  runs; see the README).
-  GPU/TPU: grouped convolutions map onto cuDNN / the TPU's conv units, so XLA's own op is used.
+  runs; see docs/cpu.md).
+  GPU/TPU: grouped convolutions map onto cuDNN / the TPU's conv units, so XLA's own op is used
+  (the shifted form also needs 14x the TPU memory: Atto's FCMAE step at 32 per v5e chip,
+  16.9 GiB of temporaries against 1.2 GiB).
   """
-  backend = backend or jax.default_backend()
+  backend = backend or platform()
   return "shift" if backend == "cpu" else "xla"
 
 
-# --------------------------------------------------------------------------------------------
-# Depthwise convolution.
-
-
-def _fusion_fence(x: jax.Array) -> jax.Array:
-  """Identity that XLA:CPU's library (YNNPACK) fusion pass cannot see through.
-
-  Without it, the pass that hands a LayerNorm's reduction to YNNPACK pulls the whole 49-term
-  shifted sum into the same library call, and every shifted slice and every broadcast kernel
-  tap is then written out as a full-size tensor (about half of an atto training step).
-  reduce_precision to the value's own format changes no bit, and the pass does not support it,
-  so the shifted sum stays one loop fusion.
-  """
-  info = jnp.finfo(x.dtype)
-  return jax.lax.reduce_precision(x, exponent_bits=info.nexp, mantissa_bits=info.nmant)
-
-
-def _shifted_sum(xp: jax.Array, w: jax.Array, height: int, width: int) -> jax.Array:
-  """sum_{i,j} xp[:, i:i+H, j:j+W, :] * w[i, j]; xp (B, H+k-1, W+k-1, C), w (k, k, C)."""
-  k = w.shape[0]
-  acc_dtype = jnp.promote_types(xp.dtype, jnp.float32)
-  out = None
-  for i in range(k):
-    for j in range(k):
-      term = xp[:, i:i + height, j:j + width, :].astype(acc_dtype) * w[i, j].astype(acc_dtype)
-      out = term if out is None else out + term
-  return _fusion_fence(out.astype(xp.dtype))
-
-
-def _column_windows(xp: jax.Array, width: int, k: int) -> jax.Array:
-  """(B, R, width+k-1, C) -> (B, R, width, k, C) with out[:, :, w, j] = xp[:, :, w + j].
-
-  Built from a broadcast, reshapes and slices only, so that XLA fuses it into the consumer as
-  index arithmetic and never writes the k-fold tensor out: broadcast each row to width+1
-  copies, flatten them, and reread the flat row with a stride one longer than the row.
-  """
-  batch, rows, length, channels = xp.shape
-  y = jnp.broadcast_to(xp[:, :, None], (batch, rows, width + 1, length, channels))
-  y = y.reshape(batch, rows, (width + 1) * length, channels)[:, :, :width * (length + 1)]
-  return y.reshape(batch, rows, width, length + 1, channels)[:, :, :, :k]
-
-
-def _row_group(height: int, k: int) -> int:
-  """Rows summed inside the product fusion: k to 2k, or the height if it is shorter.
-
-  The one among them that needs the fewest zero rows of padding, the larger on a tie.
-  """
-  if height <= k:
-    return height
-  return min(range(k, 2 * k + 1), key=lambda r: (-(-height // r) * r, -r))
-
-
-def _kernel_gradient(x: jax.Array, g: jax.Array, k: int) -> jax.Array:
-  """dw[i, j, c] = sum_{b,h,w} xpad[b, h+i, w+j, c] * g[b, h, w, c], in float32.
-
-  One product fusion per kernel row i computes all k column offsets at once, from a k-wide
-  window of the padded input (`_column_windows`), so each fusion reads its two operands once
-  instead of once per offset. The fusion also adds up groups of `_row_group` consecutive rows,
-  so that only a tensor at most the input's size (for heights of at least k) goes to the final
-  reduction (a reduction fed directly by the product is taken by XLA:CPU's library fusion,
-  which first writes the product out at full size). The batch axis is reduced, not looped
-  over, so a batch sharded across devices stays sharded.
-
-  XLA fuses elementwise producers of `x` and `g` into these fusions, where they are recomputed
-  for every offset. In the network both arrive materialized (the padded block input; the next
-  LayerNorm's gradient), times FCMAE's visibility mask when masking, so this costs nothing.
-  The bad case is a gradient computed from this convolution's own output, as in
-  `sum(conv(x) ** 2)`: the 49-term sum then runs 49 times (8 s instead of 0.3 s at 56x56x96,
-  batch 32), which is why `benchmarks/depthwise.py` uses a fixed output gradient.
-  `jax.lax.optimization_barrier` does not stop this fusion on XLA:CPU.
-  """
-  batch, height, width, channels = x.shape
-  rows = _row_group(height, k)
-  groups = -(-height // rows)
-  acc_dtype = jnp.promote_types(x.dtype, jnp.float32)
-  # Zero rows below the image (for `groups * rows` rows) contribute nothing to the sums.
-  extra = groups * rows - height
-  xp = jnp.pad(x, ((0, 0), (k // 2, k // 2 + extra), (k // 2, k // 2), (0, 0)))
-  g = jnp.pad(g.astype(acc_dtype), ((0, 0), (0, extra), (0, 0), (0, 0)))[:, :, :, None, :]
-  dw = []
-  for i in range(k):
-    windows = _column_windows(xp[:, i:i + groups * rows], width, k).astype(acc_dtype)
-    product = (windows * g).reshape(batch, groups, rows, width, k, channels)
-    partial = product[:, :, 0]
-    for r in range(1, rows):
-      partial = partial + product[:, :, r]
-    dw.append(jnp.sum(_fusion_fence(partial), axis=(0, 1, 2)))
-  return jnp.stack(dw)
-
-
-def _pad(x: jax.Array, p: int) -> jax.Array:
-  return jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
-
-
-@jax.custom_vjp
-def _depthwise_shift(x: jax.Array, w: jax.Array) -> jax.Array:
-  k = w.shape[0]
-  return _shifted_sum(_pad(x, k // 2), w, x.shape[1], x.shape[2])
-
-
-def _depthwise_shift_fwd(x, w):
-  return _depthwise_shift(x, w), (x, w)
-
-
-def _depthwise_shift_bwd(residuals, g):
-  x, w = residuals
-  k = w.shape[0]
-  # The gradient of a depthwise correlation w.r.t. its input is a correlation with the flipped
-  # kernel; w.r.t. the kernel it is the correlation of the padded input with the output gradient.
-  dx = _shifted_sum(_pad(g, k // 2), w[::-1, ::-1], x.shape[1], x.shape[2])
-  return dx.astype(x.dtype), _kernel_gradient(x, g, k).astype(w.dtype)
-
-
-_depthwise_shift.defvjp(_depthwise_shift_fwd, _depthwise_shift_bwd)
-
-
+def matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """x @ kernel over the last axis of x; on CPU with `cpu_kernels.dense`'s gradient."""
+  return cpu_kernels.dense(x, kernel) if platform() == "cpu" else jnp.dot(x, kernel)
 def depthwise_conv(x: jax.Array, kernel: jax.Array, impl: str = "shift") -> jax.Array:
   """'Same'-padded stride-1 depthwise convolution, no bias.
 
@@ -164,7 +77,7 @@ def depthwise_conv(x: jax.Array, kernel: jax.Array, impl: str = "shift") -> jax.
     (B, H, W, C) in x's dtype.
   """
   if impl == "shift":
-    return _depthwise_shift(x, kernel[:, :, 0, :])
+    return cpu_kernels.depthwise_shift(x, kernel[:, :, 0, :])
   if impl == "xla":
     p = kernel.shape[0] // 2
     return jax.lax.conv_general_dilated(
@@ -193,52 +106,6 @@ class DepthwiseConv(nnx.Module):
     return depthwise_conv(x, self.kernel[...].astype(self.dtype), self.impl) + self.bias[...].astype(self.dtype)
 
 
-@jax.custom_vjp
-def dense(x: jax.Array, kernel: jax.Array) -> jax.Array:
-  """x @ kernel over the last axis of x (any number of leading axes); kernel (in, out).
-
-  The same product as jnp.dot, with a kernel gradient that XLA:CPU computes without a
-  transposed copy of the activations (see `_dense_kernel_gradient`).
-  """
-  return jnp.dot(x, kernel)
-
-
-def _dense_fwd(x, kernel):
-  return jnp.dot(x, kernel), (x, kernel)
-
-
-def _dense_kernel_gradient(x: jax.Array, g: jax.Array) -> jax.Array:
-  """sum over all leading positions of x[..., :, None] * g[..., None, :], in float32.
-
-  As one dot contracting the (batch * positions) axis, XLA:CPU first writes transposed copies
-  of the activations and of the gradient: two extra passes over the largest tensors of a
-  block. Split into two halves of the positions (for an even batch, the two halves of the
-  batch), one batched dot and a sum of the two partial (in, out) results reads its operands
-  in place. On atto's four stage shapes at batch 32 that is 2.6x, 2.8x, 1.7x faster and equal
-  in the last stage (more chunks lose there); at batch 1, where the split falls inside the
-  sample, an atto training step is about 5% faster than with the single dot. The two halves
-  are added elementwise: as a reduction over the axis of length 2, YNNPACK took 30 ms per
-  (3072, 768) kernel at Tiny's last stage. CPU only; other backends take the plain dot.
-  """
-  acc = jnp.promote_types(x.dtype, jnp.float32)
-  positions = x.size // x.shape[-1]
-  if x.ndim >= 3 and positions % 2 == 0 and jax.default_backend() == "cpu":
-    xs, gs = x.reshape(2, -1, x.shape[-1]), g.reshape(2, -1, g.shape[-1])
-    halves = jnp.einsum("bnc,bnd->bcd", xs, gs, preferred_element_type=acc)
-    return halves[0] + halves[1]
-  lead = tuple(range(x.ndim - 1))
-  return jax.lax.dot_general(x, g, ((lead, lead), ((), ())), preferred_element_type=acc)
-
-
-def _dense_bwd(residuals, g):
-  x, kernel = residuals
-  dx = jnp.dot(g, kernel.T)
-  return dx.astype(x.dtype), _dense_kernel_gradient(x, g).astype(kernel.dtype)
-
-
-dense.defvjp(_dense_fwd, _dense_bwd)
-
-
 class Dense(nnx.Module):
   """x @ kernel + bias over the last axis; kernel (in, out). Any number of leading axes."""
 
@@ -248,7 +115,7 @@ class Dense(nnx.Module):
     self.dtype = dtype
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    y = dense(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+    y = matmul(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
     return y + self.bias[...].astype(self.dtype)
 
 
@@ -272,7 +139,7 @@ class PatchConv(nnx.Module):
     x = x.astype(self.dtype).reshape(*lead, h // k, k, w // k, k, c)
     x = jnp.swapaxes(x, -4, -3).reshape(*lead, h // k, w // k, k * k * c)  # (p, q, c) order
     kernel = self.kernel[...].astype(self.dtype).reshape(k * k * c, -1)
-    return dense(x, kernel) + self.bias[...].astype(self.dtype)
+    return matmul(x, kernel) + self.bias[...].astype(self.dtype)
 
 
 class LayerNorm(nnx.Module):

@@ -15,3 +15,14 @@ def perturb(params, scale=0.1, seed=1):
       leaf = leaf + scale * jax.random.normal(key, leaf.shape)
     out.append(leaf)
   return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def override(config, changes: dict):
+  """Sets dotted fields of a config ({"mesh.data": 2, "batch_size": 16}) and returns it."""
+  for key, value in changes.items():
+    node = config
+    *parents, leaf = key.split(".")
+    for parent in parents:
+      node = node[parent]
+    node[leaf] = value
+  return config

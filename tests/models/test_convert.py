@@ -1,51 +1,28 @@
-"""models.convert: parity with transformers' PyTorch ConvNextV2, format handling, safety.
+"""models/convert.py: parity with transformers' PyTorch ConvNextV2 through every file format,
+export back to Hugging Face, and safe, atomic file handling.
 
 The reference is transformers' ConvNextV2 (an implementation independent of ours), randomly
 initialised, with every LayerNorm, GRN and bias set to non-zero random values (they start at
 1/0, 0/0 and 0, which would hide mapping bugs), in eval mode. The official, FCMAE and timm files
-are written here from the Hugging Face weights with key maps written out below, directly from
-REFERENCE.md section 4 (not with models.convert's own tables). `pytest -s` prints each parity
-case's max |ours - torch| / max |torch|.
+are written here from the Hugging Face weights with the key maps of tests/models/reference.py.
+`pytest -s` prints each parity case's max |ours - torch| / max |torch|.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import re
 
 import jax
 import numpy as np
 import pytest
 import torch
-from transformers import ConvNextV2Config, ConvNextV2ForImageClassification, ConvNextV2Model
+from transformers import ConvNextV2ForImageClassification, ConvNextV2Model
 
 from models import convert
 from models import convnextv2 as cv
-
-
-
-# ----------------------------------------------------------------------------------------------
-# Helpers.
-
-
-def hf_model(variant: str, num_labels: int, seed: int = 0):
-  """A random transformers ConvNextV2ForImageClassification with non-trivial norms/GRN/biases."""
-  spec = cv.VARIANTS[variant]
-  torch.manual_seed(seed)
-  config = ConvNextV2Config(hidden_sizes=list(spec["dims"]), depths=list(spec["depths"]), num_labels=num_labels)
-  model = ConvNextV2ForImageClassification(config).eval()
-  gen = torch.Generator().manual_seed(seed + 1)
-  with torch.no_grad():
-    for name, p in model.named_parameters():
-      noise = torch.randn(p.shape, generator=gen)
-      if ".grn." in name:
-        p.copy_(0.5 * noise)
-      elif p.ndim == 1 and name.endswith("weight"):   # LayerNorm scales
-        p.copy_(1.0 + 0.3 * noise)
-      elif p.ndim == 1:                                # every bias
-        p.copy_(0.3 * noise)
-  return model
+from tests.models.reference import (FCMAE_DECODER, hf_model, hf_to_official, official_to_sparse_fcmae,
+                                    official_to_timm, state_dict_numpy, torch_save)
 
 
 def images(resolution: int, batch: int = 2, seed: int = 0) -> np.ndarray:
@@ -90,101 +67,6 @@ def assert_parity(case: str, got: np.ndarray, want: np.ndarray) -> float:
   return rel
 
 
-def state_dict_numpy(model) -> dict[str, np.ndarray]:
-  return {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
-
-
-def hf_to_official(sd: dict) -> dict:
-  """HF names -> official facebookresearch names (REFERENCE.md section 4), same layouts."""
-  out = {}
-  for key, value in sd.items():
-    key = key.removeprefix("convnextv2.")
-    if m := re.fullmatch(r"embeddings\.patch_embeddings\.(weight|bias)", key):
-      name = f"downsample_layers.0.0.{m[1]}"
-    elif m := re.fullmatch(r"embeddings\.layernorm\.(weight|bias)", key):
-      name = f"downsample_layers.0.1.{m[1]}"
-    elif m := re.fullmatch(r"encoder\.stages\.(\d)\.downsampling_layer\.(\d)\.(weight|bias)", key):
-      name = f"downsample_layers.{m[1]}.{m[2]}.{m[3]}"
-    elif m := re.fullmatch(r"encoder\.stages\.(\d)\.layers\.(\d+)\.(\w+)\.(weight|bias)", key):
-      module = {"layernorm": "norm"}.get(m[3], m[3])
-      param = {"weight": "gamma", "bias": "beta"}[m[4]] if module == "grn" else m[4]
-      name = f"stages.{m[1]}.{m[2]}.{module}.{param}"
-    elif m := re.fullmatch(r"layernorm\.(weight|bias)", key):
-      name = f"norm.{m[1]}"
-    elif m := re.fullmatch(r"classifier\.(weight|bias)", key):
-      name = f"head.{m[1]}"
-    else:
-      raise AssertionError(f"unmapped HF key {key}")
-    out[name] = value
-  return out
-
-
-def official_to_timm(sd: dict) -> dict:
-  """Official -> timm convnextv2_* names; atto..nano form: 1x1-conv fc1/fc2, 1-D GRN."""
-  out = {}
-  for key, value in sd.items():
-    if m := re.fullmatch(r"downsample_layers\.0\.(\d)\.(\w+)", key):
-      out[f"stem.{m[1]}.{m[2]}"] = value
-    elif m := re.fullmatch(r"downsample_layers\.(\d)\.(\d)\.(\w+)", key):
-      out[f"stages.{m[1]}.downsample.{m[2]}.{m[3]}"] = value
-    elif m := re.fullmatch(r"stages\.(\d)\.(\d+)\.(\w+)\.(\w+)", key):
-      block = f"stages.{m[1]}.blocks.{m[2]}"
-      module, param = m[3], m[4]
-      if module == "dwconv":
-        out[f"{block}.conv_dw.{param}"] = value
-      elif module == "norm":
-        out[f"{block}.norm.{param}"] = value
-      elif module in ("pwconv1", "pwconv2"):
-        fc = {"pwconv1": "fc1", "pwconv2": "fc2"}[module]
-        out[f"{block}.mlp.{fc}.{param}"] = value.reshape(*value.shape, 1, 1) if param == "weight" else value
-      elif module == "grn":
-        out[f"{block}.mlp.grn.{ {'gamma': 'weight', 'beta': 'bias'}[param] }"] = value.reshape(-1)
-    elif m := re.fullmatch(r"norm\.(\w+)", key):
-      out[f"head.norm.{m[1]}"] = value
-    elif m := re.fullmatch(r"head\.(\w+)", key):
-      out[f"head.fc.{m[1]}"] = value
-    else:
-      raise AssertionError(f"unmapped official key {key}")
-  return out
-
-
-def official_to_sparse_fcmae(sd: dict) -> dict:
-  """Dense official encoder -> the FCMAE model's MinkowskiEngine state dict: the inverse of the
-  official remap_checkpoint_keys (kernel row w*k+h holds (h, w); .ln/.linear; (1, C) bias/GRN)."""
-  out = {}
-  for key, value in sd.items():
-    parts = key.split(".")
-    if key.startswith("downsample_layers.0."):            # the stem is dense in the sparse model
-      out["encoder." + key] = value
-    elif re.fullmatch(r"downsample_layers\.\d\.0\.\w+", key) or ".norm." in key:
-      out["encoder." + ".".join(parts[:-1] + ["ln", parts[-1]])] = value
-    elif re.fullmatch(r"downsample_layers\.\d\.1\.weight", key):   # (O, I, 2, 2) -> (4, I, O)
-      out["encoder." + key[:-len("weight")] + "kernel"] = value.transpose(3, 2, 1, 0).reshape(4, value.shape[1], value.shape[0])
-    elif key.endswith("dwconv.weight"):                             # (C, 1, 7, 7) -> (49, C)
-      out["encoder." + key[:-len("weight")] + "kernel"] = value[:, 0].transpose(2, 1, 0).reshape(49, value.shape[0])
-    elif re.fullmatch(r"downsample_layers\.\d\.1\.bias", key) or key.endswith("dwconv.bias"):
-      out["encoder." + key] = value.reshape(1, -1)
-    elif ".pwconv" in key:
-      out["encoder." + ".".join(parts[:-1] + ["linear", parts[-1]])] = value
-    elif ".grn." in key:
-      out["encoder." + key] = value.reshape(1, -1)
-    else:
-      raise AssertionError(f"unmapped official key {key}")
-  return out
-
-
-FCMAE_DECODER = {  # present in FCMAE pretraining state dicts; must be skipped, not converted
-    "proj.weight": np.zeros((512, 320, 1, 1), np.float32), "proj.bias": np.zeros((512,), np.float32),
-    "mask_token": np.zeros((1, 512, 1, 1), np.float32),
-    "decoder.0.dwconv.weight": np.zeros((512, 1, 7, 7), np.float32),
-    "pred.weight": np.zeros((3072, 512, 1, 1), np.float32), "pred.bias": np.zeros((3072,), np.float32),
-}
-
-
-def torch_save(sd: dict, path, **extra):
-  torch.save({"model": {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in sd.items()}, **extra}, path)
-
-
 @pytest.fixture(scope="module")
 def atto(tmp_path_factory):
   """A random HF atto (10 classes), its save_pretrained directory and its conversion."""
@@ -194,10 +76,6 @@ def atto(tmp_path_factory):
   assert (root / "hf" / "model.safetensors").is_file()
   assert convert.main([str(root / "hf"), str(root / "ckpt")]) == 0
   return dict(model=model, hf=root / "hf", ckpt=root / "ckpt", sd=state_dict_numpy(model))
-
-
-# ----------------------------------------------------------------------------------------------
-# Parity.
 
 
 @pytest.fixture(scope="module")
@@ -325,10 +203,6 @@ def test_half_precision_files_read_as_float32(tmp_path):
       np.testing.assert_array_equal(sd[key], tensors[key].float().numpy())
 
 
-# ----------------------------------------------------------------------------------------------
-# Export and round trips.
-
-
 def randomized_params(variant: str, num_classes: int, seed: int = 3) -> dict:
   """Random params of our layout: weights N(0, 0.02), GRN / LayerNorm / biases non-trivial."""
   rng = np.random.RandomState(seed)
@@ -383,47 +257,6 @@ def test_export_hf_base_model(tmp_path):
                 ours_cached("atto", 0, params, x, depthwise_impl="xla"))
   with pytest.raises(convert.ConversionError, match="10 but the params have a 0-class head"):
     convert.export_hf(params, "atto", 10, tmp_path / "other")
-
-
-# ----------------------------------------------------------------------------------------------
-# Errors.
-
-
-def test_variant_inference_and_mismatch(tmp_path, atto, capsys):
-  sd = hf_to_official(atto["sd"])
-  assert convert.to_params(sd)[1]["variant"] == "atto"
-  assert convert.to_params(sd, "atto")[1]["variant"] == "atto"
-  with pytest.raises(convert.ConversionError, match=r"--variant femto .* disagrees .* atto"):
-    convert.to_params(sd, "femto")
-  with pytest.raises(convert.ConversionError, match="Unknown ConvNeXt V2 variant 'giant'"):
-    convert.to_params(sd, "giant")
-  assert convert.main([str(atto["hf"]), str(tmp_path / "out"), "--variant", "nano"]) == 1
-  err = capsys.readouterr().err
-  assert "nano" in err and "atto" in err
-  assert not (tmp_path / "out").exists()
-  with pytest.raises(SystemExit):  # argparse rejects an unknown --variant
-    convert.main([str(atto["hf"]), str(tmp_path / "out"), "--variant", "giant"])
-
-
-def test_key_and_shape_mismatch_lists_keys(atto):
-  sd = dict(atto["sd"])
-  del sd["convnextv2.encoder.stages.2.layers.3.pwconv1.weight"]
-  sd["convnextv2.encoder.stages.1.layers.0.dwconv.weight"] = np.zeros((80, 1, 5, 5), np.float32)
-  sd["convnextv2.encoder.stages.1.layers.0.extra.weight"] = np.zeros((3,), np.float32)
-  with pytest.raises(convert.ConversionError) as error:
-    convert.to_params(sd)
-  message = str(error.value)
-  print("\n" + message)
-  assert "missing (1): convnextv2.encoder.stages.2.layers.3.pwconv1.weight" in message
-  assert "unexpected (1): convnextv2.encoder.stages.1.layers.0.extra.weight" in message
-  assert ("wrong shape (1): convnextv2.encoder.stages.1.layers.0.dwconv.weight expected (80, 1, 7, 7) "
-          "got (80, 1, 5, 5)") in message
-
-
-def test_unknown_format_names_keys():
-  with pytest.raises(convert.ConversionError, match=r"Unrecognised checkpoint format: 2 keys, e\.g\. "
-                     r"backbone\.conv1\.weight, fc\.weight"):
-    convert.to_params({"backbone.conv1.weight": np.zeros((1,)), "fc.weight": np.zeros((1,))})
 
 
 def test_load_checks_shapes_against_config(tmp_path, atto):
@@ -492,4 +325,3 @@ def test_pt_loading_is_weights_only(tmp_path, atto):
   assert not marker.exists()
   assert convert.main([str(tmp_path / "evil.pt"), str(tmp_path / "out")]) == 1
   assert not marker.exists() and not (tmp_path / "out").exists()
-

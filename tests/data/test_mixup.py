@@ -1,4 +1,4 @@
-"""Batch Mixup / CutMix (timm `Mixup`, mode='batch'), soft cross-entropy and top-k accuracy."""
+"""data/mixup.py: batch Mixup / CutMix (timm `Mixup`, mode='batch') with label smoothing."""
 
 import functools
 
@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fcmae import mixup
+from data import mixup
+
 
 B, H, W, C, K = 8, 16, 12, 3, 10
 
@@ -71,13 +72,15 @@ def _mixer(mixup_alpha, cutmix_alpha):
 
 
 MIXUP = dict(mixup_alpha=0.8, cutmix_alpha=0.0)
+
+
 CUTMIX = dict(mixup_alpha=0.0, cutmix_alpha=1.0)
+
+
 BOTH = dict(mixup_alpha=0.8, cutmix_alpha=1.0)
+
+
 NONE = dict(mixup_alpha=0.0, cutmix_alpha=0.0)
-
-
-# ---------------------------------------------------------------------------------------------
-# Targets
 
 
 def test_one_hot_smoothed_matches_timm_formula():
@@ -111,10 +114,6 @@ def test_targets_are_distributions_and_match_the_timm_mixture(cfg, smoothing):
     assert min(lams) < 0.9  # the targets really were mixed
 
 
-# ---------------------------------------------------------------------------------------------
-# Mixup
-
-
 def test_mixup_images_are_the_lam_blend_with_the_flipped_batch():
   x, y = _batch()
   xn = np.asarray(x)
@@ -136,10 +135,6 @@ def test_mixup_lambda_is_beta_distributed():
   assert np.all((lam >= 0) & (lam <= 1))
   assert abs(lam.mean() - 0.5) < 0.02
   assert abs(lam.var() - 1 / (4 * 2.6)) < 0.006
-
-
-# ---------------------------------------------------------------------------------------------
-# CutMix
 
 
 def _check_cutmix(out, x, t, y, smoothing=0.0):
@@ -206,10 +201,6 @@ def test_rand_bbox_follows_timm():
   # lam 1 -> an empty box
   yl, yh, xl, xh = (np.asarray(b) for b in fn(keys, H, W, 1.0))
   assert np.all(yl == yh) and np.all(xl == xh)
-
-
-# ---------------------------------------------------------------------------------------------
-# Switching, identity, jit, sharding
 
 
 @pytest.mark.parametrize("cfg,expected", [
@@ -288,42 +279,3 @@ def test_sharded_global_batch_matches_unsharded():
     np.testing.assert_allclose(np.asarray(t), targets[i], atol=1e-6)
     seen.add(_mode(outs[i], x))
   assert seen == {"mixup", "cutmix"}
-
-
-# ---------------------------------------------------------------------------------------------
-# Loss and accuracy
-
-
-def test_soft_cross_entropy_matches_torch():
-  torch = pytest.importorskip("torch")
-  rng = np.random.default_rng(0)
-  logits = rng.normal(size=(16, K)).astype(np.float32) * 3
-  targets = rng.dirichlet(np.ones(K), size=16).astype(np.float32)
-  got = np.asarray(mixup.soft_cross_entropy(jnp.asarray(logits), jnp.asarray(targets)))
-  want = torch.nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(targets),
-                                           reduction="none").numpy()
-  assert got.shape == (16,)
-  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-  # hard one-hot targets reduce to the ordinary cross-entropy; bf16 logits are upcast
-  labels = rng.integers(0, K, size=16)
-  got = np.asarray(mixup.soft_cross_entropy(jnp.asarray(logits), jax.nn.one_hot(labels, K)))
-  want = torch.nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels),
-                                           reduction="none").numpy()
-  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-  out = mixup.soft_cross_entropy(jnp.asarray(logits, jnp.bfloat16), jnp.asarray(targets))
-  assert out.dtype == jnp.float32
-
-
-def test_topk_correct_matches_numpy_argsort():
-  rng = np.random.default_rng(1)
-  logits = rng.normal(size=(64, K)).astype(np.float32)
-  labels = rng.integers(0, K, size=64).astype(np.int32)
-  order = np.argsort(-logits, axis=-1)
-  for k in (1, 3, 5):
-    want = (order[:, :k] == labels[:, None]).any(-1).astype(np.float32)
-    got = np.asarray(mixup.topk_correct(jnp.asarray(logits), jnp.asarray(labels), k))
-    assert got.dtype == np.float32
-    np.testing.assert_array_equal(got, want)
-    assert 0 < want.sum() < 64
-  np.testing.assert_array_equal(
-      np.asarray(mixup.topk_correct(jnp.asarray(logits), jnp.asarray(labels), K + 5)), 1.0)

@@ -1,12 +1,7 @@
-"""Input pipeline: deterministic, resumable, multi-process tf.data iterators.
+"""The input pipeline: deterministic, resumable, multi-process tf.data iterators.
 
-Sources, selected by ``name``:
-
-* a TFDS name (default ``'imagenet2012'``), read from an already prepared
-  ``data_dir`` (never downloaded here);
-* ``'folder:PATH'``: ``PATH/train/<class>/<image>`` and ``PATH/val/<class>/<image>``;
-* ``'demo'``: 12 classes of synthetic 64x64 shapes/textures generated with
-  numpy (no files, no network) for smoke tests and tiny experiments.
+``train_iterator`` and ``eval_iterator`` read a source (``data/sources.py``) and apply the
+augmentations of ``data/augment.py``; they return numpy batches of this process's share.
 
 Determinism, resumption and multiple processes
     Folder/demo sources (the whole split is an in-memory array of images or
@@ -74,87 +69,20 @@ Corrupt images
 from __future__ import annotations
 
 import dataclasses
-import functools
 import itertools
 import logging
-import os
 import threading
 from concurrent import futures
 from typing import Any, Iterator
 
 import numpy as np
 import tensorflow as tf
-import tensorflow_datasets as tfds
 
-from fcmae import augment as aug
-from fcmae.augment import IMAGENET_MEAN, IMAGENET_STD  # re-exported
-
-__all__ = [
-    'IMAGENET_MEAN', 'IMAGENET_STD', 'DatasetInfo', 'DatasetNotPreparedError', 'DEMO_CLASSES',
-    'dataset_info', 'train_iterator', 'eval_iterator', 'make_global_batch', 'skipped_images',
-    'demo_arrays', 'TrainIterator', 'EvalIterator',
-]
+from data import transforms
+from data.sources import (AUG_TAG, ORDER_TAG, Source, check_process, derived_seed, get_source,
+                          num_threads, tf_options)
 
 logger = logging.getLogger(__name__)
-
-# TF must never grab an accelerator: JAX owns it.
-try:
-  tf.config.set_visible_devices([], 'GPU')
-except (RuntimeError, ValueError):  # TF runtime already initialised; nothing we can do then.
-  pass
-
-IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp')
-# Records held in the shuffle buffer after TFDS's file-level shuffle (encoded
-# images, ~110 KB each for ImageNet -> ~1.1 GB).
-TFDS_SHUFFLE_BUFFER = 10_000
-_SPLIT_ALIASES = {'val': 'validation', 'valid': 'validation', 'eval': 'validation'}
-
-
-def _num_threads() -> int:
-  """Threads for each tf.data pipeline (env FCMAE_DATA_THREADS overrides)."""
-  env = os.environ.get('FCMAE_DATA_THREADS')
-  if env:
-    return max(1, int(env))
-  return max(1, min(os.cpu_count() or 1, 16))
-
-
-def _tf_options() -> tf.data.Options:
-  """Deterministic order, a private bounded threadpool, single-threaded ops."""
-  options = tf.data.Options()
-  options.deterministic = True
-  options.threading.private_threadpool_size = _num_threads()
-  options.threading.max_intra_op_parallelism = 1
-  return options
-
-
-_IMAGE_SPEC = tf.TensorSpec([None, None, 3], tf.uint8)
-_SEED_SPEC = tf.TensorSpec([2], tf.int64)
-
-
-def _freeze(value: Any) -> Any:
-  """Hashable version of an augment_options value (lists -> tuples)."""
-  if isinstance(value, (list, tuple)):
-    return tuple(_freeze(v) for v in value)
-  return value
-
-
-@functools.lru_cache(maxsize=64)
-def _compiled_train_transform(augment: str, image_size: int, options_key: tuple) -> Any:
-  """tf.function(uint8 [H, W, 3], seed [2]) -> float32 [S, S, 3], traced once per process.
-
-  Tracing RandAugment's 2 x 15 branches takes seconds; caching the traced
-  function keeps iterator construction cheap.
-  """
-  fn = aug.build_train_transform(augment, image_size, dict(options_key))
-  return tf.function(fn, input_signature=[_IMAGE_SPEC, _SEED_SPEC], autograph=False)
-
-
-@functools.lru_cache(maxsize=64)
-def _compiled_eval_transform(image_size: int, crop_pct: float) -> Any:
-  """tf.function(uint8 [H, W, 3]) -> float32 [S, S, 3] normalized eval crop."""
-  fn = lambda image: aug.normalize(aug.eval_resize_crop(image, image_size, crop_pct))
-  return tf.function(fn, input_signature=[_IMAGE_SPEC], autograph=False)
-
 
 def _in_background(fn, *args) -> futures.Future:
   """Runs fn(*args) in a short-lived worker thread; returns its future."""
@@ -184,433 +112,10 @@ def _add_skipped(n: int) -> None:
     _skipped_total += n
 
 
-# --------------------------------------------------------------------------
-# Seeds
-# --------------------------------------------------------------------------
-
-_ORDER_TAG, _AUG_TAG = 0x0D3E, 0xA06
-
-
-def _derived_seed(seed: int, *tags: int, bits: int = 63) -> int:
-  """A well-mixed non-negative int of `bits` bits from (seed, *tags).
-
-  Per-process TFDS seeds pass the process index as the first tag; the global
-  folder/demo seeds pass none.
-  """
-  seed = int(seed) % (1 << 64)  # SeedSequence wants non-negative entropy
-  ss = np.random.SeedSequence([seed & 0xFFFFFFFF, seed >> 32, *tags])
-  return int(ss.generate_state(1, np.uint64)[0] >> (64 - bits))
-
-
 def _example_seed(base: int, epoch, pos) -> tf.Tensor:
   """Stateless seed [2] int64 of the example at position `pos` of `epoch`."""
   epoch = tf.cast(epoch, tf.int64)
   return tf.stack([tf.constant(base, tf.int64), epoch * (1 << 32) + tf.cast(pos, tf.int64)])
-
-
-# --------------------------------------------------------------------------
-# Sources
-# --------------------------------------------------------------------------
-
-def _check_process(process_index: int, process_count: int) -> None:
-  if process_count < 1 or not 0 <= process_index < process_count:
-    raise ValueError(f'bad process_index/process_count: {process_index}/{process_count}')
-
-
-class _Source:
-  """A split-able collection of (payload, label) with a payload decoder.
-
-  ``records`` returns a dataset of (payload, label int32, pos int64) with the
-  positions [start, stop) of this process's shard in an epoch's visiting
-  order (natural order for eval, epoch=None); ``decode`` turns a payload into
-  a uint8 [H, W, 3] image and may fail, which counts as a corrupt image.
-  """
-  name: str
-  num_classes: int
-  # True: the training stream reads one global order of the whole split
-  # (_GlobalTrainPipeline); False: per-process shards (_ShardedTrainPipeline).
-  global_order = False
-
-  def split_size(self, split: str) -> int:
-    raise NotImplementedError
-
-  def shard_size(self, split: str, index: int, count: int) -> int:
-    raise NotImplementedError
-
-  def records(self, split: str, index: int, count: int, *, epoch, seed: int, start,
-              stop: int | None) -> tf.data.Dataset:
-    raise NotImplementedError
-
-  def decode(self, payload: tf.Tensor) -> tf.Tensor:
-    raise NotImplementedError
-
-  def describe(self, split: str, index: int, count: int, epoch: int | None, pos: int,
-               seed: int) -> str:
-    """Human-readable name of the example at `pos` of `epoch` (for skip warnings)."""
-    where = '' if epoch is None else f' of epoch {epoch}'
-    return f'record #{pos}{where} of {self.name} split {split!r} (process shard {index}/{count})'
-
-
-class _ArraySource(_Source):
-  """folder/demo: payloads in memory; random access by split index.
-
-  Training reads one global order per epoch (``order_indices``); eval reads
-  per-process shards by striding (``records`` with epoch=None).
-  """
-
-  global_order = True
-
-  def _split_arrays(self, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """(payloads [N, ...], labels int32 [N]) in canonical order (numpy)."""
-    raise NotImplementedError
-
-  @functools.lru_cache(maxsize=8)
-  def _split_tensors(self, split: str) -> tuple[tf.Tensor, tf.Tensor]:
-    """Eager (payloads, labels) tensors; captured by the pipelines that use them."""
-    payloads, labels = self._split_arrays(split)
-    if payloads.dtype == object:
-      payloads = payloads.astype(str)
-    with tf.init_scope():  # eager even when first called while tracing (cached!)
-      return tf.constant(payloads), tf.constant(labels)
-
-  def split_size(self, split):
-    return len(self._split_arrays(split)[1])
-
-  def shard_size(self, split, index, count):
-    return len(range(index, self.split_size(split), count))
-
-  def order_indices(self, split: str, order_base: int, epoch, pos) -> tf.Tensor:
-    """Split indices (int64, shape of `pos`) at positions `pos` of epoch `epoch`'s global order.
-
-    The order is a pseudorandom permutation of [0, N) keyed by (order_base,
-    epoch) only, evaluated pointwise (never materialised). Works eagerly and
-    in-graph (tensor epoch/pos).
-    """
-    key = tf.stack([tf.constant(order_base, tf.int64), tf.cast(epoch, tf.int64)])
-    max_index = tf.constant(self.split_size(split) - 1, tf.int64)
-    return tf.random.experimental.index_shuffle(tf.cast(pos, tf.int64), seed=key,
-                                                max_index=max_index)
-
-  def records(self, split, index, count, *, epoch, seed, start, stop):
-    """Eval only (epoch=None): shard `index` = split indices index, index + count, ..."""
-    if epoch is not None:
-      raise ValueError('array sources train through order_indices, not records')
-    payloads, labels = self._split_tensors(split)
-    stop = self.shard_size(split, index, count) if stop is None else stop
-    pos = tf.range(start, stop, dtype=tf.int64)
-    ds = tf.data.Dataset.from_tensor_slices(pos)
-    return ds.map(lambda p: (tf.gather(payloads, index + p * count),
-                             tf.gather(labels, index + p * count), p))
-
-  def example_name(self, split: str, split_index: int) -> str:
-    """The file path (folder) or 'example #i of demo split ...' of a split index."""
-    payloads, _ = self._split_arrays(split)
-    if payloads.dtype != object:  # not file paths
-      return f'example #{split_index} of {self.name} split {split!r}'
-    return str(payloads[split_index])
-
-  def describe(self, split, index, count, epoch, pos, seed):
-    if epoch is not None:
-      raise ValueError('array sources describe training examples with example_name')
-    return self.example_name(split, index + pos * count)
-
-
-class _DemoSource(_ArraySource):
-
-  def __init__(self):
-    self.name = 'demo'
-    self.num_classes = len(DEMO_CLASSES)
-
-  def _split_arrays(self, split):
-    return demo_arrays(_folder_split(split))
-
-  def decode(self, payload):
-    return payload  # already uint8 [64, 64, 3]
-
-
-class _FolderSource(_ArraySource):
-
-  def __init__(self, root: str):
-    self.root = os.path.abspath(os.path.expanduser(root))
-    self.name = f'folder:{self.root}'
-    self.classes = _folder_classes(self.root)
-    self.num_classes = len(self.classes)
-
-  def _split_arrays(self, split):
-    return _scan_folder_split(self.root, _folder_split(split))
-
-  def decode(self, payload):
-    data = tf.io.read_file(payload)
-    image = tf.io.decode_image(data, channels=3, expand_animations=False, dtype=tf.uint8)
-    return tf.ensure_shape(image, [None, None, 3])
-
-
-class DatasetNotPreparedError(FileNotFoundError):
-  """A TFDS dataset is not prepared in data_dir (this pipeline never downloads)."""
-
-
-class _TfdsSource(_Source):
-  """A prepared TFDS dataset with 'image' and 'label' features."""
-
-  def __init__(self, name: str, data_dir: str | None):
-    self.name = name
-    try:
-      self.builder = tfds.builder(name, data_dir=data_dir)
-    except tfds.core.registered.DatasetNotFoundError as e:
-      raise ValueError(f'unknown dataset {name!r}: not "demo", not "folder:PATH" and not a TFDS '
-                       f'dataset ({e})') from e
-    if not self.builder.is_prepared():
-      raise DatasetNotPreparedError(_not_prepared_message(name, self.builder))
-    self.num_classes = int(self.builder.info.features['label'].num_classes)
-
-  @staticmethod
-  def _split(split: str) -> str:
-    return _SPLIT_ALIASES.get(split, split)
-
-  def split_size(self, split):
-    return int(self.builder.info.splits[self._split(split)].num_examples)
-
-  def _shard(self, split, index, count):
-    return tfds.split_for_jax_process(self._split(split), process_index=index,
-                                      process_count=count)
-
-  def shard_size(self, split, index, count):
-    return int(self.builder.info.splits[self._shard(split, index, count)].num_examples)
-
-  def records(self, split, index, count, *, epoch, seed, start, stop):
-    """Epoch order: TFDS file shuffle + a shuffle buffer, both seeded by (seed, process, epoch)."""
-    shard = self._shard(split, index, count)
-    shuffle_seed = None if epoch is None else _derived_seed(seed, index, _ORDER_TAG, epoch,
-                                                            bits=31)
-    read_config = tfds.ReadConfig(
-        shuffle_seed=shuffle_seed, shuffle_reshuffle_each_iteration=False,
-        try_autocache=False, options=_tf_options())
-    ds = self.builder.as_dataset(
-        split=shard, shuffle_files=epoch is not None, read_config=read_config,
-        decoders={'image': tfds.decode.SkipDecoding()})  # still-encoded bytes
-    ds = ds.map(lambda ex: (ex['image'], tf.cast(ex['label'], tf.int32)))
-    if epoch is not None:
-      buffer = max(1, min(TFDS_SHUFFLE_BUFFER, self.shard_size(split, index, count)))
-      ds = ds.shuffle(buffer, seed=shuffle_seed, reshuffle_each_iteration=False)
-    ds = ds.enumerate().map(lambda pos, x: (x[0], x[1], pos))
-    if stop is not None:
-      ds = ds.take(stop)
-    if start:
-      ds = ds.skip(start)  # skips encoded records: no decoding, no augmentation
-    return ds
-
-  def decode(self, payload):
-    image = tf.io.decode_image(payload, channels=3, expand_animations=False, dtype=tf.uint8)
-    return tf.ensure_shape(image, [None, None, 3])
-
-
-def _not_prepared_message(name: str, builder) -> str:
-  root = builder.data_dir_root
-  base = name.split(':')[0].split('/')[0]
-  msg = (f'TFDS dataset {name!r} is not prepared in data_dir {root!r} '
-         f'(searched {builder.data_dir!r}). This input pipeline never downloads data. ')
-  if getattr(builder, 'MANUAL_DOWNLOAD_INSTRUCTIONS', None):
-    what = 'ImageNet' if base.startswith('imagenet') else f'The {base!r} dataset'
-    msg += (f'{what} must be downloaded by hand: put the archives (for imagenet2012: '
-            f'ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar from image-net.org) into '
-            f'{os.path.join(root, "downloads", "manual")!r}, then prepare it with '
-            f'`tfds build {base} --data_dir {root}`.')
-  else:
-    msg += (f'Prepare it first on a machine with network access: '
-            f'`tfds build {base} --data_dir {root}`.')
-  return msg
-
-
-def _folder_split(split: str) -> str:
-  """Maps the API's split names to the folder/demo directory names."""
-  if split in ('validation', 'val', 'valid', 'eval'):
-    return 'val'
-  if split == 'train':
-    return 'train'
-  raise ValueError(f"split must be 'train' or 'validation' for folder/demo sources, got {split!r}")
-
-
-@functools.lru_cache(maxsize=32)
-def _get_source(name: str, data_dir: str | None) -> _Source:
-  if name == 'demo':
-    return _DemoSource()
-  if name.startswith('folder:'):
-    return _FolderSource(name[len('folder:'):])
-  return _TfdsSource(name, data_dir)
-
-
-# --------------------------------------------------------------------------
-# Folder scanning
-# --------------------------------------------------------------------------
-
-def _class_dirs(split_dir: str) -> list[str]:
-  return sorted(e.name for e in os.scandir(split_dir) if e.is_dir() and not e.name.startswith('.'))
-
-
-@functools.lru_cache(maxsize=32)
-def _folder_classes(root: str) -> tuple[str, ...]:
-  """Sorted class names = subdirectories of ROOT/train."""
-  train_dir = os.path.join(root, 'train')
-  if not os.path.isdir(root):
-    raise FileNotFoundError(f'dataset folder {root!r} does not exist')
-  if not os.path.isdir(train_dir):
-    raise FileNotFoundError(f'dataset folder {root!r} has no train/ directory ({train_dir!r}); '
-                            f'expected ROOT/train/<class>/<images>')
-  classes = _class_dirs(train_dir)
-  if not classes:
-    raise ValueError(f'{train_dir!r} has no class subdirectories')
-  return tuple(classes)
-
-
-@functools.lru_cache(maxsize=64)
-def _scan_folder_split(root: str, split_dir_name: str) -> tuple[np.ndarray, np.ndarray]:
-  """(paths object [N], labels int32 [N]) of ROOT/<split>/<class>/**, sorted."""
-  classes = _folder_classes(root)
-  index = {c: i for i, c in enumerate(classes)}
-  split_dir = os.path.join(root, split_dir_name)
-  if not os.path.isdir(split_dir):
-    raise FileNotFoundError(f'split directory {split_dir!r} does not exist')
-  paths, labels = [], []
-  for cls in _class_dirs(split_dir):
-    if cls not in index:
-      raise ValueError(f'class {cls!r} in {split_dir!r} is not a class of '
-                       f'{os.path.join(root, "train")!r}')
-    files = []
-    for dirpath, dirnames, filenames in os.walk(os.path.join(split_dir, cls), followlinks=True):
-      dirnames.sort()
-      files.extend(os.path.join(dirpath, f) for f in filenames
-                   if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith('.'))
-    files.sort()
-    paths.extend(files)
-    labels.extend([index[cls]] * len(files))
-  if not paths:
-    raise ValueError(f'split directory {split_dir!r} contains no images '
-                     f'(extensions {", ".join(IMAGE_EXTENSIONS)})')
-  return np.array(paths, dtype=object), np.array(labels, dtype=np.int32)
-
-
-# --------------------------------------------------------------------------
-# Demo data
-# --------------------------------------------------------------------------
-
-DEMO_CLASSES = ('circle', 'square', 'triangle', 'horizontal_stripes', 'vertical_stripes',
-                'diagonal_stripes', 'checkerboard', 'concentric_rings', 'plus', 'blob', 'annulus',
-                'x_cross')
-DEMO_IMAGE_SIZE = 64
-DEMO_PER_CLASS = {'train': 100, 'val': 20}
-_DEMO_SEED = 20240601
-
-
-def _demo_masks(cls: int, n: int, rng: np.random.Generator) -> np.ndarray:
-  """Foreground coverage in [0, 1], float32 [n, 64, 64], for `n` images of class `cls`."""
-  size = DEMO_IMAGE_SIZE
-  grid = np.arange(size, dtype=np.float32) + 0.5
-  yy, xx = grid[None, :, None], grid[None, None, :]  # [1, 64, 1], [1, 1, 64]
-
-  def u(lo, hi):  # one value per image, broadcastable to [n, 64, 64]
-    return rng.uniform(lo, hi, size=(n, 1, 1)).astype(np.float32)
-
-  def rotated(cx, cy, theta):
-    dx, dy = xx - cx, yy - cy
-    return np.cos(theta) * dx + np.sin(theta) * dy, -np.sin(theta) * dx + np.cos(theta) * dy
-
-  def solid(sdf):  # signed distance (pixels, <0 inside) -> antialiased coverage
-    return np.clip(0.5 - sdf, 0.0, 1.0)
-
-  def wave(t, period, phase):  # soft stripes along coordinate t
-    return np.clip(3.0 * np.sin(2 * np.pi * t / period + phase) + 0.5, 0.0, 1.0)
-
-  deg = np.pi / 180
-  name = DEMO_CLASSES[cls]
-  cx, cy = u(22, 42), u(22, 42)
-  if name == 'circle':
-    return solid(np.hypot(xx - cx, yy - cy) - u(9, 20))
-  if name == 'square':
-    a, b = rotated(cx, cy, u(-15, 15) * deg)
-    return solid(np.maximum(np.abs(a), np.abs(b)) - u(8, 17))
-  if name == 'triangle':  # equilateral, pointing up (+-15 deg)
-    radius, theta = u(12, 24), u(-15, 15) * deg
-    sdf = np.full((n, size, size), -np.inf, np.float32)
-    for k in range(3):  # outward edge normals at 90, 210, 330 degrees (+theta), y down
-      phi = theta + (90 + 120 * k) * deg
-      sdf = np.maximum(sdf, np.cos(phi) * (xx - cx) + np.sin(phi) * (yy - cy))
-    return solid(sdf - radius / 2)
-  if name in ('horizontal_stripes', 'vertical_stripes', 'diagonal_stripes'):
-    base = {'horizontal_stripes': 90.0, 'vertical_stripes': 0.0}.get(name)
-    if base is None:
-      base = np.where(rng.random((n, 1, 1)) < 0.5, 45.0, 135.0)
-    theta = (base + u(-10, 10)) * deg
-    return wave(np.cos(theta) * xx + np.sin(theta) * yy, u(6, 14), u(0, 2 * np.pi))
-  if name == 'checkerboard':
-    a, b = rotated(cx, cy, u(-10, 10) * deg)
-    cell = u(5, 11)
-    s = np.sin(np.pi * a / cell + u(0, np.pi)) * np.sin(np.pi * b / cell + u(0, np.pi))
-    return np.clip(4.0 * s + 0.5, 0.0, 1.0)
-  if name == 'concentric_rings':
-    return wave(np.hypot(xx - cx, yy - cy), u(6, 11), u(0, 2 * np.pi))
-  if name in ('plus', 'x_cross'):
-    theta = (u(-10, 10) + (45.0 if name == 'x_cross' else 0.0)) * deg
-    a, b = rotated(cx, cy, theta)
-    arm, half = u(13, 22), u(2.5, 5.0)
-    bar1 = np.maximum(np.abs(a) - arm, np.abs(b) - half)
-    bar2 = np.maximum(np.abs(a) - half, np.abs(b) - arm)
-    return solid(np.minimum(bar1, bar2))
-  if name == 'blob':  # soft radial gradient, no edges
-    sigma = u(6, 14)
-    return np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * sigma ** 2))
-  if name == 'annulus':
-    outer, width = u(13, 22), u(3, 6)
-    return solid(np.abs(np.hypot(xx - cx, yy - cy) - (outer - width / 2)) - width / 2)
-  raise AssertionError(name)
-
-
-@functools.lru_cache(maxsize=None)
-def demo_arrays(split: str) -> tuple[np.ndarray, np.ndarray]:
-  """The built-in demo split: (images uint8 [N, 64, 64, 3], labels int32 [N]).
-
-  Classes are interleaved (label of example i is i % num_classes). Each image
-  draws position/size/angle/period, a dark and a light colour (randomly
-  assigned to foreground/background) and pixel noise from an RNG seeded by
-  (split, class), so the arrays are identical on every call and machine.
-  The returned arrays are read-only (cached).
-  """
-  split = _folder_split(split)
-  per_class = DEMO_PER_CLASS[split]
-  num_classes = len(DEMO_CLASSES)
-  images = np.empty((per_class * num_classes, DEMO_IMAGE_SIZE, DEMO_IMAGE_SIZE, 3), np.uint8)
-  for cls in range(num_classes):
-    rng = np.random.default_rng([_DEMO_SEED, 0 if split == 'train' else 1, cls])
-    mask = _demo_masks(cls, per_class, rng)[..., None]  # [n, 64, 64, 1]
-    dark = rng.uniform(0, 100, (per_class, 1, 1, 3))
-    light = rng.uniform(155, 255, (per_class, 1, 1, 3))
-    swap = rng.random((per_class, 1, 1, 1)) < 0.5
-    fg, bg = np.where(swap, dark, light), np.where(swap, light, dark)
-    img = bg + (fg - bg) * mask + rng.normal(0.0, 6.0, mask.shape[:3] + (3,))
-    images[cls::num_classes] = np.clip(np.round(img), 0, 255).astype(np.uint8)
-  labels = np.tile(np.arange(num_classes, dtype=np.int32), per_class)
-  images.setflags(write=False)
-  labels.setflags(write=False)
-  return images, labels
-
-
-# --------------------------------------------------------------------------
-# Public API: info
-# --------------------------------------------------------------------------
-
-@dataclasses.dataclass(frozen=True)
-class DatasetInfo:
-  num_classes: int
-  num_train_examples: int  # global (all processes)
-  num_eval_examples: int  # global
-
-
-def dataset_info(name: str, data_dir: str | None = None, train_split: str = 'train',
-                 eval_split: str = 'validation') -> DatasetInfo:
-  """Number of classes and global split sizes (folder: counts files, corrupt ones included)."""
-  source = _get_source(name, data_dir)
-  return DatasetInfo(num_classes=source.num_classes,
-                     num_train_examples=source.split_size(train_split),
-                     num_eval_examples=source.split_size(eval_split))
 
 
 # --------------------------------------------------------------------------
@@ -656,7 +161,7 @@ class _SkipTracker:
     self.expected = stop
 
 
-def _decoded(source: _Source, ds: tf.data.Dataset) -> tf.data.Dataset:
+def _decoded(source: Source, ds: tf.data.Dataset) -> tf.data.Dataset:
   """(payload, label, pos) -> (uint8 image [H, W, 3], label, pos); undecodable ones dropped."""
   ds = ds.map(lambda payload, label, pos: (source.decode(payload), label, pos),
               num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
@@ -667,7 +172,7 @@ def _decoded(source: _Source, ds: tf.data.Dataset) -> tf.data.Dataset:
 class _TrainPipeline:
   """Everything a training batch generator needs (and no reference back to
   the TrainIterator, so dropping the iterator frees its tf.data pipeline)."""
-  source: _Source
+  source: Source
   split: str
   image_size: int
   batch_size: int  # local
@@ -690,7 +195,7 @@ class _TrainPipeline:
   def numpy_iterator(self, ds: tf.data.Dataset):
     if self.prefetch:
       ds = ds.prefetch(self.prefetch)
-    return ds.with_options(_tf_options()).as_numpy_iterator()
+    return ds.with_options(tf_options()).as_numpy_iterator()
 
 
 # Folder/demo: how many positions past a corrupt one are tried to fill its slot.
@@ -745,7 +250,7 @@ class _GlobalTrainPipeline(_TrainPipeline):
 
     # A few steps in flight so the threads stay busy across step boundaries;
     # deterministic interleave of one-element datasets keeps the step order.
-    cycle = max(2, min(16, -(-2 * _num_threads() // b)))
+    cycle = max(2, min(16, -(-2 * num_threads() // b)))
     return tf.data.Dataset.range(start_step, _MAX_STEPS).interleave(
         step_batch, cycle_length=cycle, block_length=1, num_parallel_calls=cycle,
         deterministic=True)
@@ -891,18 +396,16 @@ class TrainIterator:
       position, so it can lag by a batch, or by an epoch tail).
   """
 
-  def __init__(self, source: _Source, *, split: str, image_size: int, local_batch_size: int,
+  def __init__(self, source: Source, *, split: str, image_size: int, local_batch_size: int,
                seed: int, start_step: int, process_index: int, process_count: int,
                augment: str, augment_options: dict | None, prefetch: int):
-    _check_process(process_index, process_count)
+    check_process(process_index, process_count)
     if local_batch_size < 1 or start_step < 0:
       raise ValueError(f'bad local_batch_size={local_batch_size} / start_step={start_step}')
-    aug.resolve_options(augment, augment_options)  # validate here, not in a tf.data thread
-    options_key = tuple(sorted((k, _freeze(v)) for k, v in (augment_options or {}).items()))
     common = dict(source=source, split=split, image_size=image_size,
                   batch_size=local_batch_size, seed=seed, process_index=process_index,
                   process_count=process_count, prefetch=prefetch,
-                  transform=_compiled_train_transform(augment, image_size, options_key))
+                  transform=transforms.compiled_train_transform(augment, image_size, augment_options))
     if source.global_order:
       size = source.split_size(split)
       self.steps_per_epoch = size // (local_batch_size * process_count)
@@ -912,7 +415,7 @@ class TrainIterator:
                          f'processes)')
       self._pipeline: _TrainPipeline = _GlobalTrainPipeline(
           **common, steps_per_epoch=self.steps_per_epoch,
-          aug_base=_derived_seed(seed, _AUG_TAG), order_base=_derived_seed(seed, _ORDER_TAG))
+          aug_base=derived_seed(seed, AUG_TAG), order_base=derived_seed(seed, ORDER_TAG))
     else:
       min_shard = min(source.shard_size(split, i, process_count) for i in range(process_count))
       self.steps_per_epoch = min_shard // local_batch_size
@@ -921,7 +424,7 @@ class TrainIterator:
                          f'{min_shard} examples, fewer than local_batch_size={local_batch_size}')
       self._pipeline = _ShardedTrainPipeline(
           **common, steps_per_epoch=self.steps_per_epoch,
-          aug_base=_derived_seed(seed, process_index, _AUG_TAG),
+          aug_base=derived_seed(seed, process_index, AUG_TAG),
           tracker=_SkipTracker(lambda epoch, pos: source.describe(
               split, process_index, process_count, epoch, pos, seed)))
     self.batch_size = local_batch_size
@@ -977,7 +480,7 @@ def train_iterator(name: str = 'imagenet2012', *, data_dir: str | None = None, i
   The returned iterator also exposes ``num_skipped``, ``steps_per_epoch``,
   ``step`` and ``epoch``.
   """
-  return TrainIterator(_get_source(name, data_dir), split=split, image_size=image_size,
+  return TrainIterator(get_source(name, data_dir), split=split, image_size=image_size,
                        local_batch_size=local_batch_size, seed=seed, start_step=start_step,
                        process_index=process_index, process_count=process_count,
                        augment=augment, augment_options=augment_options, prefetch=prefetch)
@@ -990,9 +493,9 @@ class EvalIterator:
   ``num_skipped`` counts corrupt images (their slots become padding).
   """
 
-  def __init__(self, source: _Source, *, split: str, image_size: int, local_batch_size: int,
+  def __init__(self, source: Source, *, split: str, image_size: int, local_batch_size: int,
                process_index: int, process_count: int, crop_pct: float, prefetch: int = 2):
-    _check_process(process_index, process_count)
+    check_process(process_index, process_count)
     if local_batch_size < 1:
       raise ValueError(f'bad local_batch_size={local_batch_size}')
     if not 0.0 < crop_pct <= 1.0:
@@ -1023,14 +526,14 @@ class EvalIterator:
   def _generate(self) -> Iterator[dict[str, np.ndarray]]:
     ds = self.source.records(self.split, self.process_index, self.process_count,
                              epoch=None, seed=0, start=0, stop=None)
-    transform = _compiled_eval_transform(self.image_size, float(self.crop_pct))
+    transform = transforms.compiled_eval_transform(self.image_size, float(self.crop_pct))
     ds = _decoded(self.source, ds)
     ds = ds.map(lambda image, label, pos: {'image': transform(image), 'label': label, 'pos': pos},
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.batch(self.batch_size)
     if self.prefetch:
       ds = ds.prefetch(self.prefetch)
-    ds = ds.with_options(_tf_options())
+    ds = ds.with_options(tf_options())
 
     self._tracker.start(None, 0)
     emitted = 0
@@ -1067,13 +570,6 @@ def eval_iterator(name: str = 'imagenet2012', *, data_dir: str | None = None, im
   shorter side -> int(image_size / crop_pct) bicubic + center crop (squash
   resize to image_size x image_size when image_size >= 384).
   """
-  return EvalIterator(_get_source(name, data_dir), split=split, image_size=image_size,
+  return EvalIterator(get_source(name, data_dir), split=split, image_size=image_size,
                       local_batch_size=local_batch_size, process_index=process_index,
                       process_count=process_count, crop_pct=crop_pct)
-
-
-def make_global_batch(local_batch: dict, sharding) -> dict:
-  """Assembles per-process numpy batches into global jax.Arrays sharded by `sharding`."""
-  import jax  # local import: this module must not initialise JAX on import
-
-  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), local_batch)

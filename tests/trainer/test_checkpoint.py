@@ -1,4 +1,4 @@
-"""Checkpoints: save/restore into shardings, keep-last-N, and kill -9 during a save."""
+"""trainer/checkpoint.py: save/restore into shardings, keep-last-N, and kill -9 during a save."""
 
 import os
 import subprocess
@@ -11,9 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fcmae import checkpoint, sharding
+from trainer import checkpoint, sharding
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _state(value, size=1000):
@@ -27,14 +27,14 @@ def test_save_restore_into_shardings_and_keep_last_n(tmp_path):
   shardings = sharding.tree_shardings(abstract, mesh, min_size=1024)
   ckpt = checkpoint.Checkpointer(str(tmp_path), keep=2)
   for step in (1, 2, 3):
-    ckpt.save(step, jax.device_put(_state(step), shardings), {"step": step})
+    ckpt.save(step, jax.device_put(_state(step), shardings))
   ckpt.wait()
   assert ckpt.all_steps() == [2, 3]
   target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                         abstract, shardings)
-  state, meta = ckpt.restore(target)
+  state = ckpt.restore(target)
   ckpt.close()
-  assert meta == {"step": 3} and int(state["step"]) == 3
+  assert int(state["step"]) == 3
   assert state["params"]["w"].sharding.spec == jax.sharding.PartitionSpec("fsdp", None)
   np.testing.assert_array_equal(state["params"]["w"], 3.0)
   params = checkpoint.restore_params(str(tmp_path))
@@ -75,12 +75,12 @@ def _kill_mid_save(directory, deadline_s=120.0) -> bool:
   script = textwrap.dedent(f"""
       import sys, jax, jax.numpy as jnp
       sys.path.insert(0, {REPO!r})
-      from fcmae import checkpoint
-      from tests.test_checkpoint import _weights
+      from trainer import checkpoint
+      from tests.trainer.test_checkpoint import _weights
       ckpt = checkpoint.Checkpointer({str(directory)!r}, keep=100)
       for step in range(1, 1000):
         state = {{"step": jnp.asarray(step), "params": {{"w": _weights(step)}}}}
-        ckpt.save(step, state, {{"step": step}})
+        ckpt.save(step, state)
         if step == 1:
           ckpt.wait()
           print("first", flush=True)
@@ -119,7 +119,7 @@ def test_kill_during_save_leaves_the_previous_checkpoint_intact(tmp_path):
   assert latest is not None and latest >= 1
   abstract = {"step": jax.ShapeDtypeStruct((), jnp.int32),
               "params": {"w": jax.ShapeDtypeStruct((4096, 4096), jnp.float32)}}
-  state, meta = ckpt.restore(abstract)
+  state = ckpt.restore(abstract)
   ckpt.close()
-  assert meta == {"step": latest} and int(state["step"]) == latest
+  assert int(state["step"]) == latest
   np.testing.assert_array_equal(state["params"]["w"], _weights(latest))

@@ -1,4 +1,4 @@
-"""fcmae/optim.py: layer ids and lr scales (REFERENCE.md section 3), weight-decay mask, schedule,
+"""trainer/optim.py: layer ids and lr scales (docs/reference.md, section 3), weight-decay mask, schedule,
 and that the optimizer really applies them. Small hand-made trees keep this fast: layer ids read
 only the top-level names and the stacked leading axis."""
 
@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from fcmae import optim
+from trainer import optim
 from models import convnextv2
 
 TINY = (3, 3, 9, 3)
@@ -49,7 +49,7 @@ def module_ids(ids):
   return out
 
 
-# By hand from REFERENCE.md: single = sum(depths[:i]) + j + 1 for block j of stage i,
+# By hand from docs/reference.md: single = sum(depths[:i]) + j + 1 for block j of stage i,
 # downsample i -> sum(depths[:i]) + 1, stem 1, norm/head sum(depths) + 1.
 TINY_SINGLE = {
     "stem": 1, "stage0": [1, 2, 3], "downsample1": 4, "stage1": [4, 5, 6], "downsample2": 7,

@@ -23,7 +23,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fcmae import checkpoint, data, metrics, optim, sharding
+from data import pipeline, sources
+from trainer import checkpoint, logs, optim, sharding
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -56,7 +57,7 @@ def train_stream(config, augment: str, **augment_options) -> Callable[[int], Ite
   """The Task.train_batches of a config: this process's share of each global batch, from step
   `start_step` on, with RandomResizedCrop(config.data.crop_scale_min..1) and `augment`."""
   def batches(start_step):
-    return data.train_iterator(
+    return pipeline.train_iterator(
         config.data.name, data_dir=config.data.data_dir or None,
         image_size=config.data.image_size,
         local_batch_size=config.batch_size // jax.process_count(), seed=config.seed,
@@ -66,7 +67,7 @@ def train_stream(config, augment: str, **augment_options) -> Callable[[int], Ite
   return batches
 
 
-def steps_per_epoch(config, info: data.DatasetInfo, *, training: bool = True) -> int:
+def steps_per_epoch(config, info: sources.DatasetInfo, *, training: bool = True) -> int:
   """Global steps in one pass over the training split (at least 1); a batch larger than the
   split is an error when training."""
   steps = info.num_train_examples // config.batch_size
@@ -85,7 +86,6 @@ class Run:
   init_state: Callable[[], dict]
   train_step: Callable
   abstract_state: Any
-  schedule: Callable
   total_steps: int
 
 
@@ -132,7 +132,6 @@ def setup(config, task: Task, *, devices=None) -> Run:
       abstract_state=jax.tree.map(
           lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state,
           state_shardings),
-      schedule=schedule,
       total_steps=optim.total_steps(config, task.steps_per_epoch),
   )
 
@@ -141,8 +140,8 @@ def restore_or_init(run: Run, task: Task, ckpt: checkpoint.Checkpointer) -> dict
   """Resumes from the latest checkpoint in the workdir, else starts fresh (maybe from
   task.initial_params)."""
   if ckpt.latest_step() is not None:
-    state, meta = ckpt.restore(run.abstract_state)
-    metrics.say(f"Resumed from {ckpt.directory} at step {int(state['step'])}.")
+    state = ckpt.restore(run.abstract_state)
+    logs.say(f"Resumed from {ckpt.directory} at step {int(state['step'])}.")
     return state
   state = run.init_state()
   if task.initial_params is not None:
@@ -160,7 +159,7 @@ def train_and_evaluate(config, workdir: str, task: Task, *, devices=None) -> dic
   run = setup(config, task, devices=devices)
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
                                  keep=config.keep_checkpoints)
-  writer = metrics.MetricWriter(workdir, run.total_steps)
+  writer = logs.MetricWriter(workdir, run.total_steps)
   watch = checkpoint.PreemptionWatch()
   batches = None
   try:
@@ -197,11 +196,11 @@ def train_and_evaluate(config, workdir: str, task: Task, *, devices=None) -> dic
         images_seen, window_start = 0, time.time()
       if step % ckpt_every == 0 or last or stop:
         _check_finite(jax.device_get(step_metrics["loss"]), step, ckpt)
-        ckpt.save(step, state, {"step": step, "epoch": step / task.steps_per_epoch})
+        ckpt.save(step, state)
       if task.evaluate is not None and eval_every and (step % eval_every == 0 or last):
         writer.write(step, task.evaluate(state, step), progress=True)
       if stop:
-        metrics.say(f"Stopped at step {step} on a preemption notice; the checkpoint is saved. "
+        logs.say(f"Stopped at step {step} on a preemption notice; the checkpoint is saved. "
                     "Run the same command again to resume.")
         break
     ckpt.wait()
@@ -222,7 +221,7 @@ def evaluate_only(config, workdir: str, task: Task, *, devices=None) -> dict:
   run = setup(config, task, devices=devices)
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
                                  keep=config.keep_checkpoints)
-  writer = metrics.MetricWriter(workdir, run.total_steps)
+  writer = logs.MetricWriter(workdir, run.total_steps)
   try:
     state = restore_or_init(run, task, ckpt)
     step = int(state["step"])

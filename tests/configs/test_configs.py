@@ -1,5 +1,5 @@
 """The run configs: they load the way the command line loads them, carry the paper's numbers
-(REFERENCE.md sections 2-3, transcribed here independently of configs/recipes.py), are locked,
+(docs/reference.md sections 2-3, transcribed here independently of configs/recipes.py), are locked,
 and describe models and optimizers that can be built (abstractly: nothing big is allocated)."""
 
 import glob
@@ -11,13 +11,13 @@ from absl import flags
 from ml_collections import config_flags
 
 from fcmae import model as fcmae_model
-from fcmae import optim
+from trainer import optim
 from models import convnextv2
 
 # ml_collections loads config files with the deprecated SourceFileLoader.load_module.
 pytestmark = pytest.mark.filterwarnings("ignore:the load_module:DeprecationWarning")
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # A bad `:arg` reaches the user as absl's IllegalFlagValueError carrying our ValueError's message.
 BAD_ARG = (ValueError, flags.IllegalFlagValueError)
 SIZES = ("atto", "femto", "pico", "nano", "tiny", "base", "large", "huge")
@@ -77,7 +77,7 @@ def test_pretraining_800_epoch_option_and_nothing_else():
     load("fcmae_base", "700")
 
 
-# REFERENCE.md section 3, Tables 9-11, by hand:
+# docs/reference.md section 3, Tables 9-11, by hand:
 #          epochs warmup blr      layer decay  wd   drop path mixup cutmix smoothing
 IN1K = {
     "atto":  (600, 0,  2e-4,    .9, "single", .3,  .1, 0.,  0., .2),

@@ -1,4 +1,5 @@
-"""FCMAE: masks, dense == sparse, masked pixels never leak, the loss, encoder compatibility."""
+"""fcmae/model.py: the visible-only form equals the dense emulation (values, gradients, drop path,
+scan), masked pixels never reach a prediction, the loss against NumPy, encoder compatibility."""
 
 import jax
 import jax.numpy as jnp
@@ -16,37 +17,15 @@ def _images(batch, size, seed=0):
   return jnp.asarray(np.random.default_rng(seed).standard_normal((batch, size, size, 3)), jnp.float32)
 
 
-@pytest.mark.parametrize("num_patches, ratio, keep", [(49, 0.6, 19), (9, 0.6, 3), (4, 0.6, 1),
-                                                      (144, 0.75, 36), (49, 0.0, 49)])
-def test_mask_keeps_exactly_len_keep_per_sample(num_patches, ratio, keep):
-  mask = np.asarray(masking.random_mask(jax.random.key(0), 64, num_patches, ratio))
-  assert mask.shape == (64, num_patches) and set(np.unique(mask)) <= {0.0, 1.0}
-  np.testing.assert_array_equal((1 - mask).sum(axis=1), keep)
+def _pixel_mask(mask, grid, patch=32):
+  """(B, L) patch mask -> (B, H, W, 1) pixel mask, by repetition (independent of the model's own)."""
+  m = np.asarray(mask).reshape(-1, *grid)
+  return np.repeat(np.repeat(m, patch, axis=1), patch, axis=2)[..., None]
 
 
-def test_masks_are_uniform_over_patches_and_differ_per_sample():
-  mask = np.asarray(masking.random_mask(jax.random.key(1), 4000, 49, 0.6))
-  assert len({m.tobytes() for m in mask[:50]}) == 50
-  frequency = mask.mean(axis=0)
-  np.testing.assert_allclose(frequency, 30 / 49, atol=0.03)
-
-
-def test_mask_upsampling_covers_whole_patches():
-  mask = masking.random_mask(jax.random.key(2), 3, 4, 0.5)
-  up = np.asarray(masking.upsample_mask(mask, (2, 2), 8))
-  assert up.shape == (3, 16, 16)
-  for b in range(3):
-    for i in range(2):
-      for j in range(2):
-        block = up[b, 8 * i:8 * i + 8, 8 * j:8 * j + 8]
-        assert np.all(block == mask[b, 2 * i + j])
-
-
-def test_bad_sizes_and_ratios_are_clear_errors():
+def test_bad_arguments_are_clear_errors():
   with pytest.raises(ValueError, match="not divisible by the patch size 32"):
     fcmae_model.build("atto", image_size=200)
-  with pytest.raises(ValueError, match="mask_ratio"):
-    masking.random_mask(jax.random.key(0), 2, 49, 1.0)
   with pytest.raises(ValueError, match="impl"):
     fcmae_model.build("atto", impl="minkowski")
   loss_fn, params = fcmae_model.build("atto", impl="sparse", image_size=64)
@@ -102,7 +81,7 @@ def test_masked_pixels_never_influence_predictions(impl):
   params = perturb(params)
   images = _images(2, size)
   mask = masking.random_mask(jax.random.key(7), 2, 9, 0.6)
-  pixel_mask = masking.upsample_mask(mask, (3, 3), 32)[..., None]
+  pixel_mask = _pixel_mask(mask, (3, 3))
   noise = 100.0 * _images(2, size, seed=9)
   corrupted = images * (1 - pixel_mask) + noise * pixel_mask
   _, pred = loss_fn(params, images, mask)
@@ -164,27 +143,3 @@ def test_decoder_options_and_parameter_layout():
   assert params["proj"]["kernel"].shape == (320, 96)
   assert params["decoder"]["blocks"]["pwconv1"]["kernel"].shape == (2, 96, 384)
   assert params["pred"]["kernel"].shape == (96, 3072)
-
-
-def test_reconstruction_grid_undoes_the_per_patch_normalization():
-  from fcmae import visualize
-  images = np.asarray(_images(2, 64))
-  mask = np.asarray(masking.random_mask(jax.random.key(9), 2, 4, 0.5))
-  # A perfect prediction of the norm-pix targets reproduces the image in every column but the
-  # masked input's grey patches.
-  perfect = _numpy_loss_target(images)
-  picture = visualize.reconstruction_grid(images, perfect, mask, norm_pix_loss=True)
-  assert picture.shape == (2 * 64, 4 * 64, 3) and picture.dtype == np.uint8
-  original, masked, recon, pasted = (picture[:64, 64 * i:64 * (i + 1)].astype(int) for i in range(4))
-  assert np.abs(recon - original).max() <= 1 and np.abs(pasted - original).max() <= 1
-  pixel_mask = np.asarray(masking.upsample_mask(mask, (2, 2), 32))[0]
-  assert np.all(masked[pixel_mask > 0] == 128)
-  assert np.array_equal(masked[pixel_mask == 0], original[pixel_mask == 0])
-
-
-def _numpy_loss_target(images):
-  b = images.shape[0]
-  h = images.shape[1] // 32
-  target = images.reshape(b, h, 32, h, 32, 3).transpose(0, 1, 3, 2, 4, 5).reshape(b, h * h, 3072)
-  mean = target.mean(-1, keepdims=True)
-  return (target - mean) / np.sqrt(target.var(-1, ddof=1, keepdims=True) + 1e-6)

@@ -2,7 +2,7 @@
 
 from absl import flags
 
-from fcmae import sharding
+from trainer import sharding
 
 
 def define_flags(config_help: str) -> None:
@@ -24,7 +24,7 @@ def start(flag_values) -> None:
                                         flag_values.num_processes, flag_values.process_id)
   import jax
   from absl import logging as absl_logging
-  from fcmae.metrics import say
+  from trainer.logs import say
   # Library INFO logs (orbax writes several lines per save) drown the progress lines.
   absl_logging.set_verbosity(absl_logging.WARNING)
   say(f"JAX {jax.__version__} on {jax.default_backend()}: {jax.device_count()} devices over "

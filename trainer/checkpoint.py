@@ -1,7 +1,7 @@
 """Training checkpoints: an orbax CheckpointManager over WORKDIR/checkpoints.
 
-One checkpoint per saved step holds the whole train state (step, params, optimizer state, EMA)
-restored straight into its shardings, plus a small JSON record (config, data position). Saves are
+One checkpoint per saved step holds the whole train state (step, params, optimizer state, EMA),
+restored straight into its shardings; the step is also the data position. Saves are
 asynchronous; orbax writes each into a temporary directory and renames it when complete, so a
 process killed mid-save leaves the previous checkpoints as they were. The last `keep` are kept.
 """
@@ -25,8 +25,7 @@ class Checkpointer:
     self.directory = os.path.abspath(directory)
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, create=True, enable_async_checkpointing=async_save)
-    self._manager = ocp.CheckpointManager(self.directory, options=options,
-                                          item_names=("state", "meta"))
+    self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state",))
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -34,19 +33,19 @@ class Checkpointer:
   def all_steps(self) -> list[int]:
     return list(self._manager.all_steps())
 
-  def save(self, step: int, state, meta: dict) -> None:
-    """Starts an asynchronous save of `state` (a pytree of jax.Arrays) and `meta` (JSON)."""
-    self._manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+  def save(self, step: int, state) -> None:
+    """Starts an asynchronous save of `state` (a pytree of jax.Arrays)."""
+    self._manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)),
+                       force=True)
 
   def restore(self, abstract_state, step: int | None = None):
-    """(state, meta) of `step` (default: the latest), placed as abstract_state's shardings say."""
+    """The state of `step` (default: the latest), placed as abstract_state's shardings say."""
     step = self.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"No checkpoint in {self.directory}.")
     restored = self._manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
-    return restored["state"], restored["meta"]
+        state=ocp.args.StandardRestore(abstract_state)))
+    return restored["state"]
 
   def wait(self) -> None:
     self._manager.wait_until_finished()

@@ -7,7 +7,7 @@
     ema_params = ema_update(ema_params, params, config.optim.ema_decay)   # finetuning, every step
 
 Works on the classifier tree of `models.convnextv2.build` and on the FCMAE tree of
-`fcmae.model.build` (no layer decay there). Stage blocks are stored stacked along a leading axis
+`fcmae/model.py` (no layer decay there). Stage blocks are stored stacked along a leading axis
 of length depth, so per-block quantities (layer ids, lr scales) are vectors along that axis.
 """
 
@@ -90,7 +90,7 @@ def weight_decay_mask(params) -> Any:
 
 
 # ----------------------------------------------------------------------------------------------
-# Layer-wise lr decay (REFERENCE.md section 3): scale = decay ** (num_layers + 1 - layer_id).
+# Layer-wise lr decay (docs/reference.md, section 3): scale = decay ** (num_layers + 1 - layer_id).
 
 
 def num_layers(depths: Sequence[int], scheme: str) -> int:

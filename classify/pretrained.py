@@ -1,0 +1,83 @@
+"""init_from: a pretrained model's weights loaded into a classifier.
+
+Sources: a train.py or finetune.py workdir or checkpoint, a `models.convert` output directory,
+or an official / Hugging Face / timm PyTorch checkpoint. Every parameter whose name and shape fit
+is loaded; the FCMAE decoder and anything else the classifier does not have is skipped; what the
+source lacks (a new head) keeps its fresh, scaled init. The log lists all three groups. An
+encoder whose shapes do not fit is an error that names them.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from flax import traverse_util
+
+from models import convert
+from trainer import checkpoint
+
+
+
+
+def read_pretrained(path: str) -> dict:
+  """Params (host numpy) of any supported source: a run's workdir/checkpoint (ours), a converted
+  checkpoint, or a PyTorch checkpoint file/directory."""
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"init_from={path!r} does not exist.")
+  if convert.is_converted_checkpoint(path):
+    params, _ = convert.load_params(path)
+  elif _is_train_checkpoint(path):
+    params = checkpoint.restore_params(path)
+  else:
+    params, _ = convert.to_params(convert.read_state_dict(path))
+  return params
+
+
+def _is_train_checkpoint(path: str) -> bool:
+  return any(os.path.isdir(os.path.join(path, sub)) for sub in ("checkpoints", "state")) or (
+      os.path.isdir(path) and any(name.isdigit() for name in os.listdir(path)))
+
+
+def merge_pretrained(fresh: dict, pretrained: dict, *, source: str = "") -> tuple[dict, dict]:
+  """Fresh params with every leaf the pretrained tree has (same name and shape) replaced.
+
+  FCMAE params contribute their encoder; the decoder is reported as skipped. Returns (params,
+  report) with report lists `loaded`, `skipped` (in the source only) and `initialized` (kept
+  fresh). A shape mismatch outside the head is an error."""
+  fresh_flat = traverse_util.flatten_dict(fresh, sep="/")
+  source_flat = traverse_util.flatten_dict(pretrained, sep="/")
+  if "encoder" in pretrained:  # FCMAE params: the encoder is the classifier's body
+    source_flat = {(k[len("encoder/"):] if k.startswith("encoder/") else k): v
+                   for k, v in source_flat.items()}
+  loaded, initialized, mismatched = [], [], []
+  merged = {}
+  for name, leaf in fresh_flat.items():
+    if name in source_flat and tuple(np.shape(source_flat[name])) == tuple(leaf.shape):
+      merged[name] = np.asarray(source_flat[name], np.float32)
+      loaded.append(name)
+    else:
+      if name in source_flat:
+        mismatched.append(f"{name}: checkpoint {tuple(np.shape(source_flat[name]))}, "
+                          f"model {tuple(leaf.shape)}")
+      merged[name] = leaf
+      initialized.append(name)
+  bad = [m for m in mismatched if not m.startswith("head/")]
+  if bad:
+    more = f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""
+    raise ValueError(f"init_from {source}: shapes do not fit the model "
+                     f"({len(bad)} tensors; is it the same variant?):\n  " + "\n  ".join(bad[:20])
+                     + more)
+  skipped = sorted(set(source_flat) - set(fresh_flat))
+  report = {"loaded": loaded, "skipped": skipped, "initialized": initialized}
+  return traverse_util.unflatten_dict(merged, sep="/"), report
+
+
+def describe(source: str, report: dict) -> str:
+  """One log line: how many tensors were loaded, skipped and freshly initialised, by module."""
+  def modules(names):
+    groups = sorted({name.rsplit("/", 1)[0] for name in names})
+    return ", ".join(groups) if groups else "nothing"
+  return (f"init_from {source}: loaded {len(report['loaded'])} tensors; skipped "
+          f"{len(report['skipped'])} ({modules(report['skipped'])}); freshly initialized "
+          f"{len(report['initialized'])} ({modules(report['initialized'])}).")

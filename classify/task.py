@@ -1,0 +1,77 @@
+"""ImageNet finetuning and evaluation: the task the shared loop runs for finetune.py.
+
+Training: RandomResizedCrop + flip + RandAugment + random erasing in the input pipeline, then
+mixup / cutmix with label smoothing on the global batch, soft-target cross-entropy, drop path,
+AdamW with layer-wise lr decay and an EMA of the params (trainer/optim.py). The params start
+from config.init_from (classify/pretrained.py); evaluation is classify/evaluate.py.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from classify import metrics, pretrained
+from classify.evaluate import Evaluator
+from data import mixup, pipeline, sources
+from models import convnextv2
+from trainer import logs, loop
+
+
+def num_classes(config, info: sources.DatasetInfo) -> int:
+  """config.data.num_classes, or (when 0) the dataset's own count."""
+  return int(config.data.num_classes) if config.data.num_classes > 0 else info.num_classes
+
+
+def build_model(config, classes: int, abstract: bool = False):
+  """(apply_fn, params) of the config's classifier."""
+  return convnextv2.build(
+      config.model.variant, classes, config.seed, abstract=abstract, dtype=config.model.dtype,
+      depthwise_impl=config.model.depthwise_impl or None, scan=config.model.scan,
+      remat=config.model.remat, drop_path_rate=config.model.drop_path_rate,
+      head_init_scale=config.model.head_init_scale)
+
+
+def make_task(config, workdir: str) -> loop.Task:
+  info = sources.dataset_info(config.data.name, config.data.data_dir or None)
+  classes = num_classes(config, info)
+  apply_fn, _ = build_model(config, classes, abstract=True)
+  local_batch = config.batch_size // jax.process_count()
+  aug = config.aug
+
+  def task_loss(params, batch, rng):
+    mix_rng, drop_rng = jax.random.split(rng)
+    images, targets = mixup.mix_batch(
+        mix_rng, batch["image"], batch["label"], num_classes=classes, mixup_alpha=aug.mixup,
+        cutmix_alpha=aug.cutmix, switch_prob=aug.mixup_switch_prob,
+        label_smoothing=aug.label_smoothing)
+    logits = apply_fn(params, images, rng=drop_rng if config.model.drop_path_rate > 0 else None)
+    return jnp.mean(metrics.soft_cross_entropy(logits.astype(jnp.float32), targets)), {}
+
+  def initial_params(fresh):
+    if not config.init_from:
+      logs.say("Training from scratch (no init_from).")
+      return fresh
+    source = pretrained.read_pretrained(config.init_from)
+    params, report = pretrained.merge_pretrained(jax.device_get(fresh), source,
+                                                 source=config.init_from)
+    logs.say(pretrained.describe(config.init_from, report))
+    return params
+
+  evaluator = Evaluator(config, apply_fn, local_batch)
+
+  return loop.Task(
+      init_params=lambda: build_model(config, classes)[1],
+      loss_fn=task_loss,
+      train_batches=loop.train_stream(config, "finetune", randaugment=aug.randaugment,
+                                      reprob=aug.reprob),
+      steps_per_epoch=loop.steps_per_epoch(config, info, training=not config.eval_only),
+      initial_params=initial_params,
+      evaluate=evaluator,
+      skipped_images=pipeline.skipped_images,
+  )
+
+
+def evaluate_only(config, workdir: str, devices=None) -> dict:
+  """Evaluates the workdir's latest checkpoint, else config.init_from, and logs one eval row."""
+  return loop.evaluate_only(config, workdir, make_task(config, workdir), devices=devices)

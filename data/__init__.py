@@ -1,0 +1,1 @@
+"""The input pipeline: sources, the built-in demo data, tf.data iterators and augmentations."""

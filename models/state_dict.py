@@ -1,0 +1,461 @@
+"""The published ConvNeXt V2 state dicts and this project's params: key names and layouts.
+
+Pure mapping, no file I/O (`models/convert.py` reads and writes the files). Four source formats
+(docs/reference.md, section 4), detected from the key names:
+
+  official      facebookresearch/ConvNeXt-V2 state dicts (`*_ema.pt`, `*_fcmae.pt` encoders).
+  fcmae-sparse  the FCMAE pretraining model's own state dict (MinkowskiEngine encoder: `encoder.`
+                prefix, `*.kernel` sparse weights, `.ln.` / `.linear.` infixes), remapped as the
+                official `remap_checkpoint_keys` does.
+  hf            Hugging Face transformers ConvNextV2, with or without the `convnextv2.` prefix.
+  timm          timm `convnextv2_*` (`stem.0`, `stages.N.blocks.M.conv_dw`, `mlp.fc1` as Linear or
+                1x1 conv, 1-D `mlp.grn.*`, `head.norm`, `head.fc`).
+
+Every format is renamed to the official names first; official names map one to one onto our
+param paths (blocks stacked per stage):
+
+    to_params(state_dict, variant=None) -> (params, info)      any format -> ours
+    from_params(params, variant, fmt='hf') -> state_dict       ours -> 'hf' or 'official'
+    detect_format(keys), infer_variant(canonical)
+
+A model without a head (num_classes=0) here returns the pooled features *before* any LayerNorm;
+a source's final norm without a head (HF ConvNextV2Model's pooler norm, timm's head.norm after
+reset_classifier(0)) is therefore skipped and reported, and `from_params` writes an identity final
+norm for ConvNextV2Model (whose pooler_output is layernorm(mean); its last_hidden_state matches
+ours).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+from flax import traverse_util
+
+from models import convnextv2 as cv
+
+FORMATS = ("official", "fcmae-sparse", "hf", "timm")
+# Keys of the FCMAE pretraining model outside the encoder (docs/reference.md, section 4): dropped.
+FCMAE_EXTRA_PREFIXES = ("decoder", "proj", "pred", "mask_token")
+_MAX_LISTED = 20
+
+
+class ConversionError(ValueError):
+  """A checkpoint that cannot be converted: unknown format, wrong keys or shapes, bad variant."""
+
+
+
+# ----------------------------------------------------------------------------------------------
+# Key names. Every format is renamed to the official names (the canonical form here); official
+# names then map one to one onto this project's param paths (`_slots`).
+
+_FIELDS = {"i": r"\d+", "j": r"\d+", "d": r"[1-3]", "k": r"[01]", "p": r"weight|bias"}
+
+# (official template, other template); the first rule that matches wins.
+_RULES: dict[str, list[tuple[str, str]]] = {
+    "hf": [  # names after the `convnextv2.` prefix is removed; the classifier never has it.
+        ("downsample_layers.0.0.{p}", "embeddings.patch_embeddings.{p}"),
+        ("downsample_layers.0.1.{p}", "embeddings.layernorm.{p}"),
+        ("downsample_layers.{d}.{k}.{p}", "encoder.stages.{d}.downsampling_layer.{k}.{p}"),
+        ("stages.{i}.{j}.dwconv.{p}", "encoder.stages.{i}.layers.{j}.dwconv.{p}"),
+        ("stages.{i}.{j}.norm.{p}", "encoder.stages.{i}.layers.{j}.layernorm.{p}"),
+        ("stages.{i}.{j}.pwconv1.{p}", "encoder.stages.{i}.layers.{j}.pwconv1.{p}"),
+        ("stages.{i}.{j}.pwconv2.{p}", "encoder.stages.{i}.layers.{j}.pwconv2.{p}"),
+        ("stages.{i}.{j}.grn.gamma", "encoder.stages.{i}.layers.{j}.grn.weight"),
+        ("stages.{i}.{j}.grn.beta", "encoder.stages.{i}.layers.{j}.grn.bias"),
+        ("norm.{p}", "layernorm.{p}"),
+        ("head.{p}", "classifier.{p}"),
+    ],
+    "timm": [
+        ("downsample_layers.0.0.{p}", "stem.0.{p}"),
+        ("downsample_layers.0.1.{p}", "stem.1.{p}"),
+        ("downsample_layers.{d}.{k}.{p}", "stages.{d}.downsample.{k}.{p}"),
+        ("stages.{i}.{j}.dwconv.{p}", "stages.{i}.blocks.{j}.conv_dw.{p}"),
+        ("stages.{i}.{j}.norm.{p}", "stages.{i}.blocks.{j}.norm.{p}"),
+        ("stages.{i}.{j}.pwconv1.{p}", "stages.{i}.blocks.{j}.mlp.fc1.{p}"),
+        ("stages.{i}.{j}.pwconv2.{p}", "stages.{i}.blocks.{j}.mlp.fc2.{p}"),
+        ("stages.{i}.{j}.grn.gamma", "stages.{i}.blocks.{j}.mlp.grn.weight"),
+        ("stages.{i}.{j}.grn.beta", "stages.{i}.blocks.{j}.mlp.grn.bias"),
+        ("norm.{p}", "head.norm.{p}"),
+        ("head.{p}", "head.fc.{p}"),
+    ],
+}
+HF_PREFIX = "convnextv2."
+
+_MARKERS = {  # key patterns that identify each format, most distinctive first
+    "hf": re.compile(r"^(convnextv2\.)?(embeddings\.(patch_embeddings|layernorm)\."
+                     r"|encoder\.stages\.\d+\.(layers|downsampling_layer)\.)"),
+    "fcmae-sparse": re.compile(r"^encoder\.(downsample_layers|stages)\.|\.kernel$|\.(ln|linear)\.(weight|bias)$"),
+    "timm": re.compile(r"^(stem\.[01]\.|stages\.\d+\.(blocks|downsample)\.|head\.(fc|norm)\.)"),
+    "official": re.compile(r"^(downsample_layers\.\d+\.\d+|stages\.\d+\.\d+)\."),
+}
+
+
+def _compile(template: str) -> re.Pattern:
+  parts = re.split(r"\{([a-z])\}", template)
+  regex = "".join(re.escape(p) if n % 2 == 0 else f"(?P<{p}>{_FIELDS[p]})" for n, p in enumerate(parts))
+  return re.compile(f"^{regex}$")
+
+
+_COMPILED = {fmt: [(_compile(a), a, _compile(b), b) for a, b in rules] for fmt, rules in _RULES.items()}
+
+
+def _rename(name: str, fmt: str, *, to_official: bool) -> str | None:
+  """Official name <-> the name in `fmt`; None when no rule matches."""
+  if fmt not in _COMPILED:  # official and fcmae-sparse use the official names
+    return name
+  for off_re, off_t, other_re, other_t in _COMPILED[fmt]:
+    match = (other_re if to_official else off_re).match(name)
+    if match:
+      return (off_t if to_official else other_t).format(**match.groupdict())
+  return None
+
+
+def detect_format(keys: Iterable[str]) -> str:
+  """'hf', 'fcmae-sparse', 'timm' or 'official', from the key names alone."""
+  keys = list(keys)
+  stripped = _strip_common_prefix(keys, "module.")
+  for fmt, marker in _MARKERS.items():
+    if any(marker.search(k) for k in stripped):
+      return fmt
+  sample = ", ".join(sorted(keys)[:8]) or "(no keys)"
+  raise ConversionError(
+      f"Unrecognised checkpoint format: {len(keys)} keys, e.g. {sample}. Expected ConvNeXt V2 keys "
+      f"in the official (downsample_layers.0.0.weight, stages.0.0.dwconv.weight), Hugging Face "
+      f"(convnextv2.embeddings.patch_embeddings.weight, ...layers.0.dwconv.weight) or timm "
+      f"(stem.0.weight, stages.0.blocks.0.conv_dw.weight) layout.")
+
+
+def _strip_common_prefix(keys: list[str], prefix: str) -> list[str]:
+  if keys and all(k.startswith(prefix) for k in keys):
+    return [k[len(prefix):] for k in keys]
+  return keys
+
+
+def _sparse_kernel(value: np.ndarray, name: str) -> np.ndarray:
+  """MinkowskiEngine kernel -> PyTorch layout, as the official remap_checkpoint_keys does.
+
+  (kv, in, out) -> (out, in, k, k) and (kv, C) -> (C, 1, k, k), where row w * k + h of the
+  sparse kernel holds position (h, w).
+  """
+  k = math.isqrt(value.shape[0])
+  if k * k != value.shape[0] or value.ndim not in (2, 3):
+    raise ConversionError(f"{name}: sparse kernel of shape {value.shape} is neither (k*k, in, out) nor (k*k, C).")
+  if value.ndim == 3:
+    return value.reshape(k, k, *value.shape[1:]).transpose(3, 2, 1, 0)
+  return value.reshape(k, k, value.shape[1]).transpose(2, 1, 0)[:, None]
+
+
+def _to_official(state_dict: Mapping[str, np.ndarray], fmt: str):
+  """Renames to official names. Returns (canonical, source_name_of, unmatched, skipped)."""
+  canonical: dict[str, np.ndarray] = {}
+  source_of: dict[str, str] = {}
+  unmatched: list[str] = []
+  skipped: list[tuple[str, str]] = []
+  original = list(state_dict)
+  for source, key in zip(original, _strip_common_prefix(original, "module.")):
+    value = np.asarray(state_dict[source])
+    name = key
+    if fmt in ("official", "fcmae-sparse"):
+      if name.startswith("encoder."):
+        name = name[len("encoder."):]
+      if name.split(".")[0] in FCMAE_EXTRA_PREFIXES:
+        skipped.append((source, "FCMAE decoder / mask token (not part of the encoder)"))
+        continue
+      parts = name.split(".")
+      if len(parts) > 2 and parts[-2] in ("ln", "linear"):  # MinkowskiLayerNorm / MinkowskiLinear
+        name = ".".join(parts[:-2] + parts[-1:])
+      if name.endswith(".kernel"):
+        name = name[:-len("kernel")] + "weight"
+        value = _sparse_kernel(value, source)
+    elif fmt == "hf":
+      if name.startswith(HF_PREFIX):
+        name = name[len(HF_PREFIX):]
+      if name.startswith("hidden_states_norms."):
+        skipped.append((source, "ConvNextV2Backbone output norm"))
+        continue
+      name = _rename(name, fmt, to_official=True)
+    else:
+      name = _rename(name, fmt, to_official=True)
+    if name is None:
+      unmatched.append(source)
+      continue
+    if name in canonical:
+      raise ConversionError(f"Keys {source_of[name]!r} and {source!r} both map to {name!r}.")
+    canonical[name] = value
+    source_of[name] = source
+  return canonical, source_of, unmatched, skipped
+
+
+# ----------------------------------------------------------------------------------------------
+# Official names <-> our param paths.
+
+# kind: how a PyTorch-layout tensor becomes ours. conv: OIHW -> HWIO (the depthwise (C,1,7,7)
+# becomes (7,7,1,C) by the same transpose); linear: (out, in) -> (in, out); vector: flattened.
+
+
+def _slots(variant: str, num_classes: int) -> dict[str, tuple[tuple[str, ...], int | None, str, tuple]]:
+  """{official name: (our param path, block index or None, kind, official shape)}."""
+  spec = cv.variant_spec(variant)
+  depths, dims = spec["depths"], spec["dims"]
+  slots: dict[str, tuple] = {}
+
+  def add(name, path, kind, shape, block=None):
+    slots[name] = (tuple(path), block, kind, tuple(shape))
+
+  def conv(prefix, path, din, dout, k):
+    add(f"{prefix}.weight", path + ("kernel",), "conv", (dout, din, k, k))
+    add(f"{prefix}.bias", path + ("bias",), "vector", (dout,))
+
+  def norm(prefix, path, dim, block=None):
+    add(f"{prefix}.weight", path + ("scale",), "vector", (dim,), block)
+    add(f"{prefix}.bias", path + ("bias",), "vector", (dim,), block)
+
+  conv("downsample_layers.0.0", ("stem", "conv"), 3, dims[0], cv.STEM_PATCH)
+  norm("downsample_layers.0.1", ("stem", "norm"), dims[0])
+  for i, (dim, depth) in enumerate(zip(dims, depths)):
+    if i > 0:
+      norm(f"downsample_layers.{i}.0", (f"downsample{i}", "norm"), dims[i - 1])
+      conv(f"downsample_layers.{i}.1", (f"downsample{i}", "conv"), dims[i - 1], dim, 2)
+    base = (f"stage{i}", "blocks")
+    for j in range(depth):
+      b = f"stages.{i}.{j}"
+      add(f"{b}.dwconv.weight", base + ("dwconv", "kernel"), "conv", (dim, 1, 7, 7), j)
+      add(f"{b}.dwconv.bias", base + ("dwconv", "bias"), "vector", (dim,), j)
+      norm(f"{b}.norm", base + ("norm",), dim, j)
+      add(f"{b}.pwconv1.weight", base + ("pwconv1", "kernel"), "linear", (4 * dim, dim), j)
+      add(f"{b}.pwconv1.bias", base + ("pwconv1", "bias"), "vector", (4 * dim,), j)
+      add(f"{b}.grn.gamma", base + ("grn", "gamma"), "vector", (1, 1, 1, 4 * dim), j)
+      add(f"{b}.grn.beta", base + ("grn", "beta"), "vector", (1, 1, 1, 4 * dim), j)
+      add(f"{b}.pwconv2.weight", base + ("pwconv2", "kernel"), "linear", (dim, 4 * dim), j)
+      add(f"{b}.pwconv2.bias", base + ("pwconv2", "bias"), "vector", (dim,), j)
+  if num_classes > 0:
+    norm("norm", ("norm",), dims[-1])
+    add("head.weight", ("head", "kernel"), "linear", (num_classes, dims[-1]))
+    add("head.bias", ("head", "bias"), "vector", (num_classes,))
+  return slots
+
+
+def _squeezed(shape) -> tuple[int, ...]:
+  return tuple(d for d in shape if d != 1)
+
+
+def _compatible(got, expected) -> bool:
+  """Equal up to singleton axes: GRN (1,1,1,4C) / (1,4C) / (4C,), 1x1-conv Linears, (1,C) biases."""
+  return tuple(got) == tuple(expected) or _squeezed(got) == _squeezed(expected)
+
+
+def _to_ours(kind: str, value: np.ndarray, shape: tuple) -> np.ndarray:
+  value = value.reshape(shape)
+  if kind == "conv":
+    return value.transpose(2, 3, 1, 0)
+  if kind == "linear":
+    return value.T
+  return value.reshape(-1)
+
+
+def _from_ours(kind: str, value: np.ndarray, shape: tuple) -> np.ndarray:
+  if kind == "conv":
+    value = value.transpose(3, 2, 0, 1)
+  elif kind == "linear":
+    value = value.T
+  return np.ascontiguousarray(value.reshape(shape))
+
+
+def _mismatch_message(what: str, missing: list[str], unexpected: list[str],
+                      wrong: list[tuple[str, Any, Any]]) -> str:
+  def listed(items):
+    items = list(items)
+    more = f" ... and {len(items) - _MAX_LISTED} more" if len(items) > _MAX_LISTED else ""
+    return ", ".join(items[:_MAX_LISTED]) + more
+  lines = [f"{what}:"]
+  if missing:
+    lines.append(f"  missing ({len(missing)}): {listed(missing)}")
+  if unexpected:
+    lines.append(f"  unexpected ({len(unexpected)}): {listed(unexpected)}")
+  if wrong:
+    lines.append(f"  wrong shape ({len(wrong)}): " +
+                 listed(f"{k} expected {tuple(e)} got {tuple(g)}" for k, e, g in wrong))
+  return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------
+# Variant inference.
+
+
+def _variant_label(depths, dims) -> str:
+  return f"depths {tuple(depths)}, dims {tuple(dims)}"
+
+
+def infer_variant(canonical: Mapping[str, Any]) -> tuple[str | None, tuple[int, ...], int | None]:
+  """(variant or None, depths counted, stem width C0 or None) from official-named tensors.
+
+  C0 is the stem conv's out channels (else the stem norm's or the first block's width); depths
+  count the block indices of each stage. The variant is the one with that C0 and those depths.
+  """
+  c0 = None
+  for name, axis in (("downsample_layers.0.0.weight", 0), ("downsample_layers.0.0.bias", 0),
+                     ("downsample_layers.0.1.weight", 0), ("stages.0.0.dwconv.bias", -1)):
+    if name in canonical and np.ndim(canonical[name]) > 0:
+      c0 = int(np.shape(canonical[name])[axis])
+      break
+  depths = []
+  for i in range(4):
+    blocks = [int(m.group(1)) for k in canonical if (m := re.match(rf"stages\.{i}\.(\d+)\.", k))]
+    depths.append(max(blocks) + 1 if blocks else 0)
+  depths = tuple(depths)
+  for name, spec in cv.VARIANTS.items():
+    if spec["dims"][0] == c0 and tuple(spec["depths"]) == depths:
+      return name, depths, c0
+  return None, depths, c0
+
+
+def _resolve_variant(canonical: Mapping[str, Any], variant: str | None) -> str:
+  if variant is not None and variant not in cv.VARIANTS:
+    raise ConversionError(f"Unknown ConvNeXt V2 variant {variant!r}; valid: {', '.join(cv.VARIANTS)}.")
+  inferred, depths, c0 = infer_variant(canonical)
+  if inferred is not None:
+    if variant is not None and variant != inferred:
+      want = cv.VARIANTS[variant]
+      raise ConversionError(
+          f"--variant {variant} ({_variant_label(want['depths'], want['dims'])}) disagrees with the "
+          f"checkpoint, which is {inferred} (stem width {c0}, depths {depths}).")
+    return inferred
+  if variant is not None:
+    want = cv.VARIANTS[variant]
+    if c0 is not None and c0 != want["dims"][0]:
+      raise ConversionError(
+          f"--variant {variant} ({_variant_label(want['depths'], want['dims'])}) disagrees with the "
+          f"checkpoint's stem width {c0} (depths counted: {depths}).")
+    return variant  # the key check below lists what is missing or extra
+  # No exact match: a unique stem width still names the variant; the key check reports the rest.
+  same_width = [n for n, s in cv.VARIANTS.items() if s["dims"][0] == c0]
+  if len(same_width) == 1:
+    return same_width[0]
+  known = ", ".join(f"{n} (C0 {s['dims'][0]}, depths {s['depths']})" for n, s in cv.VARIANTS.items())
+  raise ConversionError(f"Cannot infer the variant: stem width {c0}, depths {depths} match none of {known}.")
+
+
+# ----------------------------------------------------------------------------------------------
+# Conversion in memory.
+
+
+def to_params(state_dict: Mapping[str, Any], variant: str | None = None, *,
+              fmt: str | None = None) -> tuple[dict, dict]:
+  """A state dict in any supported format -> (params, info).
+
+  params: the nested dict of `models.convnextv2.build(variant, num_classes)`, numpy float32,
+  blocks stacked per stage. info: format, variant, num_classes, depths, dims, skipped
+  [(key, reason)], num_tensors. Raises ConversionError listing every missing, unexpected or
+  wrongly shaped key (by its name in the source), or when `variant` disagrees with the shapes.
+  """
+  fmt = fmt or detect_format(state_dict.keys())
+  if fmt not in FORMATS:
+    raise ConversionError(f"Unknown format {fmt!r}; expected one of {FORMATS}.")
+  canonical, source_of, unmatched, skipped = _to_official(state_dict, fmt)
+  variant = _resolve_variant(canonical, variant)
+  head = canonical.get("head.weight", canonical.get("head.bias"))
+  num_classes = int(np.shape(head)[0]) if head is not None else 0
+  if num_classes == 0:
+    for name in ("norm.weight", "norm.bias"):
+      if name in canonical:
+        skipped.append((source_of.pop(name), "final LayerNorm without a head (num_classes=0 "
+                                             "models return pooled features before any norm)"))
+        del canonical[name]
+
+  slots = _slots(variant, num_classes)
+  hf_prefixed = fmt == "hf" and any(k.startswith(HF_PREFIX) for k in state_dict)
+
+  def to_source(name):  # how a missing key would be named in the source
+    renamed = _rename(name, fmt, to_official=False) or name
+    return HF_PREFIX + renamed if hf_prefixed and not renamed.startswith("classifier.") else renamed
+
+  missing = [to_source(n) for n in slots if n not in canonical]
+  unexpected = [source_of[n] for n in canonical if n not in slots] + unmatched
+  wrong = [(source_of[n], slots[n][3], np.shape(v)) for n, v in canonical.items()
+           if n in slots and not _compatible(np.shape(v), slots[n][3])]
+  if missing or unexpected or wrong:
+    spec = cv.VARIANTS[variant]
+    raise ConversionError(_mismatch_message(
+        f"{fmt} checkpoint does not match ConvNeXt V2 {variant} "
+        f"({_variant_label(spec['depths'], spec['dims'])}, num_classes {num_classes})",
+        missing, unexpected, wrong))
+
+  params: dict = {}
+  blocks: dict[tuple, dict[int, np.ndarray]] = {}
+  for name, (path, block, kind, shape) in slots.items():
+    value = _to_ours(kind, np.asarray(canonical[name], dtype=np.float32), shape)
+    if block is None:
+      _set(params, path, value)
+    else:
+      blocks.setdefault(path, {})[block] = value
+  for path, per_block in blocks.items():
+    _set(params, path, np.stack([per_block[j] for j in range(len(per_block))]))
+  check_tree(cv.abstract_params(variant, num_classes), params, f"converted params ({variant})")
+  spec = cv.VARIANTS[variant]
+  info = dict(format=fmt, variant=variant, num_classes=num_classes, depths=list(spec["depths"]),
+              dims=list(spec["dims"]), num_tensors=len(slots), skipped=skipped)
+  return params, info
+
+
+def from_params(params: Mapping, variant: str, fmt: str = "hf") -> dict[str, np.ndarray]:
+  """Our params -> a PyTorch-layout state dict: 'hf' (transformers ConvNextV2, with the
+  `convnextv2.` prefix when there is a head) or 'official' names. float32, contiguous.
+
+  With no head and fmt 'hf', an identity final LayerNorm is added (ConvNextV2Model has one).
+  """
+  if fmt not in ("hf", "official"):
+    raise ConversionError(f"Export format {fmt!r} is not supported; use 'hf' or 'official'.")
+  num_classes = int(np.shape(params["head"]["kernel"])[-1]) if "head" in params else 0
+  check_tree(cv.abstract_params(variant, num_classes), params, f"params for {variant}")
+  out = {}
+  for name, (path, block, kind, shape) in _slots(variant, num_classes).items():
+    value = np.asarray(_get(params, path), dtype=np.float32)
+    if block is not None:
+      value = value[block]
+    out[name] = _from_ours(kind, value, shape)
+  if fmt == "official":
+    return out
+  hf = {}
+  for name, value in out.items():
+    renamed = _rename(name, "hf", to_official=False)
+    hf[renamed if renamed.startswith("classifier.") or num_classes == 0 else HF_PREFIX + renamed] = value
+  if num_classes == 0:
+    c3 = cv.VARIANTS[variant]["dims"][-1]
+    hf["layernorm.weight"] = np.ones((c3,), np.float32)
+    hf["layernorm.bias"] = np.zeros((c3,), np.float32)
+  return hf
+
+
+# ----------------------------------------------------------------------------------------------
+# Nested-dict helpers.
+
+
+def _set(tree: dict, path: tuple[str, ...], value) -> None:
+  for part in path[:-1]:
+    tree = tree.setdefault(part, {})
+  tree[path[-1]] = value
+
+
+def _get(tree: Mapping, path: tuple[str, ...]):
+  for part in path:
+    tree = tree[part]
+  return tree
+
+
+def _flatten(tree: Mapping) -> dict[str, Any]:
+  """{'a/b/c': leaf} of a nested dict."""
+  return traverse_util.flatten_dict(tree, sep="/")
+
+
+def check_tree(expected: Mapping, got: Mapping, what: str) -> None:
+  """Raises ConversionError listing paths missing, unexpected or of the wrong shape."""
+  shape = lambda v: tuple(v.shape) if hasattr(v, "shape") else np.shape(v)  # arrays, orbax metadata
+  exp, have = _flatten(expected), _flatten(got)
+  missing = [k for k in exp if k not in have]
+  unexpected = [k for k in have if k not in exp]
+  wrong = [(k, shape(exp[k]), shape(have[k])) for k in exp if k in have and shape(have[k]) != shape(exp[k])]
+  if missing or unexpected or wrong:
+    raise ConversionError(_mismatch_message(f"{what} do not match the model", missing, unexpected, wrong))

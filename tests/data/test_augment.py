@@ -1,0 +1,68 @@
+"""data/augment.py: crops, flips, the evaluation geometry and random erasing."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from data import augment
+from tests.data.helpers import S, rand_image, seed
+
+
+def test_eval_geometry():
+  image = tf.constant(np.random.default_rng(0).integers(0, 256, (100, 200, 3), np.uint8))
+  out = augment.eval_resize_crop(image, 32, crop_pct=0.875)  # short side -> int(32 / 0.875) = 36
+  assert out.shape == (32, 32, 3) and out.dtype == tf.uint8
+  resized = augment.resize_shorter_side(image, 36)
+  assert resized.shape == (36, 72, 3)
+  np.testing.assert_array_equal(out.numpy(), resized.numpy()[2:34, 20:52])
+  big = augment.eval_resize_crop(image, 384)  # >= 384: squash, no crop
+  assert big.shape == (384, 384, 3)
+
+
+@pytest.mark.parametrize('shape', [(50, 80), (7, 5), (300, 10), (10, 300), (64, 64)])
+def test_random_resized_crop_output_size(shape):
+  image = rand_image(*shape)
+  for i in range(5):
+    out = augment.random_resized_crop(image, seed(i), 24, scale=(0.2, 1.0))
+    assert out.shape == (24, 24, 3) and out.dtype == tf.uint8
+
+
+def test_random_resized_crop_full_and_fallback():
+  square = rand_image(40, 40)
+  full = augment.random_resized_crop(square, seed(0), 16, scale=(1.0, 1.0), ratio=(1.0, 1.0))
+  np.testing.assert_array_equal(full.numpy(), augment._resize(square, 16, 16).numpy())
+  # 300x10 fits no crop with ratio in [3/4, 4/3] and >= 8% area: central
+  # fallback crop of height round(10 / (3/4)) = 13.
+  tall = rand_image(300, 10)
+  out = augment.random_resized_crop(tall, seed(1), 16)
+  np.testing.assert_array_equal(out.numpy(), augment._resize(tall[143:156], 16, 16).numpy())
+  # Different seeds give different crops.
+  crops = {augment.random_resized_crop(square, seed(i), 16).numpy().tobytes() for i in range(6)}
+  assert len(crops) == 6
+
+
+def test_horizontal_flip_flips_some():
+  image = rand_image(6, 9)
+  flipped = 0
+  for i in range(20):
+    out = augment.random_horizontal_flip(image, seed(i)).numpy()
+    if np.array_equal(out, image.numpy()[:, ::-1]):
+      flipped += 1
+    else:
+      np.testing.assert_array_equal(out, image.numpy())
+  assert 3 <= flipped <= 17
+
+
+def test_random_erasing_is_seeded_and_erases_one_box():
+  x = augment.normalize(rand_image(S, S, seed=3))
+  np.testing.assert_array_equal(augment.random_erasing(x, seed(0), probability=0.0).numpy(), x.numpy())
+  for i in range(5):
+    erased = augment.random_erasing(x, seed(i), probability=1.0).numpy()
+    changed = np.any(erased != x.numpy(), axis=-1)  # [H, W]
+    rows, cols = np.flatnonzero(changed.any(1)), np.flatnonzero(changed.any(0))
+    box = (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)
+    assert changed.sum() == box  # one rectangle
+    assert 0.01 < box / (S * S) < 0.4
+    assert np.isfinite(erased).all()
+  np.testing.assert_array_equal(augment.random_erasing(x, seed(2), probability=1.0).numpy(),
+                                augment.random_erasing(x, seed(2), probability=1.0).numpy())

@@ -4,10 +4,12 @@
     python finetune.py --config configs/finetune_demo.py --workdir runs/finetune_demo
     python finetune.py --config configs/finetune_base.py --workdir DIR \\
         --config.init_from=convnextv2_base_1k_224_ema.pt --config.eval_only=True
+    python finetune.py --config configs/finetune_base.py --compile_only=v5e:8x8
 
 init_from: a train.py workdir or checkpoint, a `python -m models.convert` output, or an
-official / Hugging Face / timm PyTorch checkpoint. Running the same command again resumes from
-the workdir's latest checkpoint. Multi-process flags as in train.py.
+official / Hugging Face / timm PyTorch checkpoint. The config fields are listed in
+configs/common.py. Running the same command again resumes from the workdir's latest checkpoint.
+Multi-process flags as in train.py.
 """
 
 from absl import app, flags
@@ -22,12 +24,13 @@ def main(argv):
   del argv
   from classify import task
   from trainer import loop
-  config = FLAGS.config
-  cli.start(FLAGS)
-  if config.eval_only:
-    task.evaluate_only(config, FLAGS.workdir)
-  else:
-    loop.train_and_evaluate(config, FLAGS.workdir, task.make_task(config, FLAGS.workdir))
+
+  def job(config, workdir):
+    if config.eval_only:
+      return task.evaluate_only(config, workdir)
+    return loop.train_and_evaluate(config, workdir, task.make_task(config, workdir))
+
+  cli.run(FLAGS, task.make_task, job)
 
 
 if __name__ == "__main__":

@@ -2,11 +2,13 @@
 
     python train.py --config configs/fcmae_base.py --workdir /path/to/workdir
     python train.py --config configs/fcmae_demo.py --workdir runs/demo      # built-in data, CPU
+    python train.py --config configs/fcmae_huge.py --compile_only=v5p:4x4x4  # fit and cost on a TPU slice
 
-Overrides: --config.batch_size=1024 --config.mesh.fsdp=8 ... (a mistyped field is an error).
-Running the same command again resumes from the workdir's latest checkpoint.
-Several processes: JAX's distributed runtime starts by itself on TPU pods and under SLURM;
-otherwise pass --coordinator_address=HOST:PORT --num_processes=N --process_id=I.
+Overrides: --config.batch_size=1024 --config.mesh.fsdp=8 ... (a mistyped field is an error); the
+fields are listed in configs/common.py. Running the same command again resumes from the
+workdir's latest checkpoint. Several processes: JAX's distributed runtime starts by itself on TPU
+pods and under SLURM; otherwise pass --coordinator_address=HOST:PORT --num_processes=N
+--process_id=I.
 """
 
 from absl import app, flags
@@ -21,9 +23,8 @@ def main(argv):
   del argv
   from fcmae import pretrain
   from trainer import loop
-  config = FLAGS.config
-  cli.start(FLAGS)
-  loop.train_and_evaluate(config, FLAGS.workdir, pretrain.make_task(config, FLAGS.workdir))
+  cli.run(FLAGS, pretrain.make_task, lambda config, workdir: loop.train_and_evaluate(
+      config, workdir, pretrain.make_task(config, workdir)))
 
 
 if __name__ == "__main__":

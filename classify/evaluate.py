@@ -9,7 +9,7 @@ import jax.numpy as jnp
 
 from classify import metrics
 from data import pipeline
-from trainer import sharding
+from trainer import cost, loop, sharding
 
 
 class Evaluator:
@@ -27,6 +27,15 @@ class Evaluator:
               "num_examples": jnp.sum(weight)}
 
     self._counts = jax.jit(counts)
+
+  def compile(self, run, compiler_options: dict | None = None) -> cost.StepCost:
+    """The evaluation step compiled ahead of time for a run's devices (--compile_only)."""
+    batch = loop.abstract_batch(self.config, run.batch_sharding)
+    batch["mask"] = jax.ShapeDtypeStruct(batch["label"].shape, jnp.float32,
+                                         sharding=run.batch_sharding)
+    return cost.compile_step(self._counts, run.abstract_state["params"], batch,
+                             global_batch=batch["label"].shape[0],
+                             compiler_options=compiler_options)
 
   def __call__(self, state, step) -> dict:
     config = self.config

@@ -32,8 +32,11 @@ def build_model(config, classes: int, abstract: bool = False):
       head_init_scale=config.model.head_init_scale)
 
 
-def make_task(config, workdir: str) -> loop.Task:
-  info = sources.dataset_info(config.data.name, config.data.data_dir or None)
+def make_task(config, workdir: str | None, info: sources.DatasetInfo | None = None) -> loop.Task:
+  """The finetuning task of `config`. `info`: the dataset's sizes and classes, when they are
+  known without reading it (--compile_only)."""
+  del workdir  # the finetuning task writes nothing of its own
+  info = info or sources.dataset_info(config.data.name, config.data.data_dir or None)
   classes = num_classes(config, info)
   apply_fn, _ = build_model(config, classes, abstract=True)
   local_batch = config.batch_size // jax.process_count()
@@ -69,6 +72,7 @@ def make_task(config, workdir: str) -> loop.Task:
       initial_params=initial_params,
       evaluate=evaluator,
       skipped_images=pipeline.skipped_images,
+      compile_eval=evaluator.compile,
   )
 
 

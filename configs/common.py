@@ -7,6 +7,7 @@ Every config file is a thin `get_config(arg=None)` that calls `pretrain_from_arg
     config.data.{name, data_dir, image_size, crop_scale_min[, crop_pct, num_classes]}
     config.{batch_size, num_epochs, total_steps, warmup_epochs, warmup_steps, seed}
     config.{log_every_steps, checkpoint_every_steps, keep_checkpoints, eval_every_steps}
+    config.{compilation_cache, profile_steps}
     config.mesh.{data, fsdp}, config.sharding.min_size
     config.optim.{base_lr, min_lr, b1, b2, eps, weight_decay, grad_clip, layer_decay,
                   layer_decay_scheme, ema_decay}
@@ -90,6 +91,9 @@ def _base(variant: str, *, image_size: int, batch_size: int) -> ml_collections.C
   c.checkpoint_every_steps = 1000
   c.keep_checkpoints = 3
   c.eval_every_steps = 1000
+  c.compilation_cache = "auto"         # 'auto': $JAX_COMPILATION_CACHE_DIR or WORKDIR/compilation_cache;
+                                       # 'off'; or a directory (gs:// works)
+  c.profile_steps = ""                 # 'START:END': a jax.profiler trace into WORKDIR/profile
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
   c.sharding = ml_collections.ConfigDict(dict(min_size=2 ** 18))
   c.optim = ml_collections.ConfigDict(dict(

@@ -453,6 +453,12 @@ class TrainIterator:
     self._batches.close()
 
 
+def batch_spec(batch_size: int, image_size: int) -> dict[str, tuple[tuple[int, ...], Any]]:
+  """The layout of a training batch: {'image': ((B, S, S, 3), float32), 'label': ((B,), int32)}."""
+  return {'image': ((batch_size, image_size, image_size, 3), np.float32),
+          'label': ((batch_size,), np.int32)}
+
+
 def train_iterator(name: str = 'imagenet2012', *, data_dir: str | None = None, image_size: int,
                    local_batch_size: int, seed: int, start_step: int = 0,
                    process_index: int = 0, process_count: int = 1, augment: str = 'pretrain',

@@ -366,6 +366,10 @@ class DatasetInfo:
   num_eval_examples: int  # global
 
 
+# ImageNet-1K (ILSVRC 2012): what --compile_only assumes, since it reads no data.
+IMAGENET_1K = DatasetInfo(num_classes=1000, num_train_examples=1_281_167, num_eval_examples=50_000)
+
+
 def dataset_info(name: str, data_dir: str | None = None, train_split: str = 'train',
                  eval_split: str = 'validation') -> DatasetInfo:
   """Number of classes and global split sizes (folder: counts files, corrupt ones included)."""

@@ -16,11 +16,13 @@ from fcmae import model as fcmae_model
 from trainer import loop
 
 
-def make_task(config, workdir: str) -> loop.Task:
+def make_task(config, workdir: str | None, info: sources.DatasetInfo | None = None) -> loop.Task:
+  """The pretraining task of `config`, writing pictures into `workdir`. `info`: the dataset's
+  sizes, when they are known without reading it (--compile_only)."""
   loss_fn, _ = fcmae_model.from_config(config, abstract=True)
   grid = masking.grid_shape(config.data.image_size)
   num_patches = grid[0] * grid[1]
-  info = sources.dataset_info(config.data.name, config.data.data_dir or None)
+  info = info or sources.dataset_info(config.data.name, config.data.data_dir or None)
 
   def task_loss(params, batch, rng):
     mask_rng, drop_rng = jax.random.split(rng)
@@ -30,7 +32,8 @@ def make_task(config, workdir: str) -> loop.Task:
                       rng=drop_rng if config.model.drop_path_rate > 0 else None)
     return loss, {}
 
-  pictures = visualize.Reconstructions(config, loss_fn, os.path.join(workdir, "reconstructions"))
+  pictures = (visualize.Reconstructions(config, loss_fn, os.path.join(workdir, "reconstructions"))
+              if workdir else None)
 
   def evaluate(state, step):
     path = pictures.write(state["params"], step)

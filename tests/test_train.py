@@ -64,7 +64,7 @@ def _run_train_py(workdir, *extra, env_devices=8, **popen):
 def reference(tmp_path_factory):
   """An uninterrupted single-device run, the losses every other layout must reproduce."""
   workdir = tmp_path_factory.mktemp("reference")
-  return _train(workdir), workdir
+  return _train(workdir, profile_steps="2:4"), workdir
 
 
 def test_demo_config_learns(tmp_path):
@@ -81,8 +81,16 @@ def test_run_writes_metrics_checkpoints_and_tensorboard(reference):
   assert sorted(losses) == list(range(1, STEPS + 1))
   assert checkpoint.Checkpointer(str(workdir / "checkpoints")).all_steps() == [4, 8, 12]
   assert os.listdir(workdir / "tensorboard")
-  record = logs.read_metrics(str(workdir))[-1]
-  assert {"lr", "grad_norm", "images_per_sec", "epoch", "skipped_images"} <= set(record)
+  records = logs.read_metrics(str(workdir))
+  assert {"lr", "grad_norm", "images_per_sec", "epoch", "skipped_images",
+          "tflops_per_device"} <= set(records[-1])
+  # What the train step costs, from its compiled program, once at the start.
+  compiled = records[0]
+  assert compiled["step"] == 0 and compiled["compile_seconds"] > 0
+  assert compiled["gflop_per_example"] > 0 and compiled["total_gib_per_device"] > 0
+  # The profile of steps 2..3, for TensorBoard.
+  assert any(name.endswith(".xplane.pb") for _, _, names in os.walk(workdir / "profile")
+             for name in names)
 
 
 def test_reconstruction_pictures_from_a_run(reference, tmp_path):
@@ -122,12 +130,13 @@ def test_two_processes_match_the_single_process_run(reference, tmp_path):
 
 def test_preemption_saves_and_resume_is_exact(reference, tmp_path):
   losses, _ = reference
-  flags = _flags(**{"mesh.data": 2, "mesh.fsdp": 1})
+  cache = tmp_path / "xla_cache"
+  flags = _flags(**{"mesh.data": 2, "mesh.fsdp": 1, "compilation_cache": cache})
   proc = _run_train_py(tmp_path, *flags, env_devices=2)
   metrics_file = tmp_path / "metrics.jsonl"
   deadline = time.time() + 300
   while time.time() < deadline and proc.poll() is None:
-    if metrics_file.exists() and len(metrics_file.read_text().splitlines()) >= 3:
+    if metrics_file.exists() and metrics_file.read_text().count('"loss"') >= 3:
       break
     time.sleep(0.05)
   proc.send_signal(signal.SIGTERM)
@@ -137,6 +146,7 @@ def test_preemption_saves_and_resume_is_exact(reference, tmp_path):
   stopped = max(_losses(tmp_path))
   assert 3 <= stopped < STEPS
   assert checkpoint.Checkpointer(str(tmp_path / "checkpoints")).latest_step() == stopped
+  assert f"compilation cache {cache}" in out and os.listdir(cache)  # the resumed run reads it
 
   proc = _run_train_py(tmp_path, *flags, env_devices=2)
   out = proc.communicate(timeout=600)[0]

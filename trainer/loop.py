@@ -4,11 +4,14 @@ config -> mesh -> data -> state (born sharded) -> jitted step -> checkpoints and
 
 A `Task` says what differs between the two jobs: how to make the params, the loss, the input
 stream and what to evaluate. Everything else lives here once: the mesh, the optimizer from the
-config, the sharded train state, resume from WORKDIR/checkpoints (including the data position:
-the stream restarts at the saved step), SIGTERM (save and stop), the NaN stop, and the logs.
+config, the sharded train state, the train step compiled ahead of time (its compile time, memory
+and FLOPs reported: trainer/cost.py), resume from WORKDIR/checkpoints (including the data
+position: the stream restarts at the saved step), SIGTERM (save and stop), the NaN stop,
+profiling, and the logs.
 
-The per-step randomness is `fold_in(PRNGKey(seed), step)`, and the data stream is a function of
-(seed, step), so an interrupted and resumed run computes exactly what an uninterrupted one does.
+The per-step randomness is `fold_in(key(seed), step)`, drawn inside the step from the state's
+step counter, and the data stream is a function of (seed, step), so an interrupted and resumed run
+computes exactly what an uninterrupted one does.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import optax
 
 from data import pipeline, sources
 from trainer import checkpoint, logs, optim, sharding
+from trainer import cost as cost_lib
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -43,6 +47,8 @@ class Task:
     (finetuning loads a pretrained encoder here).
   evaluate: optional (state, step) -> dict of metrics, called every config.eval_every_steps and at
     the end (pretraining writes reconstruction pictures, finetuning measures accuracy).
+  compile_eval: optional (run, compiler_options) -> cost.StepCost of the evaluation step, for
+    --compile_only.
   """
   init_params: Callable[[], Any]
   loss_fn: Callable[..., tuple[jax.Array, dict]]
@@ -51,6 +57,7 @@ class Task:
   initial_params: Callable[[Any], Any] | None = None
   evaluate: Callable[[dict, int], dict] | None = None
   skipped_images: Callable[[], int] | None = None
+  compile_eval: Callable[..., cost_lib.StepCost] | None = None
 
 
 def train_stream(config, augment: str, **augment_options) -> Callable[[int], Iterator[dict]]:
@@ -79,14 +86,29 @@ def steps_per_epoch(config, info: sources.DatasetInfo, *, training: bool = True)
 
 @dataclasses.dataclass
 class Run:
-  """A run's compiled pieces, for the loop and for tools (memory analysis, eval-only)."""
+  """A run's pieces, for the loop and for tools (--compile_only, eval-only)."""
   mesh: Any
   state_shardings: Any
   batch_sharding: Any
   init_state: Callable[[], dict]
-  train_step: Callable
-  abstract_state: Any
+  train_step: Callable              # jitted: (state, batch) -> (state, metrics), donates state
+  abstract_state: Any               # ShapeDtypeStructs with their shardings
+  abstract_batch: dict
   total_steps: int
+
+  def compile_train_step(self, compiler_options: dict | None = None) -> cost_lib.StepCost:
+    """The train step compiled ahead of time for the run's devices, with what it costs."""
+    batch_size = jax.tree.leaves(self.abstract_batch)[0].shape[0]
+    return cost_lib.compile_step(self.train_step, self.abstract_state, self.abstract_batch,
+                                 global_batch=batch_size, state=self.abstract_state,
+                                 compiler_options=compiler_options)
+
+
+def abstract_batch(config, batch_sharding, batch_size: int | None = None) -> dict:
+  """A global batch of the config as sharded ShapeDtypeStructs (pipeline.batch_spec's layout)."""
+  spec = pipeline.batch_spec(batch_size or config.batch_size, config.data.image_size)
+  return {name: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharding)
+          for name, (shape, dtype) in spec.items()}
 
 
 def setup(config, task: Task, *, devices=None) -> Run:
@@ -109,9 +131,9 @@ def setup(config, task: Task, *, devices=None) -> Run:
   abstract_state = jax.eval_shape(init_state)
   state_shardings = sharding.tree_shardings(abstract_state, mesh, config.sharding.min_size)
   batch_sharding = sharding.batch_sharding(mesh)
-  replicated = sharding.replicated(mesh)
 
-  def train_step(state, batch, rng):
+  def train_step(state, batch):
+    rng = jax.random.fold_in(jax.random.key(config.seed), state["step"])
     (loss, aux), grads = jax.value_and_grad(task.loss_fn, has_aux=True)(state["params"], batch, rng)
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
@@ -127,11 +149,13 @@ def setup(config, task: Task, *, devices=None) -> Run:
       state_shardings=state_shardings,
       batch_sharding=batch_sharding,
       init_state=jax.jit(init_state, out_shardings=state_shardings),
-      train_step=jax.jit(train_step, in_shardings=(state_shardings, batch_sharding, replicated),
-                         out_shardings=(state_shardings, replicated), donate_argnums=0),
+      train_step=jax.jit(train_step, in_shardings=(state_shardings, batch_sharding),
+                         out_shardings=(state_shardings, sharding.replicated(mesh)),
+                         donate_argnums=0),
       abstract_state=jax.tree.map(
           lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state,
           state_shardings),
+      abstract_batch=abstract_batch(config, batch_sharding),
       total_steps=optim.total_steps(config, task.steps_per_epoch),
   )
 
@@ -162,34 +186,39 @@ def train_and_evaluate(config, workdir: str, task: Task, *, devices=None) -> dic
   writer = logs.MetricWriter(workdir, run.total_steps)
   watch = checkpoint.PreemptionWatch()
   batches = None
+  profiler = Profiler(config.get("profile_steps", ""), workdir)
   try:
     state = restore_or_init(run, task, ckpt)
     step = int(state["step"])
     if jax.process_index() == 0:
       _save_config(config, workdir)
+    step_cost = run.compile_train_step()
+    logs.say(describe_cost(step_cost))
+    writer.write(step, step_cost.report(), progress=False)
+    train_step = step_cost.executable
     batches = task.train_batches(step)
-    base_rng = jax.random.key(config.seed)
     log_every, ckpt_every = config.log_every_steps, config.checkpoint_every_steps
     eval_every = config.get("eval_every_steps", 0)
-    images_seen, window_start, started = 0, time.time(), False
+    images_seen, window_start = 0, time.time()
+    writer.start(step)
 
     while step < run.total_steps:
+      profiler.before(step)
       batch = sharding.make_global_batch(next(batches), run.batch_sharding)
-      state, step_metrics = run.train_step(state, batch, jax.random.fold_in(base_rng, step))
+      state, step_metrics = train_step(state, batch)
       step += 1
       images_seen += config.batch_size
-      if not started:  # the first step compiles: time the rest
-        jax.block_until_ready(step_metrics["loss"])
-        writer.start(step)
-        images_seen, window_start, started = 0, time.time(), True
+      profiler.after(step, step_metrics)
       last = step == run.total_steps
       stop = watch.should_stop(step)
       if step % log_every == 0 or last or stop:
         host = jax.device_get(step_metrics)
         _check_finite(host["loss"], step, ckpt)
-        elapsed = time.time() - window_start
-        host.update(images_per_sec=images_seen / max(elapsed, 1e-9),
-                    epoch=step / task.steps_per_epoch)
+        rate = images_seen / max(time.time() - window_start, 1e-9)
+        host.update(images_per_sec=rate, epoch=step / task.steps_per_epoch,
+                    tflops_per_device=step_cost.tflops_per_device(rate))
+        if step_cost.mfu(rate) is not None:
+          host["mfu"] = step_cost.mfu(rate)
         if task.skipped_images is not None:
           host["skipped_images"] = task.skipped_images()
         writer.write(step, host)
@@ -206,6 +235,7 @@ def train_and_evaluate(config, workdir: str, task: Task, *, devices=None) -> dic
     ckpt.wait()
     return state
   finally:
+    profiler.close()
     if hasattr(batches, "close"):  # stops the input pipeline's prefetch threads
       batches.close()
     watch.close()
@@ -249,3 +279,49 @@ def _save_config(config, workdir: str) -> None:
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, "config.json"), "w") as f:
     f.write(config.to_json_best_effort(indent=2))
+
+
+def describe_cost(step_cost: cost_lib.StepCost) -> str:
+  """One line on the compiled train step: compile time, FLOPs, memory per device."""
+  r = step_cost.report()
+  hbm = f" of {r['hbm_gib_per_device']:.1f}" if r["hbm_gib_per_device"] else ""
+  return (f"Train step compiled in {r['compile_seconds']:.1f} s: {r['gflop_per_example']:.2f} "
+          f"GFLOP per example; per device {r['state_gib_per_device']:.2f} GiB of state, "
+          f"{r['temp_gib_per_device']:.2f} GiB of temporaries, {r['total_gib_per_device']:.2f}"
+          f"{hbm} GiB in all.")
+
+
+class Profiler:
+  """A jax.profiler trace of the steps START..END-1 (config.profile_steps 'START:END') into
+  WORKDIR/profile, for TensorBoard's profile plugin (or Perfetto)."""
+
+  def __init__(self, steps: str, workdir: str):
+    self.start = self.stop = None
+    self.directory = os.path.join(workdir, "profile")
+    self.active = False
+    if steps:
+      self.start, self.stop = parse_profile_steps(steps)
+
+  def before(self, step: int) -> None:
+    if self.start is not None and step == self.start and not self.active:
+      jax.profiler.start_trace(self.directory)
+      self.active = True
+
+  def after(self, step: int, outputs) -> None:
+    if self.active and step >= self.stop:
+      jax.block_until_ready(outputs)
+      self.close()
+      logs.say(f"Wrote a profile of steps {self.start}..{self.stop - 1} to {self.directory}.")
+
+  def close(self) -> None:
+    if self.active:
+      jax.profiler.stop_trace()
+      self.active = False
+
+
+def parse_profile_steps(steps: str) -> tuple[int, int]:
+  """'START:END' -> (START, END), 0 <= START < END."""
+  start, sep, stop = steps.partition(":")
+  if not (sep and start.isdigit() and stop.isdigit() and int(start) < int(stop)):
+    raise ValueError(f"profile_steps={steps!r}: expected START:END with START < END, e.g. 10:15.")
+  return int(start), int(stop)

@@ -39,7 +39,7 @@ def test_every_config_file_loads_locked_with_the_shared_schema():
   assert len(runs) == 2 * len(SIZES) + 2, runs
   shared = {"model", "data", "batch_size", "num_epochs", "total_steps", "warmup_epochs",
             "warmup_steps", "seed", "log_every_steps", "checkpoint_every_steps", "keep_checkpoints",
-            "eval_every_steps", "mesh", "sharding", "optim"}
+            "eval_every_steps", "compilation_cache", "profile_steps", "mesh", "sharding", "optim"}
   for name in runs:
     c = load(name)
     assert c.is_locked, name

@@ -5,7 +5,7 @@ Every config file is a thin `get_config(arg=None)` that calls `pretrain_from_arg
 
     config.model.{variant, dtype, depthwise_impl, scan, remat, drop_path_rate[, head_init_scale]}
     config.data.{name, data_dir, image_size, crop_scale_min[, crop_pct, num_classes]}
-    config.{batch_size, num_epochs, total_steps, warmup_epochs, warmup_steps, seed}
+    config.{batch_size, grad_accum_steps, num_epochs, total_steps, warmup_epochs, warmup_steps, seed}
     config.{log_every_steps, checkpoint_every_steps, keep_checkpoints, eval_every_steps}
     config.{compilation_cache, profile_steps}
     config.mesh.{data, fsdp}, config.sharding.min_size
@@ -82,6 +82,7 @@ def _base(variant: str, *, image_size: int, batch_size: int) -> ml_collections.C
   c.data = ml_collections.ConfigDict(dict(
       name="imagenet2012", data_dir="", image_size=int(image_size), crop_scale_min=0.2))
   c.batch_size = int(batch_size)       # global
+  c.grad_accum_steps = 1               # micro-batches per step (the reference's update_freq)
   c.num_epochs = 0
   c.total_steps = 0                    # > 0 overrides num_epochs
   c.warmup_epochs = 0.0

@@ -10,7 +10,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from models import convnextv2
+from models import convnextv2, layers
 
 PATCH_SIZE = convnextv2.TOTAL_STRIDE  # one mask entry per last-stage position (32 pixels)
 
@@ -28,10 +28,12 @@ def len_keep(num_patches: int, mask_ratio: float) -> int:
 def random_mask(rng: jax.Array, batch_size: int, num_patches: int, mask_ratio: float) -> jax.Array:
   """(B, L) float32, 1 = masked, exactly len_keep visible per sample, chosen uniformly.
 
-  As in the reference: rank the patches by Gaussian noise and keep the len_keep lowest.
+  As in the reference: rank the patches by Gaussian noise and keep the len_keep lowest. rng: a
+  PRNG key, or one per example (B,): then each sample's mask depends on its own key alone.
   """
   keep = len_keep(num_patches, mask_ratio)
-  noise = jax.random.normal(rng, (batch_size, num_patches))
+  keys = layers.example_keys(rng, batch_size)
+  noise = jax.vmap(lambda key: jax.random.normal(key, (num_patches,)))(keys)
   rank = jnp.argsort(jnp.argsort(noise, axis=1), axis=1)
   return (rank >= keep).astype(jnp.float32)
 

@@ -74,6 +74,8 @@ class FCMAE(nnx.Module):
     """(B, H, W, 3), mask (B, L) -> (B, K, C3): the last stage at the K visible patches, in
     increasing patch order."""
     convnextv2.check_images(images)
+    if rng is not None:
+      rng = layers.example_keys(rng, images.shape[0])
     grid = masking.grid_shape(images.shape[1:3])
     layout = _VisibleLayout(mask, grid, num_visible)
     x = layout.gather(patchify(images.astype(self.encoder.dtype), grid))  # (B, K, 32, 32, 3)
@@ -115,6 +117,8 @@ class FCMAE(nnx.Module):
   def __call__(self, images, mask, *, impl: str = "dense", num_visible: int | None = None, rng=None):
     grid = masking.grid_shape(images.shape[1:3])
     mask = mask.astype(jnp.float32)
+    if rng is not None:
+      rng = layers.example_keys(rng, images.shape[0])
     if impl == "dense":
       x = self.proj(self.encode_dense(images, mask, rng))
     elif impl == "sparse":
@@ -184,7 +188,7 @@ def build(variant: str, *, impl: str = "dense", image_size: int = 224, seed: int
 
   loss_fn(params, images, mask, *, rng=None) -> (loss, pred): images (B, H, W, 3) normalized,
   mask (B, L) from `masking.random_mask` with this `mask_ratio` (1 = masked), pred (B, L, 3072)
-  float32. `rng` turns on the encoder's drop path. `options`: the encoder's `Options` fields
+  float32. `rng` (a key, or one per example) turns on the encoder's drop path. `options`: the encoder's `Options` fields
   (dtype, depthwise_impl, scan, remat, drop_path_rate). `impl="sparse"` needs every mask to keep
   exactly len_keep(L, mask_ratio) patches (static shapes); a mask that does not gives a NaN loss
   under jit and an error outside it. `abstract`: params as jax.ShapeDtypeStructs (nothing

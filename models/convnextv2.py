@@ -116,14 +116,16 @@ class Stage(nnx.Module):
     self.remat = remat
 
   def for_each_block(self, x, fn: Callable, *, rng=None):
-    """Runs x through the blocks: x = fn(block, x, drop_rate, block_rng) for each block in turn."""
+    """Runs x through the blocks: x = fn(block, x, drop_rate, block_keys) for each block in turn.
+
+    rng: one key per example (B,) (`layers.example_keys`) or None."""
     graphdef, state = nnx.split(self.blocks)
     index = jnp.arange(self.first_index, self.first_index + self.depth)
     rates = jnp.asarray(self.drop_rates, jnp.float32)
 
     def body(x, per_block):
       block_state, i, rate = per_block
-      block_rng = None if rng is None else jax.random.fold_in(rng, i)
+      block_rng = None if rng is None else layers.fold_in(rng, i)
       return fn(nnx.merge(graphdef, block_state), x, rate, block_rng), None
 
     if self.remat:
@@ -204,9 +206,12 @@ class ConvNeXtV2(nnx.Module):
   def stages(self, images, *, rng=None, mask=None) -> list[jax.Array]:
     """The four stage outputs (strides 4, 8, 16, 32), each (B, H/s, W/s, C_i).
 
+    rng: a PRNG key, or one per example (B,): turns on drop path.
     mask: optional (B, H/32, W/32), 1 = masked: FCMAE's dense emulation of sparse convolution.
     """
     check_images(images)
+    if rng is not None:
+      rng = layers.example_keys(rng, images.shape[0])
     x = self.stem(images)
     visible = None
     if mask is not None:
@@ -283,7 +288,7 @@ def build(variant: str, num_classes: int = 1000, seed: int = 0, *, output: str =
   """Returns (apply_fn, params).
 
   apply_fn(params, images, *, rng=None): images (B, H, W, 3) NHWC float32, ImageNet-normalized;
-  `rng` (a PRNG key) turns on drop path. `output`:
+  `rng` (a PRNG key, or one key per example) turns on drop path. `output`:
     "logits": (B, num_classes) (pooled features (B, C3) when num_classes=0);
     "stages": the four stage feature maps, strides 4, 8, 16, 32 (detection / segmentation).
   abstract: return params as jax.ShapeDtypeStructs, allocating nothing (when the params will

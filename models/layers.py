@@ -247,15 +247,36 @@ class GRN(nnx.Module):
     return grn(x, self.gamma[...], self.beta[...], visible, spatial_axes, self.dtype)
 
 
-def drop_path(x: jax.Array, rate, rng: jax.Array | None) -> jax.Array:
+def example_keys(rng: jax.Array, batch_size: int) -> jax.Array:
+  """One PRNG key per example, (B,): `rng` itself when it already is one key per example, else
+  `rng` split. Randomness drawn from per-example keys does not depend on how a batch is cut
+  into micro-batches, devices or processes."""
+  if not jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):  # raw uint32 keys, (2,) or (B, 2)
+    rng = jax.random.wrap_key_data(rng)
+  if rng.ndim == 0:
+    return jax.random.split(rng, batch_size)
+  if rng.shape != (batch_size,):
+    raise ValueError(f"Expected one PRNG key or {batch_size} (one per example); got keys of "
+                     f"shape {rng.shape}.")
+  return rng
+
+
+def fold_in(keys: jax.Array, data: int | jax.Array) -> jax.Array:
+  """`jax.random.fold_in` of every key of a (B,) key array."""
+  return jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, data)
+
+
+def drop_path(x: jax.Array, rate, keys: jax.Array | None) -> jax.Array:
   """Per-sample stochastic depth: zero a sample's branch with prob `rate`, scale survivors.
 
-  `rate` may be a traced scalar (scanned blocks). No-op when rng is None.
+  keys: one PRNG key per sample (B,) (`example_keys`) or one key for the batch, or None for
+  no-op. `rate` may be a traced scalar (scanned blocks).
   """
-  if rng is None:
+  if keys is None:
     return x
+  keys = example_keys(keys, x.shape[0])
   keep = 1.0 - rate
-  survive = jax.random.uniform(rng, (x.shape[0],)) < keep
+  survive = jax.vmap(jax.random.uniform)(keys) < keep
   scale = jnp.where(survive, 1.0 / jnp.maximum(keep, 1e-12), 0.0).astype(x.dtype)
   return x * scale.reshape((-1,) + (1,) * (x.ndim - 1))
 

@@ -40,7 +40,9 @@ class Task:
   """The job-specific parts of a run.
 
   init_params: () -> params, traced under jit (so it must be jax-only).
-  loss_fn: (params, batch, rng) -> (loss, dict of scalar metrics), batch a dict of global arrays.
+  loss_fn: (params, batch, rng) -> (loss, dict of scalar metrics): the mean over the batch, a dict
+    of global arrays with "key", one PRNG key per example (for per-example randomness: the same
+    whichever micro-batch the example lands in); rng is one key for the whole (micro-)batch.
   train_batches: (start_step) -> iterator of this process's local numpy batches.
   steps_per_epoch: global steps in one pass over the training data.
   initial_params: optional (fresh params) -> params, called once when a run starts from scratch
@@ -112,11 +114,17 @@ def abstract_batch(config, batch_sharding, batch_size: int | None = None) -> dic
 
 
 def setup(config, task: Task, *, devices=None) -> Run:
-  """The mesh, optimizer, sharded state initializer and jitted train step of a config."""
+  """The mesh, optimizer, sharded state initializer and jitted train step of a config.
+
+  With config.grad_accum_steps = k > 1 the step splits the global batch into k micro-batches,
+  runs them one after another (lax.scan: the activations of one micro-batch at a time) and
+  applies the mean of their gradients once: the update of the whole batch, k times less memory
+  for activations. Every micro-batch is spread over all devices."""
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, devices)
-  if config.batch_size % mesh.size:
+  accum = int(config.get("grad_accum_steps", 1))
+  if accum < 1 or config.batch_size % (mesh.size * accum):
     raise ValueError(f"batch_size {config.batch_size} is not divisible by the {mesh.size} devices "
-                     f"of the mesh {dict(mesh.shape)}.")
+                     f"of the mesh {dict(mesh.shape)} times grad_accum_steps {accum}.")
   abstract_params = jax.eval_shape(task.init_params)
   tx, schedule = optim.make_optimizer(config, abstract_params, task.steps_per_epoch)
   ema_decay = config.optim.get("ema_decay", 0.0)
@@ -132,9 +140,27 @@ def setup(config, task: Task, *, devices=None) -> Run:
   state_shardings = sharding.tree_shardings(abstract_state, mesh, config.sharding.min_size)
   batch_sharding = sharding.batch_sharding(mesh)
 
+  def loss_and_grads(params, batch, rng, index):
+    value_and_grad = jax.value_and_grad(task.loss_fn, has_aux=True)
+    return value_and_grad(params, batch, jax.random.fold_in(rng, index))
+
   def train_step(state, batch):
     rng = jax.random.fold_in(jax.random.key(config.seed), state["step"])
-    (loss, aux), grads = jax.value_and_grad(task.loss_fn, has_aux=True)(state["params"], batch, rng)
+    batch = {**batch, "key": jax.random.split(rng, config.batch_size)}
+    if accum == 1:
+      (loss, aux), grads = loss_and_grads(state["params"], batch, rng, 0)
+    else:
+      micro = sharding.micro_batches(batch, accum, mesh)
+
+      def add(total, xs):
+        index, micro_batch = xs
+        one = loss_and_grads(state["params"], micro_batch, rng, index)
+        return jax.tree.map(jnp.add, total, one), None
+
+      zeros = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), jax.eval_shape(
+          loss_and_grads, state["params"], jax.tree.map(lambda x: x[0], micro), rng, 0))
+      total, _ = jax.lax.scan(add, zeros, (jnp.arange(accum), micro))
+      (loss, aux), grads = jax.tree.map(lambda x: x / accum, total)
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     new_state = {"step": state["step"] + 1, "params": params, "opt_state": opt_state}

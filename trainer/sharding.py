@@ -15,6 +15,7 @@ import logging
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
@@ -85,6 +86,21 @@ def tree_shardings(tree, mesh: Mesh, min_size: int):
 def make_global_batch(local_batch: dict, sharding: NamedSharding) -> dict:
   """Assembles each process's numpy batch into one global jax.Array per field."""
   return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), local_batch)
+
+
+def micro_batches(batch: dict, k: int, mesh: Mesh) -> dict:
+  """Each (B, ...) array of a batch-sharded global batch as (k, B/k, ...): k micro-batches, each
+  spread over every device of the mesh (micro-batch j takes the j-th k-th of every device's
+  share, so nothing moves between devices)."""
+  n = mesh.size
+
+  def split(x):
+    b = x.shape[0]
+    x = x.reshape(n, k, b // (n * k), *x.shape[1:])
+    x = jnp.swapaxes(x, 0, 1).reshape(k, b // k, *x.shape[3:])
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P(None, DATA_AXES)))
+
+  return jax.tree.map(split, batch)
 
 
 def maybe_initialize_distributed(coordinator_address: str = "", num_processes: int = 0,

@@ -37,7 +37,7 @@ def test_every_config_file_loads_locked_with_the_shared_schema():
   files = sorted(os.path.basename(f)[:-3] for f in glob.glob(os.path.join(ROOT, "configs", "*.py")))
   runs = [f for f in files if f.startswith(("fcmae_", "finetune_"))]
   assert len(runs) == 2 * len(SIZES) + 2, runs
-  shared = {"model", "data", "batch_size", "num_epochs", "total_steps", "warmup_epochs",
+  shared = {"model", "data", "batch_size", "grad_accum_steps", "num_epochs", "total_steps", "warmup_epochs",
             "warmup_steps", "seed", "log_every_steps", "checkpoint_every_steps", "keep_checkpoints",
             "eval_every_steps", "compilation_cache", "profile_steps", "mesh", "sharding", "optim"}
   for name in runs:

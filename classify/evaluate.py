@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from classify import metrics
-from data import pipeline
+from data import on_device, pipeline
 from trainer import cost, loop, sharding
 
 
@@ -20,7 +20,7 @@ class Evaluator:
     self.local_batch = local_batch
 
     def counts(params, batch):
-      logits = apply_fn(params, batch["image"])
+      logits = apply_fn(params, on_device.normalize(batch["image"]))
       weight = batch["mask"]
       return {"top1": jnp.sum(metrics.topk_correct(logits, batch["label"], 1) * weight),
               "top5": jnp.sum(metrics.topk_correct(logits, batch["label"], 5) * weight),

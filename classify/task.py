@@ -1,7 +1,8 @@
 """ImageNet finetuning and evaluation: the task the shared loop runs for finetune.py.
 
-Training: RandomResizedCrop + flip + RandAugment + random erasing in the input pipeline, then
-mixup / cutmix with label smoothing on the global batch, soft-target cross-entropy, drop path,
+Training: RandomResizedCrop + flip + RandAugment in the input pipeline; random erasing and mixup /
+cutmix with label smoothing on the device (data/on_device.py, data/mixup.py; with
+grad_accum_steps > 1, images mix within their micro-batch), soft-target cross-entropy, drop path,
 AdamW with layer-wise lr decay and an EMA of the params (trainer/optim.py). The params start
 from config.init_from (classify/pretrained.py); evaluation is classify/evaluate.py.
 """
@@ -13,8 +14,8 @@ import jax.numpy as jnp
 
 from classify import metrics, pretrained
 from classify.evaluate import Evaluator
-from data import mixup, pipeline, sources
-from models import convnextv2
+from data import mixup, on_device, pipeline, sources
+from models import convnextv2, layers
 from trainer import logs, loop
 
 
@@ -43,12 +44,15 @@ def make_task(config, workdir: str | None, info: sources.DatasetInfo | None = No
   aug = config.aug
 
   def task_loss(params, batch, rng):
-    mix_rng, drop_rng = jax.random.split(rng)
+    keys = batch["key"]  # per example: random erasing and drop path; rng: the batch's mixing
+    images = on_device.normalize(batch["image"])
+    images = on_device.random_erasing(layers.fold_in(keys, 0), images, aug.reprob)
     images, targets = mixup.mix_batch(
-        mix_rng, batch["image"], batch["label"], num_classes=classes, mixup_alpha=aug.mixup,
+        rng, images, batch["label"], num_classes=classes, mixup_alpha=aug.mixup,
         cutmix_alpha=aug.cutmix, switch_prob=aug.mixup_switch_prob,
         label_smoothing=aug.label_smoothing)
-    logits = apply_fn(params, images, rng=drop_rng if config.model.drop_path_rate > 0 else None)
+    drop_keys = layers.fold_in(keys, 1) if config.model.drop_path_rate > 0 else None
+    logits = apply_fn(params, images, rng=drop_keys)
     return jnp.mean(metrics.soft_cross_entropy(logits.astype(jnp.float32), targets)), {}
 
   def initial_params(fresh):
@@ -66,8 +70,7 @@ def make_task(config, workdir: str | None, info: sources.DatasetInfo | None = No
   return loop.Task(
       init_params=lambda: build_model(config, classes)[1],
       loss_fn=task_loss,
-      train_batches=loop.train_stream(config, "finetune", randaugment=aug.randaugment,
-                                      reprob=aug.reprob),
+      train_batches=loop.train_stream(config, "finetune", randaugment=aug.randaugment),
       steps_per_epoch=loop.steps_per_epoch(config, info, training=not config.eval_only),
       initial_params=initial_params,
       evaluate=evaluator,

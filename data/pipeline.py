@@ -36,12 +36,13 @@ Determinism, resumption and multiple processes
     is opened in a background thread shortly before the current one ends.
 
 Corrupt images
-    Decoding (``tf.io.decode_image``, which sniffs JPEG/PNG/GIF/BMP/WebP from
-    the bytes) runs in its own ``map`` followed by ``Dataset.ignore_errors()``,
-    so a record that cannot be read or decoded (garbage bytes, truncated
-    JPEG/PNG, unknown format, missing file) is dropped in C++ instead of
-    killing the iterator, at full C++ decoding speed. Augmentation runs in a
-    *separate* map after that, so bugs in augmentation still raise. Every
+    Reading and decoding (``transforms.Transform.decode``: only the crop
+    window of a JPEG, the whole image of other formats) run in their own
+    ``map`` followed by ``Dataset.ignore_errors()``, so a record that cannot
+    be read or decoded (garbage bytes, truncated JPEG/PNG, unknown format,
+    missing file) is dropped in C++ instead of killing the iterator, at full
+    C++ decoding speed. Augmentation runs in a *separate* map after that, so
+    bugs in augmentation still raise. Every
     example carries its position; a missing position is exactly a skipped
     image. Skips are counted per iterator (``.num_skipped``) and per process
     (``skipped_images()``) and logged with ``logging.warning`` (with the file
@@ -161,11 +162,17 @@ class _SkipTracker:
     self.expected = stop
 
 
-def _decoded(source: Source, ds: tf.data.Dataset) -> tf.data.Dataset:
-  """(payload, label, pos) -> (uint8 image [H, W, 3], label, pos); undecodable ones dropped."""
-  ds = ds.map(lambda payload, label, pos: (source.decode(payload), label, pos),
-              num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  return ds.ignore_errors()
+def _transformed(source: Source, transform: transforms.Transform, ds: tf.data.Dataset,
+                 seed_of) -> tf.data.Dataset:
+  """(payload, label, pos) -> {'image': uint8 [S, S, 3], 'label', 'pos'}, the example at `pos`
+  transformed with the seed `seed_of(pos)`. Images that cannot be read or decoded are dropped
+  (by `ignore_errors` after the decoding map); errors in the augmentation that follows raise."""
+  ds = ds.map(lambda payload, label, pos: (transform.decode(source.read(payload), seed_of(pos)),
+                                           label, pos),
+              num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).ignore_errors()
+  return ds.map(lambda image, label, pos: {'image': transform.finish(image, seed_of(pos)),
+                                           'label': label, 'pos': pos},
+                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
 @dataclasses.dataclass
@@ -181,7 +188,7 @@ class _TrainPipeline:
   process_index: int
   process_count: int
   prefetch: int
-  transform: Any  # compiled (uint8 image, seed [2]) -> float32 [S, S, 3]
+  transform: transforms.Transform
   aug_base: int  # first word of every per-example stateless seed
 
   @property
@@ -221,7 +228,7 @@ class _GlobalTrainPipeline(_TrainPipeline):
   def step_batches(self, start_step: int) -> tf.data.Dataset:
     """One element per global step >= start_step: this process's decodable examples of it.
 
-    Elements: image float32 [<=B, S, S, 3], label int32 [<=B], pos int64 [<=B]
+    Elements: image uint8 [<=B, S, S, 3], label int32 [<=B], pos int64 [<=B]
     (positions in the epoch's order) and step int64 []; a step whose images
     are all corrupt yields an empty batch (never nothing: an all-corrupt
     split would otherwise spin forever inside tf.data).
@@ -236,14 +243,11 @@ class _GlobalTrainPipeline(_TrainPipeline):
       pos = self._first_position(k) + tf.range(b, dtype=tf.int64)
       index = source.order_indices(split, order_base, epoch, pos)
       ds = tf.data.Dataset.from_tensor_slices((index, pos))
-      ds = ds.map(lambda i, p: (source.decode(tf.gather(payloads, i)), tf.gather(labels, i), p),
-                  num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-      ds = ds.ignore_errors()  # corrupt images: their slots are filled in Python (_complete)
-      ds = ds.map(lambda image, label, p: {
-          'image': transform(image, _example_seed(aug_base, epoch, p)), 'label': label,
-          'pos': p}, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+      ds = ds.map(lambda i, p: (tf.gather(payloads, i), tf.gather(labels, i), p))
+      # Corrupt images are dropped here; _complete fills their slots in Python.
+      ds = _transformed(source, transform, ds, lambda p: _example_seed(aug_base, epoch, p))
       empty = tf.data.Dataset.from_tensors(
-          {'image': tf.zeros([0, size, size, 3]), 'label': tf.zeros([0], tf.int32),
+          {'image': tf.zeros([0, size, size, 3], tf.uint8), 'label': tf.zeros([0], tf.int32),
            'pos': tf.zeros([0], tf.int64)})
       ds = ds.batch(b).concatenate(empty).take(1)
       return ds.map(lambda batch: {**batch, 'step': step})
@@ -269,7 +273,7 @@ class _GlobalTrainPipeline(_TrainPipeline):
     epoch, k = divmod(step, self.steps_per_epoch)
     first = self._first_position(k)
     s = self.image_size
-    image = np.empty((b, s, s, 3), np.float32)  # [B, S, S, 3]
+    image = np.empty((b, s, s, 3), np.uint8)  # [B, S, S, 3]
     label = np.empty((b,), np.int32)  # [B]
     present = np.zeros((b,), bool)
     slots = batch['pos'] - first
@@ -292,18 +296,18 @@ class _GlobalTrainPipeline(_TrainPipeline):
     own = int(source.order_indices(split, self.order_base, epoch, pos))
     self.skipped += 1
     _add_skipped(1)
+    seed = _example_seed(self.aug_base, epoch, pos)
     for q in range(pos + 1, pos + 1 + min(n - 1, _MAX_FILL_TRIES)):
       index = int(source.order_indices(split, self.order_base, epoch, q % n))
       try:
-        image = source.decode(tf.gather(payloads, index))
+        image = self.transform.decode(source.read(tf.gather(payloads, index)), seed)
       except tf.errors.OpError:
         continue
       logger.warning('Skipped corrupt or unreadable image: %s (epoch %d, position %d); its slot '
                      'is filled with the next decodable image of the epoch order, %s',
                      source.example_name(split, own), epoch, pos,
                      source.example_name(split, index))
-      out = self.transform(image, _example_seed(self.aug_base, epoch, pos))
-      return out.numpy(), int(labels[index])
+      return self.transform.finish(image, seed).numpy(), int(labels[index])
     raise RuntimeError(
         f'Skipped corrupt or unreadable image {source.example_name(split, own)} (epoch {epoch}, '
         f'position {pos}) and none of the next {min(n - 1, _MAX_FILL_TRIES)} images of the '
@@ -323,22 +327,16 @@ class _ShardedTrainPipeline(_TrainPipeline):
   def epoch_batches(self, epoch: int, start: int) -> tf.data.Dataset:
     """Batches of epoch `epoch` from position `start` of this process's shard.
 
-    Elements: image float32 [<=B, S, S, 3], label int32 [<=B], pos int64 [<=B],
+    Elements: image uint8 [<=B, S, S, 3], label int32 [<=B], pos int64 [<=B],
     epoch int64 [<=B]; only the epoch's last batch can be short (after skips).
     """
     stop = self.steps_per_epoch * self.batch_size  # the epoch's remainder is dropped
     ds = self.source.records(self.split, self.process_index, self.process_count, epoch=epoch,
                              seed=self.seed, start=start, stop=stop)
-    base, transform = self.aug_base, self.transform
+    base = self.aug_base
     epoch = tf.cast(epoch, tf.int64)
-
-    def augment_fn(image, label, pos):
-      return {'image': transform(image, _example_seed(base, epoch, pos)), 'label': label,
-              'pos': pos, 'epoch': epoch}
-
-    ds = _decoded(self.source, ds)
-    ds = ds.map(augment_fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return ds.batch(self.batch_size)
+    ds = _transformed(self.source, self.transform, ds, lambda p: _example_seed(base, epoch, p))
+    return ds.map(lambda example: {**example, 'epoch': epoch}).batch(self.batch_size)
 
   def stream(self, first_epoch: int, first_start: int) -> Iterator[dict[str, np.ndarray]]:
     """All batches (incl. short epoch tails) from (first_epoch, first_start) on."""
@@ -374,7 +372,7 @@ class _ShardedTrainPipeline(_TrainPipeline):
         tracker.start(tracker.epoch + 1, 0)
       tracker.see(batch.pop('pos'))
       if len(batch['label']) == self.batch_size:
-        yield batch  # image float32 [B, S, S, 3], label int32 [B]
+        yield batch  # image uint8 [B, S, S, 3], label int32 [B]
 
 
 # Open the next TFDS epoch in the background when this many batches are left
@@ -405,7 +403,8 @@ class TrainIterator:
     common = dict(source=source, split=split, image_size=image_size,
                   batch_size=local_batch_size, seed=seed, process_index=process_index,
                   process_count=process_count, prefetch=prefetch,
-                  transform=transforms.compiled_train_transform(augment, image_size, augment_options))
+                  transform=transforms.train_transform(augment, image_size, augment_options,
+                                                       encoded=source.encoded))
     if source.global_order:
       size = source.split_size(split)
       self.steps_per_epoch = size // (local_batch_size * process_count)
@@ -454,8 +453,8 @@ class TrainIterator:
 
 
 def batch_spec(batch_size: int, image_size: int) -> dict[str, tuple[tuple[int, ...], Any]]:
-  """The layout of a training batch: {'image': ((B, S, S, 3), float32), 'label': ((B,), int32)}."""
-  return {'image': ((batch_size, image_size, image_size, 3), np.float32),
+  """The layout of a training batch: {'image': ((B, S, S, 3), uint8), 'label': ((B,), int32)}."""
+  return {'image': ((batch_size, image_size, image_size, 3), np.uint8),
           'label': ((batch_size,), np.int32)}
 
 
@@ -466,8 +465,8 @@ def train_iterator(name: str = 'imagenet2012', *, data_dir: str | None = None, i
                    prefetch: int = 2) -> TrainIterator:
   """Infinite, deterministic, resumable iterator of this process's training batches.
 
-  Yields dicts of numpy arrays: ``image`` float32 [local_batch_size,
-  image_size, image_size, 3] (ImageNet-normalized) and ``label`` int32
+  Yields dicts of numpy arrays: ``image`` uint8 [local_batch_size,
+  image_size, image_size, 3] (pixels; normalized on the device) and ``label`` int32
   [local_batch_size]. Folder/demo: each epoch visits the whole split in one
   order drawn from (seed, epoch), global batch k is the next
   local_batch_size * process_count examples of it and this process gets
@@ -480,9 +479,9 @@ def train_iterator(name: str = 'imagenet2012', *, data_dir: str | None = None, i
   docstring for corrupt images).
 
   augment: 'pretrain' (FCMAE: RandomResizedCrop(0.2-1) + flip), 'finetune'
-  (RandomResizedCrop(0.08-1) + flip + RandAugment + RandomErasing; configure
-  with augment_options={'randaugment': 'rand-m9-mstd0.5-inc1' or '',
-  'reprob': 0.25}) or 'none' (eval-style resize + center crop).
+  (RandomResizedCrop(0.08-1) + flip + RandAugment; configure with
+  augment_options={'randaugment': 'rand-m9-mstd0.5-inc1' or ''}; random
+  erasing follows on the device) or 'none' (eval-style resize + center crop).
   The returned iterator also exposes ``num_skipped``, ``steps_per_epoch``,
   ``step`` and ``epoch``.
   """
@@ -532,10 +531,9 @@ class EvalIterator:
   def _generate(self) -> Iterator[dict[str, np.ndarray]]:
     ds = self.source.records(self.split, self.process_index, self.process_count,
                              epoch=None, seed=0, start=0, stop=None)
-    transform = transforms.compiled_eval_transform(self.image_size, float(self.crop_pct))
-    ds = _decoded(self.source, ds)
-    ds = ds.map(lambda image, label, pos: {'image': transform(image), 'label': label, 'pos': pos},
-                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    transform = transforms.eval_transform(self.image_size, float(self.crop_pct),
+                                          encoded=self.source.encoded)
+    ds = _transformed(self.source, transform, ds, lambda pos: tf.zeros([2], tf.int64))
     ds = ds.batch(self.batch_size)
     if self.prefetch:
       ds = ds.prefetch(self.prefetch)
@@ -554,7 +552,7 @@ class EvalIterator:
   def _pad(self, batch: dict[str, np.ndarray] | None) -> dict[str, np.ndarray]:
     """Pads a (possibly partial or absent) batch to batch_size: zero images, mask 0."""
     n, b, s = (0 if batch is None else len(batch['label'])), self.batch_size, self.image_size
-    out = {'image': np.zeros((b, s, s, 3), np.float32),  # [B, S, S, 3]
+    out = {'image': np.zeros((b, s, s, 3), np.uint8),  # [B, S, S, 3]
            'label': np.zeros((b,), np.int32),  # [B]
            'mask': np.zeros((b,), np.float32)}  # [B]
     if n:
@@ -571,7 +569,7 @@ def eval_iterator(name: str = 'imagenet2012', *, data_dir: str | None = None, im
 
   Every process yields the same number of batches, ceil(max shard size /
   local_batch_size), computed from all shard sizes; the last ones are padded
-  with zero images. Batches: ``image`` float32 [B, S, S, 3], ``label`` int32
+  with zero images. Batches: ``image`` uint8 [B, S, S, 3], ``label`` int32
   [B], ``mask`` float32 [B] (1 = real example, 0 = padding). Preprocessing:
   shorter side -> int(image_size / crop_pct) bicubic + center crop (squash
   resize to image_size x image_size when image_size >= 384).

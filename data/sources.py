@@ -8,8 +8,9 @@ Selected by name:
 * ``'demo'``: the built-in synthetic set (``data/demo.py``), no files, no network.
 
 A source says how big its splits and per-process shards are and yields still-encoded records
-(payload, label, position); ``decode`` turns a payload into a uint8 image and may fail, which
-the pipeline (``data/pipeline.py``) counts as a corrupt image.
+(payload, label, position); ``read`` turns a payload into the image file's bytes (``encoded``
+sources) or its uint8 pixels (the demo data). Reading or decoding may fail, which the pipeline
+(``data/pipeline.py``) counts as a corrupt image.
 """
 
 from __future__ import annotations
@@ -84,11 +85,11 @@ def check_process(process_index: int, process_count: int) -> None:
 
 
 class Source:
-  """A split-able collection of (payload, label) with a payload decoder.
+  """A split-able collection of (payload, label) with a payload reader.
 
   ``records`` returns a dataset of (payload, label int32, pos int64) with the
   positions [start, stop) of this process's shard in an epoch's visiting
-  order (natural order for eval, epoch=None); ``decode`` turns a payload into
+  order (natural order for eval, epoch=None); ``read`` turns a payload into
   a uint8 [H, W, 3] image and may fail, which counts as a corrupt image.
   """
   name: str
@@ -107,7 +108,10 @@ class Source:
               stop: int | None) -> tf.data.Dataset:
     raise NotImplementedError
 
-  def decode(self, payload: tf.Tensor) -> tf.Tensor:
+  # True: `read` gives an image file's bytes; False: uint8 pixels [H, W, 3].
+  encoded = True
+
+  def read(self, payload: tf.Tensor) -> tf.Tensor:
     raise NotImplementedError
 
   def describe(self, split: str, index: int, count: int, epoch: int | None, pos: int,
@@ -190,7 +194,9 @@ class _DemoSource(_ArraySource):
   def _split_arrays(self, split):
     return demo.arrays(_folder_split(split))
 
-  def decode(self, payload):
+  encoded = False
+
+  def read(self, payload):
     return payload  # already uint8 [64, 64, 3]
 
 
@@ -205,10 +211,8 @@ class _FolderSource(_ArraySource):
   def _split_arrays(self, split):
     return _scan_folder_split(self.root, _folder_split(split))
 
-  def decode(self, payload):
-    data = tf.io.read_file(payload)
-    image = tf.io.decode_image(data, channels=3, expand_animations=False, dtype=tf.uint8)
-    return tf.ensure_shape(image, [None, None, 3])
+  def read(self, payload):
+    return tf.io.read_file(payload)
 
 
 class DatasetNotPreparedError(FileNotFoundError):
@@ -265,9 +269,8 @@ class _TfdsSource(Source):
       ds = ds.skip(start)  # skips encoded records: no decoding, no augmentation
     return ds
 
-  def decode(self, payload):
-    image = tf.io.decode_image(payload, channels=3, expand_animations=False, dtype=tf.uint8)
-    return tf.ensure_shape(image, [None, None, 3])
+  def read(self, payload):
+    return payload  # the encoded bytes (tfds.decode.SkipDecoding)
 
 
 def _not_prepared_message(name: str, builder) -> str:

@@ -1,37 +1,56 @@
 """The per-example transforms of each recipe, as the input pipeline applies them.
 
 * ``'pretrain'`` (FCMAE): RandomResizedCrop(scale=(0.2, 1), ratio=(3/4, 4/3), bicubic) ->
-  horizontal flip -> normalize.
+  horizontal flip.
 * ``'finetune'`` (ConvNeXt V2 finetuning, timm ``create_transform``): RandomResizedCrop(scale=
-  (0.08, 1)) -> flip -> RandAugment (``rand-m9-mstd0.5-inc1``) -> normalize ->
-  RandomErasing(p=0.25, 'pixel').
-* ``'none'``: deterministic eval-style resize + center crop -> normalize.
+  (0.08, 1)) -> flip -> RandAugment (``rand-m9-mstd0.5-inc1``). Random erasing follows on the
+  device (``data/on_device.py``), where the pixels are normalized.
+* ``'none'`` and evaluation: resize the shorter side + center crop.
+
+Each transform has two parts, which the pipeline runs as two tf.data maps:
+
+* ``decode(payload, seed)``: the encoded bytes of an image (or, for the demo data, its pixels)
+  -> the uint8 pixels of the crop window. Of a JPEG only the window is decoded; the window is
+  drawn from the shape in the JPEG's header, from the same distribution as torchvision's
+  RandomResizedCrop. A corrupt image fails here, and the pipeline drops it and counts it.
+* ``finish(image, seed)``: the crop -> uint8 [S, S, 3] (resize, flip, RandAugment). An error
+  here is a bug, and raises.
+
+Both parts are tf.functions traced once per process and set of arguments (tracing RandAugment's
+2 x 15 branches takes seconds). Everything leaves the host as uint8.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-from typing import Any, Callable
+from typing import Any
 
 import tensorflow as tf
 
-from data.augment import (eval_resize_crop, normalize, random_erasing,
-                          random_horizontal_flip, random_resized_crop, split_seed)
+from data.augment import (crop, crop_window, decode_crop, eval_resize_crop, random_horizontal_flip,
+                          resize, split_seed)
 from data.randaugment import parse_rand_augment, rand_augment
 
 AUGMENT_KINDS = ('pretrain', 'finetune', 'none')
 
-# A transform maps (uint8 image [H, W, 3], seed [2]) -> float32 [S, S, 3].
-Transform = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
-
-
 _OPTION_DEFAULTS = {
-    'pretrain': {'scale': (0.2, 1.0), 'ratio': (3 / 4, 4 / 3), 'hflip': 0.5,
-                 'randaugment': '', 'reprob': 0.0},
+    'pretrain': {'scale': (0.2, 1.0), 'ratio': (3 / 4, 4 / 3), 'hflip': 0.5, 'randaugment': ''},
     'finetune': {'scale': (0.08, 1.0), 'ratio': (3 / 4, 4 / 3), 'hflip': 0.5,
-                 'randaugment': 'rand-m9-mstd0.5-inc1', 'reprob': 0.25},
+                 'randaugment': 'rand-m9-mstd0.5-inc1'},
     'none': {'crop_pct': 0.875},
 }
+
+_SEED_SPEC = tf.TensorSpec([2], tf.int64)
+_PIXELS_SPEC = tf.TensorSpec([None, None, 3], tf.uint8)
+_BYTES_SPEC = tf.TensorSpec([], tf.string)
+
+
+@dataclasses.dataclass(frozen=True)
+class Transform:
+  """decode: (payload, seed [2]) -> uint8 [h, w, 3]; finish: (image, seed [2]) -> uint8 [S, S, 3]."""
+  decode: Any
+  finish: Any
 
 
 def resolve_options(augment: str, options: dict | None) -> dict:
@@ -47,71 +66,59 @@ def resolve_options(augment: str, options: dict | None) -> dict:
   return merged
 
 
-def build_train_transform(augment: str, image_size: int,
-                          options: dict | None = None) -> Transform:
-  """Returns fn(uint8 image [H, W, 3], seed [2]) -> float32 [S, S, 3] normalized.
+def _decode_whole(payload: tf.Tensor, encoded: bool) -> tf.Tensor:
+  if not encoded:
+    return payload
+  image = tf.io.decode_image(payload, channels=3, expand_animations=False, dtype=tf.uint8)
+  return tf.ensure_shape(image, [None, None, 3])
 
-  augment: 'pretrain' | 'finetune' | 'none' (see module docstring).
-  options: 'scale', 'ratio', 'hflip', 'randaugment' (timm spec or ''),
-    'reprob' for the random recipes; 'crop_pct' for 'none'.
-  """
+
+def _functions(decode_fn, finish_fn, encoded: bool) -> Transform:
+  payload = _BYTES_SPEC if encoded else _PIXELS_SPEC
+  return Transform(
+      decode=tf.function(decode_fn, input_signature=[payload, _SEED_SPEC], autograph=False),
+      finish=tf.function(finish_fn, input_signature=[_PIXELS_SPEC, _SEED_SPEC], autograph=False))
+
+
+def train_transform(augment: str, image_size: int, options: dict | None = None, *,
+                    encoded: bool = True) -> Transform:
+  """The transform of a recipe; encoded: payloads are image files' bytes (else uint8 pixels).
+
+  options: 'scale', 'ratio', 'hflip', 'randaugment' (timm spec or '') for the random recipes;
+  'crop_pct' for 'none'. Bad options raise here, not inside a tf.data thread."""
   opts = resolve_options(augment, options)
+  frozen = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in opts.items()))
+  return _train_transform(augment, image_size, frozen, encoded)
+
+
+@functools.lru_cache(maxsize=64)
+def _train_transform(augment: str, image_size: int, options: tuple, encoded: bool) -> Transform:
+  opts = dict(options)
   if augment == 'none':
-    crop_pct = float(opts['crop_pct'])
-
-    def none_fn(image, seed):
-      del seed
-      return normalize(eval_resize_crop(image, image_size, crop_pct))
-
-    return none_fn
-
+    return eval_transform(image_size, float(opts['crop_pct']), encoded=encoded)
   ra_config = parse_rand_augment(opts['randaugment']) if opts['randaugment'] else None
-  reprob = float(opts['reprob'])
   scale, ratio, hflip = tuple(opts['scale']), tuple(opts['ratio']), float(opts['hflip'])
 
-  def train_fn(image, seed):
+  def decode(payload, seed):
+    window = lambda shape: crop_window(shape, split_seed(seed, 4)[0], scale, ratio)
+    if encoded:
+      return decode_crop(payload, window)
+    return crop(payload, window(tf.shape(payload)))
+
+  def finish(image, seed):
     s = split_seed(seed, 4)
-    image = random_resized_crop(image, s[0], image_size, scale=scale, ratio=ratio)
+    image = resize(image, image_size)
     if hflip > 0:
       image = random_horizontal_flip(image, s[1], hflip)
     if ra_config is not None:
       image = rand_augment(image, s[2], ra_config)
-    x = normalize(image)
-    if reprob > 0:
-      x = random_erasing(x, s[3], probability=reprob)
-    return x
+    return image
 
-  return train_fn
-
-
-_IMAGE_SPEC = tf.TensorSpec([None, None, 3], tf.uint8)
-_SEED_SPEC = tf.TensorSpec([2], tf.int64)
-
-
-def _freeze(value: Any) -> Any:
-  """Hashable version of an augment_options value (lists -> tuples)."""
-  if isinstance(value, (list, tuple)):
-    return tuple(_freeze(v) for v in value)
-  return value
-
-
-def compiled_train_transform(augment: str, image_size: int, options: dict | None = None) -> Any:
-  """`build_train_transform` as a tf.function(uint8 [H, W, 3], seed [2]) -> float32 [S, S, 3],
-  traced once per process and set of arguments (tracing RandAugment's 2 x 15 branches takes
-  seconds). Bad options raise here, not inside a tf.data thread."""
-  resolve_options(augment, options)
-  frozen = tuple(sorted((k, _freeze(v)) for k, v in (options or {}).items()))
-  return _compiled_train_transform(augment, image_size, frozen)
+  return _functions(decode, finish, encoded)
 
 
 @functools.lru_cache(maxsize=64)
-def _compiled_train_transform(augment: str, image_size: int, options: tuple) -> Any:
-  fn = build_train_transform(augment, image_size, dict(options))
-  return tf.function(fn, input_signature=[_IMAGE_SPEC, _SEED_SPEC], autograph=False)
-
-
-@functools.lru_cache(maxsize=64)
-def compiled_eval_transform(image_size: int, crop_pct: float) -> Any:
-  """tf.function(uint8 [H, W, 3]) -> float32 [S, S, 3] normalized eval crop."""
-  fn = lambda image: normalize(eval_resize_crop(image, image_size, crop_pct))
-  return tf.function(fn, input_signature=[_IMAGE_SPEC], autograph=False)
+def eval_transform(image_size: int, crop_pct: float, *, encoded: bool = True) -> Transform:
+  """Evaluation: the whole image decoded, then resize + center crop (the seed is unused)."""
+  return _functions(lambda payload, seed: _decode_whole(payload, encoded),
+                    lambda image, seed: eval_resize_crop(image, image_size, crop_pct), encoded)

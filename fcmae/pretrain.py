@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import os
 
-import jax
-
-from data import pipeline, sources
+from data import on_device, pipeline, sources
 from fcmae import masking, visualize
 from fcmae import model as fcmae_model
+from models import layers
 from trainer import loop
 
 
@@ -25,11 +24,13 @@ def make_task(config, workdir: str | None, info: sources.DatasetInfo | None = No
   info = info or sources.dataset_info(config.data.name, config.data.data_dir or None)
 
   def task_loss(params, batch, rng):
-    mask_rng, drop_rng = jax.random.split(rng)
-    images = batch["image"]
-    mask = masking.random_mask(mask_rng, images.shape[0], num_patches, config.fcmae.mask_ratio)
-    loss, _ = loss_fn(params, images, mask,
-                      rng=drop_rng if config.model.drop_path_rate > 0 else None)
+    del rng  # the mask and drop path are drawn per example, from the example's own key
+    images = on_device.normalize(batch["image"])
+    keys = batch["key"]
+    mask = masking.random_mask(layers.fold_in(keys, 0), images.shape[0], num_patches,
+                               config.fcmae.mask_ratio)
+    drop_keys = layers.fold_in(keys, 1) if config.model.drop_path_rate > 0 else None
+    loss, _ = loss_fn(params, images, mask, rng=drop_keys)
     return loss, {}
 
   pictures = (visualize.Reconstructions(config, loss_fn, os.path.join(workdir, "reconstructions"))

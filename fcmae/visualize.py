@@ -23,7 +23,7 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from data import augment, pipeline
+from data import augment, on_device, pipeline
 from fcmae import masking
 from fcmae import model as fcmae_model
 from trainer import checkpoint

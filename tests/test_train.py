@@ -9,6 +9,7 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
@@ -162,13 +163,17 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tmp_p
   config = _config(total_steps=12, checkpoint_every_steps=4, log_every_steps=4)
   config.mesh.data = config.mesh.fsdp = 1
   task = pretrain.make_task(config, str(tmp_path))
-  clean_batches = task.train_batches
+  clean_batches, clean_loss = task.train_batches, task.loss_fn
 
-  def poisoned_batches(start_step):  # NaN pixels from step 7 on
+  def poisoned_batches(start_step):  # marked from step 7 on (label -1)
     for step, batch in enumerate(clean_batches(start_step), start_step + 1):
-      yield {**batch, "image": batch["image"] * (np.nan if step >= 7 else 1.0)}
+      yield {**batch, "label": np.where(step >= 7, -1, batch["label"]).astype(np.int32)}
 
-  task.train_batches = poisoned_batches
+  def poisoned_loss(params, batch, rng):  # a NaN loss on marked batches
+    loss, aux = clean_loss(params, batch, rng)
+    return jnp.where(batch["label"][0] < 0, jnp.nan, loss), aux
+
+  task.train_batches, task.loss_fn = poisoned_batches, poisoned_loss
   with pytest.raises(loop.NonFiniteLossError, match="last good checkpoint is step 4"):
     loop.train_and_evaluate(config, str(tmp_path), task, devices=jax.devices()[:1])
   ckpt = checkpoint.Checkpointer(str(tmp_path / "checkpoints"))

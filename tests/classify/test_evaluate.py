@@ -2,13 +2,12 @@
 those computed from the model's own logits."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from classify import task
 from configs import finetune_demo
-from data import demo, pipeline, sources
+from data import demo, on_device, pipeline, sources
 from models import convert
 from tests.helpers import override
 from trainer import logs
@@ -51,7 +50,7 @@ def test_eval_of_a_converted_checkpoint_is_exact_and_matches_its_logits(tmp_path
   apply_fn, params = convert.load(str(tmp_path / "converted"))
   correct1 = correct5 = 0
   for batch in pipeline.eval_iterator("demo", image_size=64, local_batch_size=64):
-    logits = np.asarray(jax.jit(apply_fn)(params, jnp.asarray(batch["image"])))
+    logits = np.asarray(jax.jit(apply_fn)(params, on_device.normalize(batch["image"])))
     top5 = np.argsort(-logits, axis=1)[:, :5]
     real = batch["mask"] > 0
     correct1 += int(np.sum((top5[:, 0] == batch["label"])[real]))

@@ -9,16 +9,17 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from data import augment, pipeline
+from data import pipeline
 
-MEAN = np.array(augment.IMAGENET_MEAN, np.float32)
-STD = np.array(augment.IMAGENET_STD, np.float32)
 S = 32  # image size used by most tests (small = fast)
 
 
-def to_pixels(x: np.ndarray) -> np.ndarray:
-  """Inverse of the normalization: float [..., 3] -> [0, 255] pixel values."""
-  return (x * STD + MEAN) * 255.0
+def photo_bytes(fmt: str = 'JPEG', name: str = 'astronaut') -> bytes:
+  """A photograph that scikit-image ships (512x512), encoded as `fmt`."""
+  from skimage import data as skdata
+  buf = io.BytesIO()
+  Image.fromarray(getattr(skdata, name)()).save(buf, format=fmt, quality=90)
+  return buf.getvalue()
 
 
 def take(it, n):
@@ -75,8 +76,8 @@ def make_image_folder(root):
 
 
 def identify(images, palette):
-  """Index into `palette` of each (solid-colour) normalized image, by nearest colour."""
-  colours = to_pixels(images).reshape(len(images), -1, 3).mean(1)  # [N, 3]
+  """Index into `palette` of each (solid-colour) uint8 image, by nearest colour."""
+  colours = images.astype(np.float32).reshape(len(images), -1, 3).mean(1)  # [N, 3]
   dist = np.abs(colours[:, None] - np.array(palette, np.float32)[None]).max(-1)
   assert (dist.min(1) < 6).all(), dist.min(1)
   return dist.argmin(1).tolist()

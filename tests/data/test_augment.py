@@ -1,11 +1,11 @@
-"""data/augment.py: crops, flips, the evaluation geometry and random erasing."""
+"""data/augment.py: crops, flips and the evaluation geometry."""
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from data import augment
-from tests.data.helpers import S, rand_image, seed
+from tests.data.helpers import rand_image, seed
 
 
 def test_eval_geometry():
@@ -51,18 +51,3 @@ def test_horizontal_flip_flips_some():
     else:
       np.testing.assert_array_equal(out, image.numpy())
   assert 3 <= flipped <= 17
-
-
-def test_random_erasing_is_seeded_and_erases_one_box():
-  x = augment.normalize(rand_image(S, S, seed=3))
-  np.testing.assert_array_equal(augment.random_erasing(x, seed(0), probability=0.0).numpy(), x.numpy())
-  for i in range(5):
-    erased = augment.random_erasing(x, seed(i), probability=1.0).numpy()
-    changed = np.any(erased != x.numpy(), axis=-1)  # [H, W]
-    rows, cols = np.flatnonzero(changed.any(1)), np.flatnonzero(changed.any(0))
-    box = (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)
-    assert changed.sum() == box  # one rectangle
-    assert 0.01 < box / (S * S) < 0.4
-    assert np.isfinite(erased).all()
-  np.testing.assert_array_equal(augment.random_erasing(x, seed(2), probability=1.0).numpy(),
-                                augment.random_erasing(x, seed(2), probability=1.0).numpy())

@@ -1,11 +1,13 @@
 """trainer/loop.py: gradient accumulation gives the update of the whole batch, for pretraining
-(per-example masks and drop path), with less memory per micro-batch."""
+(per-example masks and drop path) and for finetuning without mixup (per-example random erasing
+and drop path), with less memory per micro-batch."""
 
 import jax
 import numpy as np
 import pytest
 
-from configs import fcmae_demo
+from classify import task as finetune_task
+from configs import fcmae_demo, finetune_demo
 from fcmae import pretrain
 from tests.helpers import override
 from trainer import checkpoint, logs, loop
@@ -26,7 +28,8 @@ def _train(config, make_task, workdir):
 
 
 @pytest.mark.parametrize("name, get_config, make_task", [
-    ("pretraining", fcmae_demo.get_config, pretrain.make_task)])
+    ("pretraining", fcmae_demo.get_config, pretrain.make_task),
+    ("finetuning", finetune_demo.get_config, finetune_task.make_task)])
 def test_four_micro_batches_give_the_update_of_one_batch_with_less_memory(tmp_path, name,
                                                                          get_config, make_task):
   one = override(get_config(), SHORT)

@@ -31,6 +31,11 @@ from trainer import checkpoint
 NUM_IMAGES = 8
 
 
+class ImageError(ValueError):
+  """An image or a run that cannot be read."""
+  user_error = True
+
+
 def reconstruction_grid(images, pred, mask, norm_pix_loss: bool) -> np.ndarray:
   """uint8 (B*S, 4*S, 3) picture from normalized images (B, S, S, 3), pred (B, L, 3072) and
   mask (B, L)."""
@@ -65,10 +70,10 @@ def save_png(picture: np.ndarray, path: str) -> str:
 
 
 def sample_images(config, num: int = NUM_IMAGES) -> np.ndarray:
-  """The first `num` validation images of the config's dataset, eval-preprocessed."""
+  """The first `num` validation images of the config's dataset, eval-preprocessed, normalized."""
   batches = pipeline.eval_iterator(config.data.name, data_dir=config.data.data_dir or None,
-                               image_size=config.data.image_size, local_batch_size=num)
-  return next(iter(batches))["image"][:num]
+                                   image_size=config.data.image_size, local_batch_size=num)
+  return np.asarray(on_device.normalize(next(iter(batches))["image"][:num]))
 
 
 def load_images(paths, image_size: int) -> np.ndarray:
@@ -78,7 +83,7 @@ def load_images(paths, image_size: int) -> np.ndarray:
     try:
       image = Image.open(path).convert("RGB")
     except OSError as e:
-      raise ValueError(f"Cannot read image {path}: {e}") from None
+      raise ImageError(f"Cannot read image {path}: {e}") from None
     scale = image_size / min(image.size)
     image = image.resize((max(image_size, round(image.size[0] * scale)),
                           max(image_size, round(image.size[1] * scale))), Image.BICUBIC)
@@ -120,7 +125,8 @@ def load_run_config(path: str) -> ml_collections.ConfigDict:
     if os.path.isfile(config_path):
       with open(config_path) as f:
         return ml_collections.ConfigDict(json.load(f))
-  raise FileNotFoundError(f"No config.json of a train.py run at or above {path}.")
+  raise ImageError(f"No config.json of a train.py run at or above {path}: --checkpoint takes a "
+                   "train.py workdir or one of its checkpoints/<step> directories.")
 
 
 def main(argv=None) -> None:
@@ -146,4 +152,5 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-  main()
+  from trainer import cli
+  cli.guarded(main)(None)

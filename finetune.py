@@ -17,21 +17,24 @@ from absl import app, flags
 from trainer import cli
 
 FLAGS = flags.FLAGS
-cli.define_flags("Config file (configs/finetune_*.py).")
+cli.define_flags("Config file (configs/finetune_*.py[:arg]).")
+flags.adopt_module_key_flags(cli)  # --help lists them
 
 
 def main(argv):
   del argv
+  config = cli.load_config(FLAGS)
   from classify import task
   from trainer import loop
 
-  def job(config, workdir):
+  def job(config, workdir, allow_config_change):
     if config.eval_only:
       return task.evaluate_only(config, workdir)
-    return loop.train_and_evaluate(config, workdir, task.make_task(config, workdir))
+    return loop.train_and_evaluate(config, workdir, task.make_task(config, workdir),
+                                   allow_config_change=allow_config_change)
 
-  cli.run(FLAGS, task.make_task, job)
+  cli.run(FLAGS, config, task.make_task, job)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(cli.guarded(main), flags_parser=cli.parse_flags)

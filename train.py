@@ -16,16 +16,18 @@ from absl import app, flags
 from trainer import cli
 
 FLAGS = flags.FLAGS
-cli.define_flags("Config file (configs/fcmae_*.py).")
+cli.define_flags("Config file (configs/fcmae_*.py[:arg]).")
+flags.adopt_module_key_flags(cli)  # --help lists them
 
 
 def main(argv):
   del argv
+  config = cli.load_config(FLAGS)
   from fcmae import pretrain
   from trainer import loop
-  cli.run(FLAGS, pretrain.make_task, lambda config, workdir: loop.train_and_evaluate(
-      config, workdir, pretrain.make_task(config, workdir)))
+  cli.run(FLAGS, config, pretrain.make_task, lambda config, workdir, allow: loop.train_and_evaluate(
+      config, workdir, pretrain.make_task(config, workdir), allow_config_change=allow))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(cli.guarded(main), flags_parser=cli.parse_flags)

@@ -20,11 +20,16 @@ from trainer import checkpoint
 
 
 
+class InitFromError(ValueError):
+  """init_from names nothing readable, or weights of another model."""
+  user_error = True
+
+
 def read_pretrained(path: str) -> dict:
   """Params (host numpy) of any supported source: a run's workdir/checkpoint (ours), a converted
   checkpoint, or a PyTorch checkpoint file/directory."""
   if not os.path.exists(path):
-    raise FileNotFoundError(f"init_from={path!r} does not exist.")
+    raise InitFromError(f"--config.init_from={path!r} does not exist.")
   if convert.is_converted_checkpoint(path):
     params, _ = convert.load_params(path)
   elif _is_train_checkpoint(path):
@@ -65,7 +70,7 @@ def merge_pretrained(fresh: dict, pretrained: dict, *, source: str = "") -> tupl
   bad = [m for m in mismatched if not m.startswith("head/")]
   if bad:
     more = f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""
-    raise ValueError(f"init_from {source}: shapes do not fit the model "
+    raise InitFromError(f"init_from {source}: shapes do not fit the model "
                      f"({len(bad)} tensors; is it the same variant?):\n  " + "\n  ".join(bad[:20])
                      + more)
   skipped = sorted(set(source_flat) - set(fresh_flat))

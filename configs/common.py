@@ -30,13 +30,20 @@ import ml_collections
 from configs import recipes
 
 STAGES = tuple(recipes.FINETUNE_STAGES)
+DTYPES = ("float32", "bfloat16", "float16")
+DEPTHWISE_IMPLS = ("", "shift", "xla")  # as models/layers.py names them; '' = per platform
+
+
+class ConfigError(ValueError):
+  """A config argument or field that cannot be run: the message names the field and the value."""
+  user_error = True
 
 
 def parse_arg(arg: str | None, **defaults: Any) -> dict[str, Any]:
   """'in22k_to_in1k,384' or 'stage=in22k,resolution=384' -> dict over `defaults`' keys.
 
   Positional tokens fill the keys in order; `key=value` tokens set a key by name. Values are
-  converted to the type of the default. Unknown keys and extra tokens raise ValueError.
+  converted to the type of the default. Unknown keys and extra tokens raise ConfigError.
   """
   result = dict(defaults)
   if not arg:
@@ -48,9 +55,9 @@ def parse_arg(arg: str | None, **defaults: Any) -> dict[str, Any]:
     elif position < len(keys):
       key, value = keys[position], token
     else:
-      raise ValueError(f"Too many config arguments in {arg!r}; expected at most {keys}.")
+      raise ConfigError(f"Too many config arguments in {arg!r}; expected at most {keys}.")
     if key not in defaults:
-      raise ValueError(f"Unknown config argument {key!r} in {arg!r}; valid: {keys}.")
+      raise ConfigError(f"Unknown config argument {key!r} in {arg!r}; valid: {keys}.")
     result[key] = _convert(value, defaults[key], key)
   return result
 
@@ -58,18 +65,18 @@ def parse_arg(arg: str | None, **defaults: Any) -> dict[str, Any]:
 def _convert(value: str, default: Any, key: str) -> Any:
   if isinstance(default, bool):
     if value.lower() not in ("true", "false", "1", "0"):
-      raise ValueError(f"Config argument {key}={value!r} is not a bool.")
+      raise ConfigError(f"Config argument {key}={value!r} is not a bool.")
     return value.lower() in ("true", "1")
   try:
     return type(default)(value)
   except ValueError:
-    raise ValueError(f"Config argument {key}={value!r} is not a {type(default).__name__}.") from None
+    raise ConfigError(f"Config argument {key}={value!r} is not a {type(default).__name__}.") from None
 
 
 def _base(variant: str, *, image_size: int, batch_size: int) -> ml_collections.ConfigDict:
   """The fields every run shares, with run-cadence defaults for full-size runs (ours)."""
   if variant not in recipes.SIZES:
-    raise ValueError(f"Unknown variant {variant!r}; valid: {', '.join(recipes.SIZES)}.")
+    raise ConfigError(f"Unknown variant {variant!r}; valid: {', '.join(recipes.SIZES)}.")
   c = ml_collections.ConfigDict()
   c.model = ml_collections.ConfigDict(dict(
       variant=variant,
@@ -107,7 +114,7 @@ def pretrain_config(variant: str, epochs: int = recipes.PRETRAIN["epochs"]) -> m
   """FCMAE pretraining of `variant` with the paper's recipe (Table 8); locked."""
   r = recipes.PRETRAIN
   if epochs not in r["epoch_options"]:
-    raise ValueError(f"Pretraining epochs {epochs} is not one of the paper's {r['epoch_options']}; "
+    raise ConfigError(f"Pretraining epochs {epochs} is not one of the paper's {r['epoch_options']}; "
                      "override --config.num_epochs for anything else.")
   c = _base(variant, image_size=r["image_size"], batch_size=r["batch_size"])
   c.num_epochs = int(epochs)
@@ -132,13 +139,13 @@ def finetune_config(variant: str, stage: str = "in1k", resolution: int = 224) ->
   --config.init_from to the in22k run's checkpoint). resolution: 224 or 384 (any multiple of 32).
   """
   if stage not in recipes.FINETUNE_STAGES:
-    raise ValueError(f"Unknown finetuning stage {stage!r}; valid: {', '.join(STAGES)}.")
+    raise ConfigError(f"Unknown finetuning stage {stage!r}; valid: {', '.join(STAGES)}.")
   table = recipes.FINETUNE_STAGES[stage]
   if variant not in table:
-    raise ValueError(f"The paper has no {stage!r} recipe for {variant!r}; "
+    raise ConfigError(f"The paper has no {stage!r} recipe for {variant!r}; "
                      f"sizes with one: {', '.join(table)}.")
   if resolution <= 0 or resolution % 32:
-    raise ValueError(f"Resolution must be a positive multiple of 32 (e.g. 224, 384); got {resolution}.")
+    raise ConfigError(f"Resolution must be a positive multiple of 32 (e.g. 224, 384); got {resolution}.")
   r, shared = table[variant], recipes.FINETUNE_SHARED
   c = _base(variant, image_size=resolution, batch_size=r.batch_size)
   if stage == "in22k":
@@ -173,3 +180,67 @@ def pretrain_from_arg(variant: str, arg: str | None = None) -> ml_collections.Co
 def finetune_from_arg(variant: str, arg: str | None = None) -> ml_collections.ConfigDict:
   """`get_config` of configs/finetune_<size>.py: arg 'STAGE[,RESOLUTION]', e.g. 'in22k_to_in1k,384'."""
   return finetune_config(variant, **parse_arg(arg, stage="in1k", resolution=224))
+
+
+def no_arg(arg: str | None, name: str) -> None:
+  """For config files that take no argument (the demos): a given one is an error, not ignored."""
+  if arg:
+    raise ConfigError(f"{name} takes no argument; got {arg!r}.")
+
+
+def parse_profile_steps(steps: str) -> tuple[int, int]:
+  """config.profile_steps 'START:END' -> (START, END), 0 <= START < END."""
+  start, sep, stop = steps.partition(":")
+  if not (sep and start.isdigit() and stop.isdigit() and int(start) < int(stop)):
+    raise ConfigError(f"--config.profile_steps={steps!r}: expected START:END with START < END, "
+                      "e.g. 10:15.")
+  return int(start), int(stop)
+
+
+def validate(config) -> None:
+  """Checks the fields a run reads before anything is built, so that a bad value is one message
+  naming the field, not an error deep inside the model or the input pipeline."""
+  def fail(field, value, expected):
+    raise ConfigError(f"--config.{field}={value!r}: {expected}. The config fields are listed in "
+                      "configs/common.py.")
+
+  model, data = config.model, config.data
+  if model.variant not in recipes.SIZES:
+    fail("model.variant", model.variant, f"expected one of {', '.join(recipes.SIZES)}")
+  if model.dtype not in DTYPES:
+    fail("model.dtype", model.dtype, f"expected one of {', '.join(DTYPES)}")
+  if model.depthwise_impl not in DEPTHWISE_IMPLS:
+    fail("model.depthwise_impl", model.depthwise_impl, "expected '' (per platform), shift or xla")
+  if not 0 <= model.drop_path_rate < 1:
+    fail("model.drop_path_rate", model.drop_path_rate, "expected a rate in [0, 1)")
+  if data.image_size <= 0 or data.image_size % 32:
+    fail("data.image_size", data.image_size, "expected a positive multiple of 32 (the encoder's "
+         "stride), e.g. 224")
+  if not 0 < data.crop_scale_min <= 1:
+    fail("data.crop_scale_min", data.crop_scale_min, "expected a fraction in (0, 1]")
+  for field in ("batch_size", "grad_accum_steps", "log_every_steps", "checkpoint_every_steps",
+                "keep_checkpoints"):
+    if config[field] < 1:
+      fail(field, config[field], "expected a positive integer")
+  if config.batch_size % config.grad_accum_steps:
+    fail("grad_accum_steps", config.grad_accum_steps,
+         f"expected a divisor of batch_size {config.batch_size}")
+  for field in ("num_epochs", "total_steps", "warmup_epochs", "warmup_steps", "eval_every_steps"):
+    if config[field] < 0:
+      fail(field, config[field], "expected a number >= 0")
+  if config.num_epochs <= 0 and config.total_steps <= 0:
+    fail("total_steps", config.total_steps, "expected num_epochs or total_steps > 0")
+  if config.profile_steps:
+    parse_profile_steps(config.profile_steps)
+  if "fcmae" in config:
+    ratio = config.fcmae.mask_ratio
+    if not 0 <= ratio < 1:
+      fail("fcmae.mask_ratio", ratio, "expected a ratio in [0, 1)")
+    patches = (data.image_size // 32) ** 2
+    if int(patches * (1 - ratio)) < 1:
+      fail("fcmae.mask_ratio", ratio, f"it leaves no visible patch of the {patches} at "
+           f"{data.image_size} px")
+    if config.fcmae.impl not in ("dense", "sparse"):
+      fail("fcmae.impl", config.fcmae.impl, "expected dense or sparse")
+  if "aug" in config and not 0 <= config.aug.reprob <= 1:
+    fail("aug.reprob", config.aug.reprob, "expected a probability in [0, 1]")

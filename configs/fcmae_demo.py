@@ -17,7 +17,7 @@ from configs import common
 
 
 def get_config(arg=None):
-  del arg
+  common.no_arg(arg, "configs/fcmae_demo.py")
   c = common.pretrain_config("atto")
   c.model.dtype = "float32"
   c.data.name = "demo"

@@ -16,7 +16,7 @@ from configs import common
 
 
 def get_config(arg=None):
-  del arg
+  common.no_arg(arg, "configs/finetune_demo.py")
   c = common.finetune_config("atto")
   c.model.dtype = "float32"
   c.data.name = "demo"

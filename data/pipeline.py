@@ -79,7 +79,7 @@ from typing import Any, Iterator
 import numpy as np
 import tensorflow as tf
 
-from data import transforms
+from data import sources, transforms
 from data.sources import (AUG_TAG, ORDER_TAG, Source, check_process, derived_seed, get_source,
                           num_threads, tf_options)
 
@@ -409,7 +409,7 @@ class TrainIterator:
       size = source.split_size(split)
       self.steps_per_epoch = size // (local_batch_size * process_count)
       if self.steps_per_epoch == 0:
-        raise ValueError(f'{source.name} split {split!r} has {size} examples, fewer than one '
+        raise sources.DatasetError(f'{source.name} split {split!r} has {size} examples, fewer than one '
                          f'global batch (local_batch_size={local_batch_size} x {process_count} '
                          f'processes)')
       self._pipeline: _TrainPipeline = _GlobalTrainPipeline(
@@ -419,7 +419,7 @@ class TrainIterator:
       min_shard = min(source.shard_size(split, i, process_count) for i in range(process_count))
       self.steps_per_epoch = min_shard // local_batch_size
       if self.steps_per_epoch == 0:
-        raise ValueError(f'{source.name} split {split!r}: the smallest per-process shard has '
+        raise sources.DatasetError(f'{source.name} split {split!r}: the smallest per-process shard has '
                          f'{min_shard} examples, fewer than local_batch_size={local_batch_size}')
       self._pipeline = _ShardedTrainPipeline(
           **common, steps_per_epoch=self.steps_per_epoch,

@@ -79,6 +79,11 @@ def derived_seed(seed: int, *tags: int, bits: int = 63) -> int:
 # Sources
 # --------------------------------------------------------------------------
 
+class DatasetError(ValueError):
+  """A dataset that cannot be read as asked: unknown name, a folder without the expected layout."""
+  user_error = True
+
+
 def check_process(process_index: int, process_count: int) -> None:
   if process_count < 1 or not 0 <= process_index < process_count:
     raise ValueError(f'bad process_index/process_count: {process_index}/{process_count}')
@@ -217,6 +222,7 @@ class _FolderSource(_ArraySource):
 
 class DatasetNotPreparedError(FileNotFoundError):
   """A TFDS dataset is not prepared in data_dir (this pipeline never downloads)."""
+  user_error = True
 
 
 class _TfdsSource(Source):
@@ -227,7 +233,7 @@ class _TfdsSource(Source):
     try:
       self.builder = tfds.builder(name, data_dir=data_dir)
     except tfds.core.registered.DatasetNotFoundError as e:
-      raise ValueError(f'unknown dataset {name!r}: not "demo", not "folder:PATH" and not a TFDS '
+      raise DatasetError(f'unknown dataset {name!r}: not "demo", not "folder:PATH" and not a TFDS '
                        f'dataset ({e})') from e
     if not self.builder.is_prepared():
       raise DatasetNotPreparedError(_not_prepared_message(name, self.builder))
@@ -321,13 +327,13 @@ def _folder_classes(root: str) -> tuple[str, ...]:
   """Sorted class names = subdirectories of ROOT/train."""
   train_dir = os.path.join(root, 'train')
   if not os.path.isdir(root):
-    raise FileNotFoundError(f'dataset folder {root!r} does not exist')
+    raise DatasetError(f'dataset folder {root!r} does not exist')
   if not os.path.isdir(train_dir):
-    raise FileNotFoundError(f'dataset folder {root!r} has no train/ directory ({train_dir!r}); '
+    raise DatasetError(f'dataset folder {root!r} has no train/ directory ({train_dir!r}); '
                             f'expected ROOT/train/<class>/<images>')
   classes = _class_dirs(train_dir)
   if not classes:
-    raise ValueError(f'{train_dir!r} has no class subdirectories')
+    raise DatasetError(f'{train_dir!r} has no class subdirectories')
   return tuple(classes)
 
 
@@ -338,11 +344,11 @@ def _scan_folder_split(root: str, split_dir_name: str) -> tuple[np.ndarray, np.n
   index = {c: i for i, c in enumerate(classes)}
   split_dir = os.path.join(root, split_dir_name)
   if not os.path.isdir(split_dir):
-    raise FileNotFoundError(f'split directory {split_dir!r} does not exist')
+    raise DatasetError(f'split directory {split_dir!r} does not exist')
   paths, labels = [], []
   for cls in _class_dirs(split_dir):
     if cls not in index:
-      raise ValueError(f'class {cls!r} in {split_dir!r} is not a class of '
+      raise DatasetError(f'class {cls!r} in {split_dir!r} is not a class of '
                        f'{os.path.join(root, "train")!r}')
     files = []
     for dirpath, dirnames, filenames in os.walk(os.path.join(split_dir, cls), followlinks=True):
@@ -353,7 +359,7 @@ def _scan_folder_split(root: str, split_dir_name: str) -> tuple[np.ndarray, np.n
     paths.extend(files)
     labels.extend([index[cls]] * len(files))
   if not paths:
-    raise ValueError(f'split directory {split_dir!r} contains no images '
+    raise DatasetError(f'split directory {split_dir!r} contains no images '
                      f'(extensions {", ".join(IMAGE_EXTENSIONS)})')
   return np.array(paths, dtype=object), np.array(labels, dtype=np.int32)
 

@@ -91,12 +91,23 @@ def _torch_load(path: Path) -> Any:
       return torch.load(path, map_location="cpu", weights_only=True)
   except pickle.UnpicklingError as e:
     found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+    if not found:  # not a pickle of tensors at all, e.g. "WeightsUnpickler error: Unsupported operand"
+      detail = re.search(r"WeightsUnpickler error: \s*(.+)", str(e))
+      why = " ".join(detail.group(1).split()[:8]) if detail else _first_line(e)
+      raise ConversionError(f"{path}: not a PyTorch checkpoint (unpickling failed: {why}).") from None
     what = f" (it references {found[1]})" if found else ""
     raise ConversionError(
         f"{path}: refused to unpickle: the file holds objects other than tensors and plain "
         f"containers{what}, and it is read with torch.load(weights_only=True) so that no code in "
         f"it runs. If you trust the file, re-save just its state dict "
         f"(torch.save(model.state_dict(), ...)) and convert that.") from None
+  except (RuntimeError, EOFError, ValueError, OSError) as e:  # not a zip / pickle at all, or cut short
+    raise ConversionError(f"{path}: not a PyTorch checkpoint ({_first_line(e)}).") from None
+
+
+def _first_line(error: Exception) -> str:
+  lines = [line for line in str(error).splitlines() if line.strip()]
+  return lines[0].strip()[:200] if lines else type(error).__name__
 
 
 def _unwrap_container(obj: Any, path: Path, key: str | None) -> dict:
@@ -128,11 +139,14 @@ def _tensors_only(obj: Mapping, path: Path) -> dict[str, np.ndarray]:
 def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
   """safetensors.numpy, or for dtypes numpy lacks (bfloat16) the file's own simple layout:
   8-byte little-endian header size, JSON header {name: dtype, shape, data_offsets}, raw data."""
+  from safetensors import SafetensorError
   from safetensors.numpy import load_file
   try:
     tensors = load_file(str(path))
   except TypeError:  # "data type 'bfloat16' not understood"
     tensors = _read_safetensors_raw(path)
+  except (SafetensorError, OSError, ValueError) as e:
+    raise ConversionError(f"{path}: not a readable safetensors file ({_first_line(e)}).") from None
   is_float = lambda dtype: np.issubdtype(dtype, np.floating) or dtype.name == "bfloat16"
   return {k: (v.astype(np.float32) if is_float(v.dtype) else v) for k, v in tensors.items()}
 
@@ -443,7 +457,7 @@ def _export(src: Path, out: Path, variant: str | None, force: bool, key: str | N
 
 
 def main(argv: list[str] | None = None) -> int:
-  """CLI entry point; returns the exit status (1 on a conversion error, printed to stderr)."""
+  """CLI entry point; returns the exit status (2 on a conversion error, printed to stderr)."""
   args = _parser().parse_args(argv)
   src, out = Path(args.src), Path(args.out)
   try:
@@ -453,7 +467,7 @@ def main(argv: list[str] | None = None) -> int:
       info = convert(src, out, variant=args.variant, force=args.force, key=args.key)
   except ConversionError as e:
     print(f"error: {e}", file=sys.stderr)
-    return 1
+    return 2
   what = "Hugging Face ConvNextV2" + ("ForImageClassification" if info["num_classes"] else "Model")
   print(f"{src} ({info['format']}) -> {out}" + (f" ({what})" if args.export else ""))
   print(f"  variant {info['variant']}, num_classes {info['num_classes']}")

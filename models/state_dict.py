@@ -44,6 +44,7 @@ _MAX_LISTED = 20
 
 class ConversionError(ValueError):
   """A checkpoint that cannot be converted: unknown format, wrong keys or shapes, bad variant."""
+  user_error = True
 
 
 

@@ -2,6 +2,7 @@
 resume, corrupt images, the NaN stop, and the reconstruction pictures."""
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -18,6 +19,9 @@ from configs import fcmae_demo
 from fcmae import pretrain
 from tests.helpers import override
 from trainer import checkpoint, logs, loop
+
+# Its tests share a module fixture: one worker runs them all (pytest-xdist --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("train")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 12
@@ -129,34 +133,90 @@ def test_two_processes_match_the_single_process_run(reference, tmp_path):
                              rtol=2e-4)
 
 
-def test_preemption_saves_and_resume_is_exact(reference, tmp_path):
+def _stop_after(proc, workdir, rows, signum):
+  """Sends `signum` once metrics.jsonl has `rows` loss rows; returns the output after exit."""
+  metrics_file = workdir / "metrics.jsonl"
+  deadline = time.time() + 300
+  while time.time() < deadline and proc.poll() is None:
+    if metrics_file.exists() and metrics_file.read_text().count('"loss"') >= rows:
+      break
+    time.sleep(0.05)
+  proc.send_signal(signum)
+  return proc.communicate(timeout=300)[0]
+
+
+def test_preemption_and_ctrl_c_save_and_the_resumed_run_is_exact(reference, tmp_path):
+  """SIGTERM (a preemption notice) and then Ctrl-C each stop a run after saving a checkpoint at
+  the next step; the third run resumes and ends where an uninterrupted run ends."""
   losses, _ = reference
   cache = tmp_path / "xla_cache"
   flags = _flags(**{"mesh.data": 2, "mesh.fsdp": 1, "compilation_cache": cache})
-  proc = _run_train_py(tmp_path, *flags, env_devices=2)
-  metrics_file = tmp_path / "metrics.jsonl"
-  deadline = time.time() + 300
-  while time.time() < deadline and proc.poll() is None:
-    if metrics_file.exists() and metrics_file.read_text().count('"loss"') >= 3:
-      break
-    time.sleep(0.05)
-  proc.send_signal(signal.SIGTERM)
-  out = proc.communicate(timeout=300)[0]
-  assert proc.returncode == 0, out[-3000:]
-  assert "preemption" in out
-  stopped = max(_losses(tmp_path))
-  assert 3 <= stopped < STEPS
-  assert checkpoint.Checkpointer(str(tmp_path / "checkpoints")).latest_step() == stopped
-  assert f"compilation cache {cache}" in out and os.listdir(cache)  # the resumed run reads it
+  out = _stop_after(_run_train_py(tmp_path, *flags, env_devices=2), tmp_path, 3, signal.SIGTERM)
+  assert "preemption notice (SIGTERM); the checkpoint is saved" in out, out[-3000:]
+  first = max(_losses(tmp_path))
+  assert 3 <= first < STEPS
+  assert checkpoint.Checkpointer(str(tmp_path / "checkpoints")).latest_step() == first
+  assert f"compilation cache {cache}" in out and os.listdir(cache)  # the resumed runs read it
+
+  out = _stop_after(_run_train_py(tmp_path, *flags, env_devices=2), tmp_path, first + 2,
+                    signal.SIGINT)
+  assert f"Resumed from {tmp_path / 'checkpoints'} at step {first}" in out
+  assert "interrupted (Ctrl-C); the checkpoint is saved" in out and "Traceback" not in out, out[-3000:]
+  second = max(_losses(tmp_path))
+  assert first < second < STEPS
+  assert checkpoint.Checkpointer(str(tmp_path / "checkpoints")).latest_step() == second
 
   proc = _run_train_py(tmp_path, *flags, env_devices=2)
   out = proc.communicate(timeout=600)[0]
   assert proc.returncode == 0, out[-3000:]
-  assert f"Resumed from {tmp_path / 'checkpoints'} at step {stopped}" in out
+  assert f"Resumed from {tmp_path / 'checkpoints'} at step {second}" in out
   resumed = _losses(tmp_path)
   assert sorted(resumed) == list(range(1, STEPS + 1))
   np.testing.assert_allclose([resumed[s] for s in sorted(resumed)],
                              [losses[s] for s in sorted(losses)], rtol=2e-4)
+
+
+def _damage(path, how):
+  """A checkpoint's step directory, damaged the ways disks and killed copies damage files."""
+  state = os.path.join(path, "state")
+  if how == "truncated array file":
+    arrays = [os.path.join(root, n) for root, _, names in os.walk(state) for n in names
+              if os.sep + "d" + os.sep in os.path.join(root, n)]
+    with open(max(arrays, key=os.path.getsize), "r+b") as f:
+      f.truncate(100)
+  elif how == "empty metadata":
+    open(os.path.join(state, "_METADATA"), "w").close()
+  elif how == "missing member":
+    os.remove(os.path.join(state, "manifest.ocdbt"))
+
+
+def test_damaged_checkpoints_are_set_aside_and_the_run_resumes_from_an_intact_one(reference,
+                                                                                 tmp_path):
+  """The newest two checkpoints of a finished run are damaged: resuming moves them aside (never
+  deletes them), restores step 4, redoes steps 5..12 exactly, and keeps one metrics row a step."""
+  losses, done = reference
+  workdir = tmp_path / "run"
+  shutil.copytree(done, workdir)
+  _damage(workdir / "checkpoints" / "12", "truncated array file")
+  _damage(workdir / "checkpoints" / "8", "empty metadata")
+  config = _config(**ONE_DEVICE)
+  loop.train_and_evaluate(config, str(workdir), pretrain.make_task(config, str(workdir)),
+                          devices=jax.devices()[:1])
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["12", "12.unreadable", "4", "8",
+                                                         "8.unreadable"]
+  rows = [r["step"] for r in logs.read_metrics(str(workdir)) if "loss" in r]
+  assert rows == list(range(1, STEPS + 1))  # the rows of steps 5..12 were moved, then redone
+  assert (workdir / "metrics.discarded.jsonl").read_text().count('"loss"') == 8
+  redone = _losses(workdir)
+  np.testing.assert_allclose([redone[s] for s in sorted(redone)],
+                             [losses[s] for s in sorted(losses)], rtol=2e-4)
+
+  for step in ("4", "8", "12"):  # now every checkpoint is unreadable: a message lists them
+    _damage(workdir / "checkpoints" / step, "missing member")
+  with pytest.raises(checkpoint.CheckpointError, match=r"No checkpoint .* can be restored: 12 "
+                     r"\(NOT_FOUND.*8 \(NOT_FOUND.*4 \(NOT_FOUND"):
+    loop.train_and_evaluate(config, str(workdir), pretrain.make_task(config, str(workdir)),
+                            devices=jax.devices()[:1])
 
 
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tmp_path):

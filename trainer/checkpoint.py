@@ -4,13 +4,21 @@ One checkpoint per saved step holds the whole train state (step, params, optimiz
 restored straight into its shardings; the step is also the data position. Saves are
 asynchronous; orbax writes each into a temporary directory and renames it when complete, so a
 process killed mid-save leaves the previous checkpoints as they were. The last `keep` are kept.
+
+A checkpoint damaged later (a truncated or deleted file, unreadable metadata) does not stop a
+resume: `restore_latest` moves it aside (to `<step>.unreadable`, never deleting it) and restores
+the one before. A checkpoint written for another model is an error, not damage.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
 import os
+import re
 import signal
+import sys
 import threading
 
 import jax
@@ -18,14 +26,23 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 
+class CheckpointError(ValueError):
+  """No checkpoint can be restored, or one belongs to another model."""
+  user_error = True
+
+
 class Checkpointer:
   """Save / resume of the train state in `directory`."""
 
   def __init__(self, directory: str, *, keep: int = 3, async_save: bool = True):
     self.directory = os.path.abspath(directory)
-    options = ocp.CheckpointManagerOptions(
+    self._options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, create=True, enable_async_checkpointing=async_save)
-    self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state",))
+    self._manager = self._open()
+
+  def _open(self) -> ocp.CheckpointManager:
+    return ocp.CheckpointManager(self.directory, options=self._options, item_names=("state",),
+                                 item_handlers={"state": ocp.StandardCheckpointHandler()})
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -47,12 +64,118 @@ class Checkpointer:
         state=ocp.args.StandardRestore(abstract_state)))
     return restored["state"]
 
+  def restore_latest(self, abstract_state, say=logging.warning):
+    """The state of the newest checkpoint that can be restored, placed as abstract_state's
+    shardings say; None when there is no checkpoint at all.
+
+    One that cannot be read is said in one line, moved aside to `<step>.unreadable` and the one
+    before is tried; when none can be read, CheckpointError lists them. One whose tensors do not
+    match `abstract_state` (another model) raises CheckpointError at once, moving nothing."""
+    failed = []
+    for step in sorted(self.all_steps(), reverse=True):
+      try:
+        with _quiet_aftermath():
+          stored = self._manager.item_metadata(step)["state"]
+      except Exception as e:  # noqa: BLE001 (orbax and tensorstore raise many kinds)
+        failed.append(self._set_aside(step, e, say))
+        continue
+      _check_matches(stored, abstract_state, os.path.join(self.directory, str(step)))
+      try:
+        with _quiet_aftermath():
+          return self.restore(abstract_state, step)
+      except Exception as e:  # noqa: BLE001
+        failed.append(self._set_aside(step, e, say))
+    if failed:
+      raise CheckpointError(f"No checkpoint in {self.directory} can be restored: "
+                            + "; ".join(failed) + ". Each was moved aside, not deleted.")
+    return None
+
+  def _set_aside(self, step: int, error: Exception, say) -> str:
+    """Moves an unreadable checkpoint out of the way (process 0) and says so; returns why."""
+    reason = error_summary(error)
+    source = os.path.join(self.directory, str(step))
+    target = source + ".unreadable"
+    n = 1
+    while os.path.exists(target):
+      n += 1
+      target = f"{source}.unreadable{n}"
+    if jax.process_index() == 0:
+      os.rename(source, target)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices(f"set aside checkpoint {step}")
+    self._manager.close()
+    self._manager = self._open()
+    say(f"Checkpoint {step} cannot be restored ({reason}); moved to {target}, trying the one "
+        "before.")
+    return f"{step} ({reason})"
+
   def wait(self) -> None:
     self._manager.wait_until_finished()
 
   def close(self) -> None:
-    self._manager.wait_until_finished()
-    self._manager.close()
+    """Waits for pending saves and closes; closing again does nothing."""
+    if self._manager is not None:
+      self._manager.wait_until_finished()
+      self._manager.close()
+      self._manager = None
+
+
+@contextlib.contextmanager
+def _quiet_aftermath():
+  """When a restore fails, orbax's other reads of it fail too, in threads and coroutines that
+  print their tracebacks (hundreds of lines) after the error that matters has been raised. They
+  say nothing new: within this block, and for what it leaves to garbage collection, they are
+  dropped. The error itself still propagates."""
+  hooks = sys.unraisablehook, threading.excepthook
+  asyncio_logger = logging.getLogger("asyncio")
+  level = asyncio_logger.level
+  sys.unraisablehook = threading.excepthook = lambda *args: None
+  asyncio_logger.setLevel(logging.CRITICAL)
+  try:
+    yield
+  finally:
+    gc.collect()  # the failed reads' coroutines, while their complaints are still dropped
+    sys.unraisablehook, threading.excepthook = hooks
+    asyncio_logger.setLevel(level)
+
+
+def error_summary(error: Exception) -> str:
+  """One line on why orbax / tensorstore failed: the status line (OUT_OF_RANGE: ...) if there is
+  one in the message or its causes, else the first line."""
+  texts = []
+  while error is not None and len(texts) < 5:
+    texts.append(f"{type(error).__name__}: {error}")
+    error = error.__cause__ or error.__context__
+  for text in texts:
+    found = re.search(r"\b(OUT_OF_RANGE|DATA_LOSS|NOT_FOUND|INVALID_ARGUMENT|FAILED_PRECONDITION|"
+                      r"UNKNOWN|INTERNAL): [^\[\n]{0,200}", text)
+    if found:
+      return found.group(0).strip()
+  first = texts[0].strip().splitlines()[0] if texts else "unknown error"
+  return first[:240]
+
+
+def _check_matches(stored, abstract_state, where: str) -> None:
+  """CheckpointError when the stored tensors' names or shapes are not those of the model."""
+  def name(path):  # orbax's metadata has dicts where the state has optax's named tuples
+    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+
+  have = {name(p): tuple(getattr(leaf, "shape", ())) for p, leaf in
+          jax.tree_util.tree_leaves_with_path(dict(stored))}
+  want = {name(p): tuple(leaf.shape) for p, leaf in
+          jax.tree_util.tree_leaves_with_path(abstract_state)}
+  if have == want:
+    return
+  missing = sorted(set(want) - set(have))
+  extra = sorted(set(have) - set(want))
+  shapes = [f"{k} {have[k]} (model {want[k]})" for k in sorted(set(have) & set(want))
+            if have[k] != want[k]]
+  parts = [f"{len(shapes)} of other shapes, e.g. " + ", ".join(shapes[:3])] if shapes else []
+  parts += [f"{len(missing)} missing, e.g. {', '.join(missing[:3])}"] if missing else []
+  parts += [f"{len(extra)} not in the model, e.g. {', '.join(extra[:3])}"] if extra else []
+  raise CheckpointError(f"The checkpoint {where} was written by another model: "
+                        + "; ".join(parts) + ".")
 
 
 def restore_params(path: str) -> dict:
@@ -65,7 +188,7 @@ def restore_params(path: str) -> dict:
   if not os.path.isdir(os.path.join(path, "state")):
     steps = ocp.utils.checkpoint_steps(path) if os.path.isdir(path) else []
     if not steps:
-      raise FileNotFoundError(f"No train checkpoint (a workdir or checkpoints/<step>) at {path}.")
+      raise CheckpointError(f"No train checkpoint (a workdir or checkpoints/<step>) at {path}.")
     path = os.path.join(path, str(max(steps)))
   checkpointer = ocp.PyTreeCheckpointer()
   state_dir = os.path.join(path, "state")
@@ -77,29 +200,43 @@ def restore_params(path: str) -> dict:
 
 
 class PreemptionWatch:
-  """Turns SIGTERM into a flag the loop polls, so it can save and exit cleanly.
+  """Turns SIGTERM (a preemption notice) and a first Ctrl-C into a flag the loop polls, so it
+  saves a checkpoint at the next step and exits cleanly. A second Ctrl-C stops at once
+  (KeyboardInterrupt), without saving.
 
   With several processes, JAX's own preemption sync point makes every process stop at the same
-  step (the coordinator forwards the notice).
+  step on SIGTERM (the coordinator forwards the notice); Ctrl-C there is the default one.
   """
 
   def __init__(self):
     self._flag = threading.Event()
-    self._previous = None
+    self.reason = None
+    self._previous = {}
     if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, self._on_signal)
+      for signum in (signal.SIGTERM, signal.SIGINT):
+        self._previous[signum] = signal.signal(signum, self._on_signal)
 
   def _on_signal(self, signum, frame):
-    logging.warning("SIGTERM received: saving a checkpoint and stopping.")
+    if signum == signal.SIGINT:
+      self.reason = "interrupted (Ctrl-C)"
+      signal.signal(signal.SIGINT, self._previous.pop(signal.SIGINT))  # a second one stops now
+      logging.warning("Ctrl-C: saving a checkpoint at the next step, then stopping. Ctrl-C again "
+                      "stops at once, without saving.")
+    else:
+      self.reason = "preemption notice (SIGTERM)"
+      logging.warning("SIGTERM received: saving a checkpoint and stopping.")
     self._flag.set()
 
   def should_stop(self, step: int) -> bool:
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils
-      return multihost_utils.reached_preemption_sync_point(step)
+      if multihost_utils.reached_preemption_sync_point(step):
+        self.reason = "preemption notice"
+        return True
+      return False
     return self._flag.is_set()
 
   def close(self) -> None:
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
-      self._previous = None
+    for signum, previous in self._previous.items():
+      signal.signal(signum, previous)
+    self._previous = {}

@@ -1,8 +1,16 @@
-"""Command-line plumbing shared by train.py and finetune.py: flags, start-up, compile-only runs."""
+"""Command-line plumbing shared by train.py and finetune.py: flags, start-up, compile-only runs,
+and what a user sees when something is wrong.
+
+An error in what the user gave (config field or argument, data, checkpoint, weights, topology)
+is one message on stderr and exit status 2: the project's own exceptions for bad input carry a
+true `user_error` attribute. Anything else is a bug and keeps its traceback. FCMAE_TRACEBACK=1
+shows the traceback of user errors too.
+"""
 
 from __future__ import annotations
 
 import os
+import re
 import sys
 from typing import Callable
 
@@ -10,18 +18,25 @@ from absl import flags
 
 from trainer import sharding
 
+CONFIG_HELP = ("The config fields, their meaning and defaults are listed in configs/common.py; "
+               "override any with --config.FIELD=VALUE (a mistyped field is an error).")
+
 
 def define_flags(config_help: str) -> None:
   """--config (locked ml_collections file, overridable field by field), --workdir, --compile_only
   and the multi-process flags."""
   from ml_collections import config_flags
-  config_flags.DEFINE_config_file("config", None, config_help, lock_config=True)
+  config_flags.DEFINE_config_file("config", None, f"{config_help} {CONFIG_HELP}",
+                                  lock_config=True)
   flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and pictures go (required "
                       "unless --compile_only).")
   flags.DEFINE_string("compile_only", "", "TOPOLOGY: build the run for a TPU slice (v4:2x2x2, "
                       "v5e:4x4, v5p:4x4x4, v6e:8x8) or GPU nodes (h100:8, h100:2x8), compile it "
                       "on this machine, print its memory per device, FLOPs and compile time, and "
                       "exit (1 if it does not fit). Reads no data, writes nothing.")
+  flags.DEFINE_bool("allow_config_change", False, "Resume a workdir with a config that changes "
+                    "what is computed (variant, batch, schedule, ...); the workdir keeps each "
+                    "config it ran with (config.<step>.json).")
   flags.mark_flag_as_required("config")
   flags.DEFINE_string("coordinator_address", "", "HOST:PORT of process 0, for multi-process "
                       "runs outside TPU pods and SLURM (where it is detected).")
@@ -29,19 +44,95 @@ def define_flags(config_help: str) -> None:
   flags.DEFINE_integer("process_id", -1, "This process's index (with --coordinator_address).")
 
 
-def run(flag_values, make_task: Callable, job: Callable[[object, str], object]) -> None:
+def fail(message: str, status: int = 2):
+  """Ends the process with one message on stderr."""
+  print(f"error: {message}", file=sys.stderr, flush=True)
+  sys.exit(status)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing (app.run's flags_parser) with one-line messages for bad flags, config
+  files, arguments and overrides."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:  # an unknown flag, a missing --config, a bad config file or argument
+    fail(f"{flag_error(e)} See --help.")
+  except AttributeError as e:  # ml_collections: --config.FIELD that the config does not have
+    text = _innermost(e).replace("\n", " ").strip()
+    bad = [a.split("=")[0] for a in argv if a.startswith("--config.")]
+    fail(f"no such config field: {text} (overrides given: {', '.join(bad)}). {CONFIG_HELP}")
+
+
+def flag_error(error: Exception) -> str:
+  """One line of absl's or ml_collections' message about a flag. Errors in a config file come
+  with the file's traceback written into the message: its last line is what went wrong."""
+  text = str(error).strip()
+  lines = [line.strip() for line in text.splitlines() if line.strip()]
+  if "No such file or directory" in text:
+    missing = re.search(r"No such file or directory: '([^']+)'", text)
+    return f"--config: no such config file {missing.group(1) if missing else ''}.".replace(" .", ".")
+  if "Traceback (most recent call last)" in text:
+    head = lines[0].split(": Error whilst parsing")[0]
+    last = re.sub(r"^[A-Za-z_][\w.]*(Error|Exception): ", "", lines[-1])
+    return f"{head}: {last}"
+  return " ".join(lines)
+
+
+def _innermost(error: BaseException) -> str:
+  """The message at the bottom of an exception that wraps others (absl and ml_collections wrap
+  the config file's own error, or a KeyError's message, in theirs)."""
+  while True:
+    inner = error.args[0] if error.args else None
+    if isinstance(inner, BaseException):
+      error = inner
+    elif error.__cause__ is not None and not str(error).strip():
+      error = error.__cause__
+    else:
+      return str(inner) if isinstance(inner, str) else str(error)
+
+
+def guarded(main: Callable) -> Callable:
+  """main(argv) whose user errors end in one message and exit status 2, and whose Ctrl-C (the
+  second one, after the first asked for a checkpoint) ends without a traceback."""
+  def wrapper(argv):
+    try:
+      return main(argv)
+    except KeyboardInterrupt:
+      fail("interrupted; the run stopped without saving (the checkpoints saved before are "
+           "intact: run the same command again to resume).", status=130)
+    except Exception as e:  # noqa: BLE001
+      if getattr(e, "user_error", False) and not os.environ.get("FCMAE_TRACEBACK"):
+        fail(str(e))
+      raise
+  return wrapper
+
+
+def load_config(flag_values):
+  """The --config of the command line, read and checked (configs/common.py: validate), before
+  anything heavy is imported or built: a bad one is one message and exit status 2."""
+  from configs import common
+  try:
+    config = flag_values.config
+    config.keys()  # a config file is read when first asked for
+  except (flags.Error, OSError) as e:
+    fail(f"{flag_error(e)} See --help.")
+  common.validate(config)
+  if not flag_values.workdir and not flag_values.compile_only:
+    fail("--workdir is required (unless --compile_only). See --help.")
+  return config
+
+
+def run(flag_values, config, make_task: Callable, job: Callable[..., object]) -> None:
   """The body of an entry point: `--compile_only` compiles `make_task`'s run for a topology and
-  exits; otherwise the process joins the distributed runtime and runs `job(config, workdir)`."""
+  exits; otherwise the process joins the distributed runtime and runs `job(config, workdir,
+  allow_config_change)`."""
   import jax
-  config = flag_values.config
   if flag_values.compile_only:
     jax.config.update("jax_platforms", "cpu")  # the host compiles; no accelerator is looked for
     from trainer import compile_only
     sys.exit(compile_only.run(config, make_task, flag_values.compile_only))
-  if not flag_values.workdir:
-    raise flags.IllegalFlagValueError("--workdir is required (unless --compile_only).")
   start(flag_values, config)
-  job(config, flag_values.workdir)
+  job(config, flag_values.workdir, flag_values.allow_config_change)
 
 
 def start(flag_values, config) -> None:

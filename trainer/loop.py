@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import shutil
 import time
 from typing import Any, Callable, Iterator
 
@@ -26,13 +27,16 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from configs import common
 from data import pipeline, sources
 from trainer import checkpoint, logs, optim, sharding
 from trainer import cost as cost_lib
+from trainer import workdir as workdir_lib
 
 
 class NonFiniteLossError(FloatingPointError):
   """The loss became NaN or Inf; the run stopped without saving the bad state."""
+  user_error = True  # the message says what to do; the traceback would not help
 
 
 @dataclasses.dataclass
@@ -51,6 +55,8 @@ class Task:
     the end (pretraining writes reconstruction pictures, finetuning measures accuracy).
   compile_eval: optional (run, compiler_options) -> cost.StepCost of the evaluation step, for
     --compile_only.
+  evaluate_at_start: evaluate before the first step of a fresh run too (pretraining's monitors:
+    the figures at initialisation).
   """
   init_params: Callable[[], Any]
   loss_fn: Callable[..., tuple[jax.Array, dict]]
@@ -60,6 +66,7 @@ class Task:
   evaluate: Callable[[dict, int], dict] | None = None
   skipped_images: Callable[[], int] | None = None
   compile_eval: Callable[..., cost_lib.StepCost] | None = None
+  evaluate_at_start: bool = False
 
 
 def train_stream(config, augment: str, **augment_options) -> Callable[[int], Iterator[dict]]:
@@ -81,7 +88,7 @@ def steps_per_epoch(config, info: sources.DatasetInfo, *, training: bool = True)
   split is an error when training."""
   steps = info.num_train_examples // config.batch_size
   if steps < 1 and training:
-    raise ValueError(f"batch_size {config.batch_size} is larger than the {info.num_train_examples} "
+    raise sources.DatasetError(f"batch_size {config.batch_size} is larger than the {info.num_train_examples} "
                      f"training images of {config.data.name!r}.")
   return max(steps, 1)
 
@@ -123,7 +130,7 @@ def setup(config, task: Task, *, devices=None) -> Run:
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, devices)
   accum = int(config.get("grad_accum_steps", 1))
   if accum < 1 or config.batch_size % (mesh.size * accum):
-    raise ValueError(f"batch_size {config.batch_size} is not divisible by the {mesh.size} devices "
+    raise sharding.MeshError(f"batch_size {config.batch_size} is not divisible by the {mesh.size} devices "
                      f"of the mesh {dict(mesh.shape)} times grad_accum_steps {accum}.")
   abstract_params = jax.eval_shape(task.init_params)
   tx, schedule = optim.make_optimizer(config, abstract_params, task.steps_per_epoch)
@@ -187,10 +194,11 @@ def setup(config, task: Task, *, devices=None) -> Run:
 
 
 def restore_or_init(run: Run, task: Task, ckpt: checkpoint.Checkpointer) -> dict:
-  """Resumes from the latest checkpoint in the workdir, else starts fresh (maybe from
+  """Resumes from the newest checkpoint of the workdir that can be restored (an unreadable one
+  is moved aside: checkpoint.Checkpointer.restore_latest), else starts fresh (maybe from
   task.initial_params)."""
-  if ckpt.latest_step() is not None:
-    state = ckpt.restore(run.abstract_state)
+  state = ckpt.restore_latest(run.abstract_state, say=logs.say)
+  if state is not None:
     logs.say(f"Resumed from {ckpt.directory} at step {int(state['step'])}.")
     return state
   state = run.init_state()
@@ -202,27 +210,46 @@ def restore_or_init(run: Run, task: Task, ckpt: checkpoint.Checkpointer) -> dict
   return state
 
 
-def train_and_evaluate(config, workdir: str, task: Task, *, devices=None) -> dict:
+def train_and_evaluate(config, workdir: str, task: Task, *, devices=None,
+                       allow_config_change: bool = False) -> dict:
   """Runs (or resumes) the job in `workdir` to config's total steps; returns the final state.
 
-  devices: the devices of the mesh (default: all)."""
+  devices: the devices of the mesh (default: all). allow_config_change: resume with a config
+  that changes what is computed (trainer/workdir.py), keeping the config's history. A start that
+  fails before its first step leaves no workdir behind if it made it."""
+  made_workdir = not os.path.exists(workdir)
   run = setup(config, task, devices=devices)
-  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
-                                 keep=config.keep_checkpoints)
-  writer = logs.MetricWriter(workdir, run.total_steps)
-  watch = checkpoint.PreemptionWatch()
-  batches = None
-  profiler = Profiler(config.get("profile_steps", ""), workdir)
+  ckpt = writer = watch = batches = profiler = None
+  started = failed_start = False
   try:
+    ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                   keep=config.keep_checkpoints)
+    changed = False
+    if ckpt.latest_step() is not None:  # before anything is restored: a new shape never gets there
+      changed = workdir_lib.check(workdir, config, allow_change=allow_config_change, say=logs.say)
     state = restore_or_init(run, task, ckpt)
     step = int(state["step"])
     if jax.process_index() == 0:
-      _save_config(config, workdir)
+      workdir_lib.save(workdir, config, step, changed=changed)
+      dropped = workdir_lib.discard_metrics_after(workdir, step)
+      if dropped:
+        logs.say(f"Moved {dropped} metrics row(s) of the steps after {step} (to be done again) to "
+                 "metrics.discarded.jsonl.")
+    writer = logs.MetricWriter(workdir, run.total_steps)
+    if step >= run.total_steps:
+      logs.say(f"The run in {workdir} is finished: step {step} of {run.total_steps}. To train "
+               "longer, raise --config.total_steps (or --config.num_epochs) and run again; it "
+               f"goes on from step {step}.")
+      return state
     step_cost = run.compile_train_step()
     logs.say(describe_cost(step_cost))
     writer.write(step, step_cost.report(), progress=False)
     train_step = step_cost.executable
+    if task.evaluate is not None and task.evaluate_at_start and step == 0:
+      writer.write(step, task.evaluate(state, step), progress=True)
     batches = task.train_batches(step)
+    watch = checkpoint.PreemptionWatch()
+    profiler = Profiler(config.get("profile_steps", ""), workdir)
     log_every, ckpt_every = config.log_every_steps, config.checkpoint_every_steps
     eval_every = config.get("eval_every_steps", 0)
     images_seen, window_start = 0, time.time()
@@ -233,6 +260,7 @@ def train_and_evaluate(config, workdir: str, task: Task, *, devices=None) -> dic
       batch = sharding.make_global_batch(next(batches), run.batch_sharding)
       state, step_metrics = train_step(state, batch)
       step += 1
+      started = True
       images_seen += config.batch_size
       profiler.after(step, step_metrics)
       last = step == run.total_steps
@@ -255,18 +283,21 @@ def train_and_evaluate(config, workdir: str, task: Task, *, devices=None) -> dic
       if task.evaluate is not None and eval_every and (step % eval_every == 0 or last):
         writer.write(step, task.evaluate(state, step), progress=True)
       if stop:
-        logs.say(f"Stopped at step {step} on a preemption notice; the checkpoint is saved. "
-                    "Run the same command again to resume.")
+        ckpt.wait()
+        logs.say(f"Stopped at step {step}: {watch.reason}; the checkpoint is saved. Run the "
+                 "same command again to resume.")
         break
     ckpt.wait()
     return state
+  except BaseException:
+    failed_start = made_workdir and not started
+    raise
   finally:
-    profiler.close()
-    if hasattr(batches, "close"):  # stops the input pipeline's prefetch threads
-      batches.close()
-    watch.close()
-    ckpt.close()
-    writer.close()
+    for part in (profiler, batches, watch, ckpt, writer):  # batches: stops the prefetch threads
+      if hasattr(part, "close"):
+        part.close()
+    if failed_start and jax.process_index() == 0:
+      shutil.rmtree(workdir, ignore_errors=True)  # made by this start, which failed
 
 
 def evaluate_only(config, workdir: str, task: Task, *, devices=None) -> dict:
@@ -274,19 +305,27 @@ def evaluate_only(config, workdir: str, task: Task, *, devices=None) -> dict:
   pretrained model), writes one row to metrics.jsonl and returns it."""
   if task.evaluate is None:
     raise ValueError("This task has no evaluation.")
+  made_workdir = not os.path.exists(workdir)
   run = setup(config, task, devices=devices)
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
                                  keep=config.keep_checkpoints)
-  writer = logs.MetricWriter(workdir, run.total_steps)
+  writer = None
   try:
     state = restore_or_init(run, task, ckpt)
     step = int(state["step"])
     result = task.evaluate(state, step)
+    writer = logs.MetricWriter(workdir, run.total_steps)
     writer.write(step, result)
     return result
+  except BaseException:
+    ckpt.close()
+    if made_workdir and jax.process_index() == 0:
+      shutil.rmtree(workdir, ignore_errors=True)  # made by this evaluation, which failed
+    raise
   finally:
     ckpt.close()
-    writer.close()
+    if writer is not None:
+      writer.close()
 
 
 def _check_finite(loss, step: int, ckpt: checkpoint.Checkpointer) -> None:
@@ -299,12 +338,6 @@ def _check_finite(loss, step: int, ckpt: checkpoint.Checkpointer) -> None:
         f"is step {last} in {ckpt.directory}." if last is not None else
         f"The loss is {loss} at step {step}, before any checkpoint was saved. Lower the learning "
         "rate or check the input data.")
-
-
-def _save_config(config, workdir: str) -> None:
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json_best_effort(indent=2))
 
 
 def describe_cost(step_cost: cost_lib.StepCost) -> str:
@@ -326,7 +359,7 @@ class Profiler:
     self.directory = os.path.join(workdir, "profile")
     self.active = False
     if steps:
-      self.start, self.stop = parse_profile_steps(steps)
+      self.start, self.stop = common.parse_profile_steps(steps)
 
   def before(self, step: int) -> None:
     if self.start is not None and step == self.start and not self.active:
@@ -343,11 +376,3 @@ class Profiler:
     if self.active:
       jax.profiler.stop_trace()
       self.active = False
-
-
-def parse_profile_steps(steps: str) -> tuple[int, int]:
-  """'START:END' -> (START, END), 0 <= START < END."""
-  start, sep, stop = steps.partition(":")
-  if not (sep and start.isdigit() and stop.isdigit() and int(start) < int(stop)):
-    raise ValueError(f"profile_steps={steps!r}: expected START:END with START < END, e.g. 10:15.")
-  return int(start), int(stop)

@@ -22,20 +22,25 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 DATA_AXES = ("data", "fsdp")
 
 
+class MeshError(ValueError):
+  """A mesh or batch that does not fit the devices there are."""
+  user_error = True
+
+
 def mesh_shape(data: int, fsdp: int, num_devices: int) -> tuple[int, int]:
   """Resolves -1 entries ("the rest of the devices") and checks the product."""
   if data == -1 and fsdp == -1:
-    raise ValueError("mesh.data and mesh.fsdp cannot both be -1.")
+    raise MeshError("mesh.data and mesh.fsdp cannot both be -1.")
   if data == -1:
     if num_devices % fsdp:
-      raise ValueError(f"mesh.fsdp={fsdp} does not divide the {num_devices} devices.")
+      raise MeshError(f"mesh.fsdp={fsdp} does not divide the {num_devices} devices.")
     data = num_devices // fsdp
   elif fsdp == -1:
     if num_devices % data:
-      raise ValueError(f"mesh.data={data} does not divide the {num_devices} devices.")
+      raise MeshError(f"mesh.data={data} does not divide the {num_devices} devices.")
     fsdp = num_devices // data
   if data * fsdp != num_devices:
-    raise ValueError(f"mesh.data={data} x mesh.fsdp={fsdp} = {data * fsdp} devices, but "
+    raise MeshError(f"mesh.data={data} x mesh.fsdp={fsdp} = {data * fsdp} devices, but "
                      f"{num_devices} are available; use -1 for one axis to take the rest.")
   return data, fsdp
 

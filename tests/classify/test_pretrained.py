@@ -67,5 +67,5 @@ def test_init_from_a_different_variant_names_the_tensors(tmp_path):
 
 
 def test_missing_init_from_is_a_clear_error(tmp_path):
-  with pytest.raises(FileNotFoundError, match="does not exist"):
+  with pytest.raises(pretrained.InitFromError, match="does not exist"):
     pretrained.read_pretrained(str(tmp_path / "nope"))

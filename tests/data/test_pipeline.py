@@ -10,9 +10,13 @@ import pytest
 
 from data import demo, pipeline, sources
 from tests.data.helpers import (GOOD_TRAIN, GOOD_TRAIN_CLASSES, GOOD_VAL, S, TFDS_CORRUPT_VAL,
+
                                 TFDS_TRAIN, TFDS_VAL, assert_same_batches, identify,
                                 process_count_invariant, real_examples, take, tfds_ids,
                                 write_image)
+
+# Its tests share a module fixture: one worker runs them all (pytest-xdist --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("pipeline")
 
 
 def test_train_batches_are_uint8_pixels_of_the_layout_batch_spec_names():

@@ -24,6 +24,9 @@ from models import convnextv2 as cv
 from tests.models.reference import (FCMAE_DECODER, hf_model, hf_to_official, official_to_sparse_fcmae,
                                     official_to_timm, state_dict_numpy, torch_save)
 
+# Its tests share a module fixture: one worker runs them all (pytest-xdist --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("convert")
+
 
 def images(resolution: int, batch: int = 2, seed: int = 0) -> np.ndarray:
   """NCHW float32 for torch; transpose to NHWC for ours."""
@@ -279,7 +282,7 @@ def test_refuses_overwrite_and_failures_keep_existing_output(tmp_path, atto, cap
   (out / "keep.txt").write_text("precious")
   with pytest.raises(convert.OutputExistsError, match="not empty; pass --force"):
     convert.convert(atto["hf"], out)
-  assert convert.main([str(atto["hf"]), str(out)]) == 1 and "--force" in capsys.readouterr().err
+  assert convert.main([str(atto["hf"]), str(out)]) == 2 and "--force" in capsys.readouterr().err
   assert _tree_snapshot(out) == {out.joinpath("keep.txt").relative_to(out): b"precious"}
 
   # --force with a broken source: the conversion fails, OUT is untouched.
@@ -287,7 +290,7 @@ def test_refuses_overwrite_and_failures_keep_existing_output(tmp_path, atto, cap
   del broken["classifier.bias"]
   from safetensors.numpy import save_file
   save_file(broken, str(tmp_path / "broken.safetensors"))
-  assert convert.main([str(tmp_path / "broken.safetensors"), str(out), "--force"]) == 1
+  assert convert.main([str(tmp_path / "broken.safetensors"), str(out), "--force"]) == 2
   assert "missing (1): classifier.bias" in capsys.readouterr().err
   assert (out / "keep.txt").read_text() == "precious"
 
@@ -323,5 +326,5 @@ def test_pt_loading_is_weights_only(tmp_path, atto):
   with pytest.raises(convert.ConversionError, match=r"refused to unpickle.*references io\.open.*weights_only=True"):
     convert.read_state_dict(tmp_path / "evil.pt")
   assert not marker.exists()
-  assert convert.main([str(tmp_path / "evil.pt"), str(tmp_path / "out")]) == 1
+  assert convert.main([str(tmp_path / "evil.pt"), str(tmp_path / "out")]) == 2
   assert not marker.exists() and not (tmp_path / "out").exists()

@@ -1,6 +1,7 @@
 """trainer/checkpoint.py: save/restore into shardings, keep-last-N, and kill -9 during a save."""
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -42,7 +43,7 @@ def test_save_restore_into_shardings_and_keep_last_n(tmp_path):
 
 
 def test_restore_params_names_a_missing_checkpoint(tmp_path):
-  with pytest.raises(FileNotFoundError, match="No train checkpoint"):
+  with pytest.raises(checkpoint.CheckpointError, match="No train checkpoint"):
     checkpoint.restore_params(str(tmp_path))
 
 
@@ -123,3 +124,18 @@ def test_kill_during_save_leaves_the_previous_checkpoint_intact(tmp_path):
   ckpt.close()
   assert int(state["step"]) == latest
   np.testing.assert_array_equal(state["params"]["w"], _weights(latest))
+
+
+def test_a_first_ctrl_c_asks_for_a_checkpoint_and_a_second_stops_at_once():
+  watch = checkpoint.PreemptionWatch()
+  try:
+    assert not watch.should_stop(1)
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(0.1)
+    assert watch.should_stop(2) and watch.reason == "interrupted (Ctrl-C)"
+    with pytest.raises(KeyboardInterrupt):
+      os.kill(os.getpid(), signal.SIGINT)
+      time.sleep(0.1)
+  finally:
+    watch.close()
+  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

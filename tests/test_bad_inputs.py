@@ -1,0 +1,162 @@
+"""Every entry point, given bad input, ends with one clear message and exit status 2, and leaves
+what was already in the workdir as it was. One row per case: the command, the words its message
+must contain (what was wrong and where), and a check that nothing written before changed."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from configs import fcmae_demo
+from fcmae import pretrain
+from tests.helpers import override
+from trainer import loop
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FAST = ["--config.batch_size=16", "--config.total_steps=2", "--config.warmup_steps=1",
+        "--config.checkpoint_every_steps=1", "--config.eval_every_steps=0",
+        "--config.mesh.data=1"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  """A finished two-step pretraining workdir (checkpoints 1 and 2) to resume from."""
+  workdir = tmp_path_factory.mktemp("trained") / "run"
+  config = override(fcmae_demo.get_config(), {
+      "batch_size": 16, "total_steps": 2, "warmup_steps": 1, "checkpoint_every_steps": 1,
+      "eval_every_steps": 0, "mesh.data": 1})
+  loop.train_and_evaluate(config, str(workdir), pretrain.make_task(config, str(workdir)),
+                          devices=jax.devices()[:1])
+  return workdir
+
+
+def _snapshot(path):
+  """Every file under `path` with its bytes (empty when `path` does not exist)."""
+  if not os.path.exists(path):
+    return {}
+  return {os.path.relpath(os.path.join(root, name), path):
+          open(os.path.join(root, name), "rb").read()
+          for root, _, names in os.walk(path) for name in names}
+
+
+def _run(args, cwd=REPO):
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  env.pop("FCMAE_TRACEBACK", None)
+  return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True,
+                        timeout=600)
+
+
+def _files(tmp_path):
+  """Bad files for the weight and image readers: random bytes, a cut safetensors, no image."""
+  rng = np.random.default_rng(0)
+  (tmp_path / "random.pt").write_bytes(rng.integers(0, 256, 4096, np.uint8).tobytes())
+  (tmp_path / "cut.safetensors").write_bytes(b"\xff" * 8 + b"{not json")
+  (tmp_path / "not_an_image.jpg").write_bytes(b"plain text, no image")
+  return tmp_path
+
+
+TRAIN = ["train.py", "--config", "configs/fcmae_demo.py"]
+FINETUNE = ["finetune.py", "--config", "configs/finetune_demo.py"]
+
+# (id, arguments with {tmp} and {run} placeholders, words the message must contain)
+CASES = [
+    ("typo_in_a_field", TRAIN + ["--workdir", "{tmp}/w", "--config.batchsize=3"],
+     ["no such config field", "batchsize", "batch_size", "configs/common.py"]),
+    ("unknown_variant", TRAIN + ["--workdir", "{tmp}/w", "--config.model.variant=medium"],
+     ["model.variant", "medium", "atto"]),
+    ("mask_ratio_out_of_range", TRAIN + ["--workdir", "{tmp}/w", "--config.fcmae.mask_ratio=1.5"],
+     ["fcmae.mask_ratio", "1.5", "[0, 1)"]),
+    ("value_of_the_wrong_type", TRAIN + ["--workdir", "{tmp}/w", "--config.batch_size=many"],
+     ["--config.batch_size", "many"]),
+    ("no_such_config_file", ["train.py", "--config", "configs/fcmae_giant.py", "--workdir", "{tmp}/w"],
+     ["no such config file", "configs/fcmae_giant.py"]),
+    ("argument_for_a_config_without_one", ["train.py", "--config", "configs/fcmae_demo.py:800",
+                                           "--workdir", "{tmp}/w"],
+     ["configs/fcmae_demo.py takes no argument", "800"]),
+    ("unknown_finetuning_stage", ["finetune.py", "--config", "configs/finetune_base.py:in21k",
+                                  "--workdir", "{tmp}/w"], ["in21k", "in22k_to_in1k"]),
+    ("no_workdir", TRAIN, ["--workdir is required"]),
+    ("missing_image_folder", TRAIN + ["--workdir", "{tmp}/w", "--config.data.name=folder:{tmp}/nope"],
+     ["{tmp}/nope", "does not exist"]),
+    ("imagenet_not_prepared", TRAIN + ["--workdir", "{tmp}/w", "--config.data.name=imagenet2012",
+                                       "--config.data.data_dir={tmp}/tfds"],
+     ["imagenet2012", "not prepared", "downloads/manual", "tfds build"]),
+    ("unknown_topology", TRAIN + ["--compile_only=v9:2x2"], ["unknown topology", "v9:2x2", "v5e"]),
+    ("missing_init_from", FINETUNE + ["--workdir", "{tmp}/w", "--config.init_from={tmp}/nothing"],
+     ["init_from", "{tmp}/nothing", "does not exist"]),
+    ("random_bytes_as_init_from", FINETUNE + ["--workdir", "{tmp}/w",
+                                              "--config.init_from={tmp}/random.pt"],
+     ["{tmp}/random.pt", "not a PyTorch checkpoint"]),
+    ("random_bytes_to_convert", ["-m", "models.convert", "{tmp}/random.pt", "{tmp}/out"],
+     ["{tmp}/random.pt", "not a PyTorch checkpoint"]),
+    ("cut_safetensors_to_convert", ["-m", "models.convert", "{tmp}/cut.safetensors", "{tmp}/out"],
+     ["{tmp}/cut.safetensors", "not a readable safetensors file"]),
+    ("pictures_of_a_directory_without_a_run", ["-m", "fcmae.visualize", "--checkpoint", "{tmp}"],
+     ["config.json", "{tmp}", "--checkpoint takes a train.py workdir"]),
+    ("pictures_of_a_file_that_is_no_image", ["-m", "fcmae.visualize", "--checkpoint", "{run}",
+                                             "--images", "{tmp}/not_an_image.jpg",
+                                             "--out", "{tmp}/r.png"],
+     ["Cannot read image", "{tmp}/not_an_image.jpg"]),
+    ("resume_with_another_variant", TRAIN + FAST + ["--workdir", "{run}", "--config.model.variant=femto"],
+     ["{run}", "model.variant: 'atto' -> 'femto'", "--allow_config_change"]),
+    ("resume_with_another_batch", TRAIN + ["--workdir", "{run}", "--config.batch_size=32",
+                                           "--config.total_steps=2", "--config.mesh.data=1"],
+     ["batch_size: 16 -> 32", "warmup_steps: 1 -> 20"]),
+]
+
+
+# The cases that resume the trained workdir share it: one worker runs them (--dist loadgroup).
+_RUN = pytest.mark.xdist_group("trained_workdir")
+
+
+@pytest.mark.parametrize("case, args, words", [
+    pytest.param(*c, id=c[0], marks=[_RUN] if "{run}" in " ".join(c[1]) else []) for c in CASES])
+def test_a_bad_input_is_one_message_and_changes_nothing(case, args, words, tmp_path, request):
+  run = ""
+  if "{run}" in " ".join(args):
+    original = request.getfixturevalue("trained")
+    run = str(tmp_path / "run")
+    shutil.copytree(original, run)
+  _files(tmp_path)
+  fill = lambda text: text.replace("{tmp}", str(tmp_path)).replace("{run}", run)
+  before = _snapshot(str(tmp_path))
+  result = _run([fill(a) for a in args])
+  message = result.stderr.strip()
+  assert result.returncode == 2, (case, result.returncode, result.stdout[-2000:], message[-3000:])
+  assert "Traceback" not in message, message[-3000:]
+  error_lines = [line for line in message.splitlines() if line.startswith("error: ")]
+  assert len(error_lines) == 1, message[-3000:]
+  for word in words:
+    assert fill(word) in error_lines[0], (word, error_lines[0])
+  assert _snapshot(str(tmp_path)) == before  # nothing written, nothing removed, no stub workdir
+
+
+@_RUN
+def test_a_finished_run_says_so_and_how_to_extend_it(trained, tmp_path):
+  run = tmp_path / "run"
+  shutil.copytree(trained, run)
+  before = _snapshot(str(run / "checkpoints"))
+  result = _run(TRAIN + FAST + ["--workdir", str(run)])
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "is finished: step 2 of 2" in result.stdout and "--config.total_steps" in result.stdout
+  assert _snapshot(str(run / "checkpoints")) == before
+
+
+@_RUN
+def test_a_changed_config_is_taken_with_allow_config_change_and_kept_in_the_history(trained,
+                                                                                   tmp_path):
+  run = tmp_path / "run"
+  shutil.copytree(trained, run)
+  old = (run / "config.json").read_text()
+  result = _run(TRAIN + FAST + ["--workdir", str(run), "--config.optim.base_lr=0.001",
+                                "--config.log_every_steps=1", "--allow_config_change"])
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "optim.base_lr: 0.006 -> 0.001" in result.stdout
+  assert "log_every_steps: 20 -> 1" in result.stdout  # said, and allowed anyway
+  assert (run / "config.2.json").read_text() == old  # the config of steps 1..2
+  assert '"base_lr": 0.001' in (run / "config.json").read_text()

@@ -1,0 +1,138 @@
+"""A workdir remembers what it is: the config it was trained with, and one metrics row per step.
+
+On resume the stored WORKDIR/config.json is compared with the new config. Fields that change what
+is computed are refused unless the user says so (`--allow_config_change`); fields that change only
+how and how often things are done change freely, so a run can move from one pod slice or node
+to another; more steps or epochs extend the run. Whenever the config changes, the one it replaces
+is kept as config.<step>.json, so the history says which steps ran under which config. Metrics
+rows of steps past the restored checkpoint (done again after a resume) move to
+metrics.discarded.jsonl, so metrics.jsonl has one row per step.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+# Fields that change neither the model nor the data nor the mathematics of an update: the
+# cadence of logs, checkpoints and evaluations; the compiler and profiler; how the same global
+# batch is laid out over devices and micro-batches; how the same network is computed; where the
+# same data is read from; and what happens only at a run's start (init_from) or outside it.
+FREE_FIELDS = ("log_every_steps", "checkpoint_every_steps", "keep_checkpoints", "eval_every_steps",
+               "compilation_cache", "profile_steps", "mesh.", "sharding.", "grad_accum_steps",
+               "model.scan", "model.remat", "model.depthwise_impl", "data.data_dir", "init_from",
+               "eval_only", "probe.")
+# Fields that make the run longer or shorter: allowed, and said.
+LENGTH_FIELDS = ("total_steps", "num_epochs")
+
+
+class ConfigChangeError(ValueError):
+  """The new config would change what the workdir's steps so far computed."""
+  user_error = True
+
+
+def flat(config) -> dict[str, Any]:
+  """{'optim.base_lr': 0.0015, ...} of a ConfigDict or of a dict read from config.json."""
+  tree = json.loads(config.to_json_best_effort()) if hasattr(config, "to_json_best_effort") else config
+  out = {}
+
+  def walk(prefix, node):
+    for key, value in node.items():
+      if isinstance(value, dict):
+        walk(f"{prefix}{key}.", value)
+      else:
+        out[prefix + key] = value
+
+  walk("", tree)
+  return out
+
+
+def _is(field: str, names: tuple[str, ...]) -> bool:
+  return any(field == n or (n.endswith(".") and field.startswith(n)) for n in names)
+
+
+def differences(old: dict, new: dict) -> list[tuple[str, Any, Any]]:
+  """(field, old, new) of every field whose value differs (missing on one side: None)."""
+  return [(k, old.get(k), new.get(k)) for k in sorted(set(old) | set(new))
+          if old.get(k) != new.get(k)]
+
+
+def describe(changes) -> str:
+  return "; ".join(f"{k}: {old!r} -> {new!r}" for k, old, new in changes)
+
+
+def check(workdir: str, config, *, allow_change: bool, say) -> bool:
+  """Compares `config` with the workdir's config.json before a resume. Raises ConfigChangeError
+  for changes to what is computed unless `allow_change`; says what changes otherwise. True when
+  the config differs (then `save` keeps the old one)."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.isfile(path):
+    return False
+  with open(path) as f:
+    try:
+      old = flat(json.load(f))
+    except ValueError as e:
+      raise ConfigChangeError(f"{path} is not readable JSON ({e}); it records how the steps in "
+                              f"{workdir} were trained. Restore it or start a new workdir.") from None
+  changes = differences(old, flat(config))
+  computed = [c for c in changes if not _is(c[0], FREE_FIELDS + LENGTH_FIELDS)]
+  if computed and not allow_change:
+    raise ConfigChangeError(
+        f"{workdir} was trained with another config; these changes would change what is "
+        f"computed: {describe(computed)}. Resume with the stored config ({path}), start a new "
+        "--workdir, or pass --allow_config_change to go on with the new one (config.json then "
+        "keeps its history).")
+  length = [c for c in changes if _is(c[0], LENGTH_FIELDS)]
+  if length:
+    say(f"The run's length changes ({describe(length)}): the learning-rate schedule follows the "
+        "new length from here on.")
+  if computed:
+    say(f"Config changes (--allow_config_change): {describe(computed)}.")
+  free = [c for c in changes if _is(c[0], FREE_FIELDS)]
+  if free:
+    say(f"Config changes that leave the computation as it was: {describe(free)}.")
+  return bool(changes)
+
+
+def save(workdir: str, config, step: int, *, changed: bool) -> None:
+  """Writes WORKDIR/config.json; when the config `changed`, the one it replaces is kept as
+  config.<step>.json (the config of the steps up to `step`)."""
+  path = os.path.join(workdir, "config.json")
+  if changed and os.path.isfile(path):
+    os.replace(path, os.path.join(workdir, f"config.{step}.json"))
+  if changed or not os.path.isfile(path):
+    _write(path, config)
+
+
+def _write(path: str, config) -> None:
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    f.write(config.to_json_best_effort(indent=2))
+  os.replace(tmp, path)
+
+
+def discard_metrics_after(workdir: str, step: int) -> int:
+  """Moves the rows of WORKDIR/metrics.jsonl with a step past `step` to metrics.discarded.jsonl
+  (they were logged before an interruption and are about to be done again); returns how many."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.isfile(path):
+    return 0
+  with open(path) as f:
+    lines = [line for line in f if line.strip()]
+  keep, drop = [], []
+  for line in lines:
+    try:
+      later = json.loads(line).get("step", 0) > step
+    except ValueError:  # a line cut short by a kill: nothing of it can be trusted
+      later = True
+    (drop if later else keep).append(line if line.endswith("\n") else line + "\n")
+  if drop:
+    with open(os.path.join(workdir, "metrics.discarded.jsonl"), "a") as f:
+      f.writelines(drop)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+      f.writelines(keep)
+    os.replace(tmp, path)
+  return len(drop)

@@ -102,7 +102,8 @@ def _base(variant: str, *, image_size: int, batch_size: int) -> ml_collections.C
   c.compilation_cache = "auto"         # 'auto': $JAX_COMPILATION_CACHE_DIR or WORKDIR/compilation_cache;
                                        # 'off'; or a directory (gs:// works)
   c.profile_steps = ""                 # 'START:END': a jax.profiler trace into WORKDIR/profile
-  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
+  fsdp = variant in recipes.FSDP_SIZES   # -1: all the devices (the other axis takes the rest)
+  c.mesh = ml_collections.ConfigDict(dict(data=1 if fsdp else -1, fsdp=-1 if fsdp else 1))
   c.sharding = ml_collections.ConfigDict(dict(min_size=2 ** 18))
   c.optim = ml_collections.ConfigDict(dict(
       base_lr=0.0, min_lr=0.0, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0, grad_clip=0.0,

@@ -107,3 +107,7 @@ FINETUNE_STAGES = {"in1k": IN1K, "in22k": IN22K, "in22k_to_in1k": IN22K_TO_IN1K}
 # is deep (compile time), recompute blocks in the backward pass where activations are large.
 SCAN_SIZES = ("base", "large", "huge")
 REMAT_SIZES = ("large", "huge")
+# Shard the parameters and optimizer state over every device (mesh data 1, fsdp -1) where the
+# replicated AdamW state would crowd out the activations: Huge's alone is 7.4 GiB, which with its
+# gradients leaves no room on a 16 GiB v5e chip at any slice size.
+FSDP_SIZES = ("huge",)

@@ -74,8 +74,12 @@ def _out_of_memory(error: Exception) -> str | None:
   text = str(error)
   if "RESOURCE_EXHAUSTED" not in text and "Ran out of memory" not in text:
     return None
-  found = re.search(r"(Used [\d.]+[KMGT]? of [\d.]+[KMGT]? \S+\.( Exceeded [^.]+\.)?)", text)
-  return found.group(1) if found else _first_line(error)
+  for pattern in (r"Used [\d.]+[KMGT]? of [\d.]+[KMGT]? \S+\.( Exceeded [^.]+\.)?",
+                  r"total memory required for [^(]*\([\d.]+[KMGT]\) exceeds available \S+ \([\d.]+[KMGT]\)"):
+    found = re.search(pattern, text)
+    if found:
+      return found.group(0)
+  return _first_line(error)
 
 
 def run(config, make_task: Callable, topology: str, *, out=sys.stdout) -> int:

@@ -11,7 +11,8 @@ Every config file is a thin `get_config(arg=None)` that calls `pretrain_from_arg
     config.mesh.{data, fsdp}, config.sharding.min_size
     config.optim.{base_lr, min_lr, b1, b2, eps, weight_decay, grad_clip, layer_decay,
                   layer_decay_scheme, ema_decay}
-    pretraining: config.fcmae.{mask_ratio, decoder_dim, decoder_depth, norm_pix_loss, impl}
+    pretraining: config.fcmae.{mask_ratio, decoder_dim, decoder_depth, norm_pix_loss, impl},
+                 config.probe.{enabled, train_examples, k, temperature, batch_size}
     finetuning:  config.{init_from, eval_only},
                  config.aug.{randaugment, reprob, mixup, cutmix, mixup_switch_prob, label_smoothing}
 
@@ -127,6 +128,13 @@ def pretrain_config(variant: str, epochs: int = recipes.PRETRAIN["epochs"]) -> m
       mask_ratio=r["mask_ratio"], decoder_dim=r["decoder_dim"], decoder_depth=r["decoder_depth"],
       norm_pix_loss=r["norm_pix_loss"],
       impl="sparse",                   # 'dense' = the paper's emulation on dense tensors
+  ))
+  # Representation monitors (fcmae/probe.py), at eval_every_steps and before the first step.
+  c.probe = ml_collections.ConfigDict(dict(
+      enabled=True,
+      train_examples=10_000,           # the memory bank / probe training set: a random subset
+      k=20, temperature=0.07,          # weighted kNN (DINO, solo-learn)
+      batch_size=0,                    # for embedding; 0 = the run's batch_size
   ))
   c.lock()
   return c

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import re
 
 import numpy as np
 import tensorflow as tf
@@ -135,9 +136,20 @@ class _ArraySource(Source):
 
   global_order = True
 
-  def _split_arrays(self, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """(payloads [N, ...], labels int32 [N]) in canonical order (numpy)."""
+  def _read_split(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """(payloads [N, ...], labels int32 [N]) of a whole split in canonical order (numpy)."""
     raise NotImplementedError
+
+  @functools.lru_cache(maxsize=8)
+  def _split_arrays(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """The split's arrays; 'train[:N]' is a fixed subset of N examples drawn at random (the
+    first N of the canonical order would be the first classes only), in canonical order."""
+    found = re.fullmatch(r'(\w+)\[:(\d+)\]', split)
+    payloads, labels = self._read_split(found.group(1) if found else split)
+    if found and int(found.group(2)) < len(labels):
+      keep = np.sort(np.random.default_rng(0).permutation(len(labels))[:int(found.group(2))])
+      payloads, labels = payloads[keep], labels[keep]
+    return payloads, labels
 
   @functools.lru_cache(maxsize=8)
   def _split_tensors(self, split: str) -> tuple[tf.Tensor, tf.Tensor]:
@@ -196,7 +208,7 @@ class _DemoSource(_ArraySource):
     self.name = 'demo'
     self.num_classes = len(demo.CLASSES)
 
-  def _split_arrays(self, split):
+  def _read_split(self, split):
     return demo.arrays(_folder_split(split))
 
   encoded = False
@@ -213,7 +225,7 @@ class _FolderSource(_ArraySource):
     self.classes = _folder_classes(self.root)
     self.num_classes = len(self.classes)
 
-  def _split_arrays(self, split):
+  def _read_split(self, split):
     return _scan_folder_split(self.root, _folder_split(split))
 
   def read(self, payload):

@@ -1,15 +1,15 @@
 """FCMAE pretraining: the task the shared loop runs for train.py.
 
-Per step: a fresh random mask per image (from the step's rng), the FCMAE loss on the masked
-images, and (at eval intervals) a PNG of reconstructions in WORKDIR/reconstructions/.
+Per step: a fresh random mask per image (from the image's own key), the FCMAE loss on the masked
+images. Before the first step and every eval_every_steps: a figure of reconstructions
+(WORKDIR/reconstructions/, TensorBoard) and, on a labelled dataset, the kNN and linear-probe
+top-1 of the encoder's features (fcmae/probe.py; config.probe.enabled=False turns them off).
 """
 
 from __future__ import annotations
 
-import os
-
 from data import on_device, pipeline, sources
-from fcmae import masking, visualize
+from fcmae import masking, probe, visualize
 from fcmae import model as fcmae_model
 from models import layers
 from trainer import loop
@@ -33,12 +33,19 @@ def make_task(config, workdir: str | None, info: sources.DatasetInfo | None = No
     loss, _ = loss_fn(params, images, mask, rng=drop_keys)
     return loss, {}
 
-  pictures = (visualize.Reconstructions(config, loss_fn, os.path.join(workdir, "reconstructions"))
-              if workdir else None)
+  pictures = visualize.Reconstructions(config, loss_fn, workdir) if workdir else None
+  monitor = None
+  if workdir and config.probe.enabled and info.num_classes > 1:  # a labelled dataset
+    monitor = probe.Monitor(
+        probe.Settings.from_config(config), config.model.variant, dtype=config.model.dtype,
+        depthwise_impl=config.model.depthwise_impl or None, scan=config.model.scan)
 
   def evaluate(state, step):
-    path = pictures.write(state["params"], step)
-    return {"reconstruction_loss": pictures.last_loss} if path else {}
+    pictures.write(state["params"], step)
+    out = {"reconstruction_loss": pictures.last_loss}
+    if monitor is not None:
+      out.update(monitor(state["params"]["encoder"]))
+    return out
 
   return loop.Task(
       init_params=lambda: fcmae_model.from_config(config)[1],  # traced by the loop: born sharded
@@ -47,4 +54,5 @@ def make_task(config, workdir: str | None, info: sources.DatasetInfo | None = No
       steps_per_epoch=loop.steps_per_epoch(config, info),
       evaluate=evaluate,
       skipped_images=pipeline.skipped_images,
+      evaluate_at_start=monitor is not None,
   )

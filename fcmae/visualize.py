@@ -1,8 +1,11 @@
-"""Reconstruction pictures of an FCMAE model: a PNG grid, one row per image.
+"""Reconstruction pictures of an FCMAE model: a labelled figure, one row per image.
 
-Columns: original | masked input | prediction | prediction pasted onto the visible patches.
-With norm_pix_loss the model predicts each patch's pixels normalized by that patch's mean and
-standard deviation; they are mapped back with the true patch statistics, as MAE does.
+Columns, named in the figure: original | masked input (masked patches grey) | prediction (every
+patch) | prediction + visible (the prediction pasted under the masked patches of the original).
+Above them, the step and the masked-patch loss of these very images. With norm_pix_loss the
+model predicts each patch's pixels normalized by that patch's mean and standard deviation; they
+are mapped back with the true patch statistics, as MAE does. Tiles are drawn at least 128
+pixels wide. During training the figures go to WORKDIR/reconstructions/ and to TensorBoard.
 
     python -m fcmae.visualize --checkpoint WORKDIR --out recon.png            # built-in data
     python -m fcmae.visualize --checkpoint WORKDIR --images a.jpg b.png --out recon.png
@@ -21,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from data import augment, on_device, pipeline
 from fcmae import masking
@@ -29,6 +32,8 @@ from fcmae import model as fcmae_model
 from trainer import checkpoint
 
 NUM_IMAGES = 8
+COLUMNS = ("original", "masked input", "prediction", "prediction + visible")
+HEADER = 36  # pixels above the tiles: the title line and the column names
 
 
 class ImageError(ValueError):
@@ -59,6 +64,31 @@ def reconstruction_grid(images, pred, mask, norm_pix_loss: bool) -> np.ndarray:
   columns = [to_uint8(images), grey_masked, to_uint8(recon), to_uint8(pasted)]
   rows = [np.concatenate([c[i] for c in columns], axis=1) for i in range(images.shape[0])]
   return np.concatenate(rows, axis=0)
+
+
+def figure(images, pred, mask, norm_pix_loss: bool, title: str) -> np.ndarray:
+  """uint8 (HEADER + B*T, 4*T, 3): `reconstruction_grid` with its columns named and `title` above,
+  each tile scaled (nearest) to T >= 128 pixels."""
+  grid = reconstruction_grid(images, pred, mask, norm_pix_loss)
+  size = np.asarray(images).shape[1]
+  scale = -(-128 // size)
+  tiles = grid.repeat(scale, axis=0).repeat(scale, axis=1)
+  tile = size * scale
+  canvas = Image.new("RGB", (tiles.shape[1], tiles.shape[0] + HEADER), "white")
+  draw = ImageDraw.Draw(canvas)
+  font = ImageFont.load_default()
+  draw.text((4, 3), title, fill="black", font=font)
+  for j, name in enumerate(COLUMNS):
+    draw.text((j * tile + 4, HEADER - 15), name, fill="black", font=font)
+  canvas.paste(Image.fromarray(tiles), (0, HEADER))
+  return np.asarray(canvas)
+
+
+def title(what: str, loss: float, mask) -> str:
+  """'step 250: masked-patch loss 0.712 (6 of 16 patches visible)' for a figure."""
+  mask = np.asarray(mask)
+  visible = int(mask.shape[1] - mask[0].sum())
+  return f"{what}: masked-patch loss {loss:.3f} ({visible} of {mask.shape[1]} patches visible)"
 
 
 def save_png(picture: np.ndarray, path: str) -> str:
@@ -94,10 +124,13 @@ def load_images(paths, image_size: int) -> np.ndarray:
 
 
 class Reconstructions:
-  """Writes DIR/step_<step>.png for the training loop, on fixed images and fixed masks."""
+  """For the training loop: WORKDIR/reconstructions/step_<step>.png and the same figure in
+  WORKDIR/tensorboard, on fixed images with fixed masks."""
 
-  def __init__(self, config, loss_fn, directory: str, num: int = NUM_IMAGES):
-    self.config, self.directory, self.num = config, directory, num
+  def __init__(self, config, loss_fn, workdir: str, num: int = NUM_IMAGES):
+    self.config, self.num = config, num
+    self.directory = os.path.join(workdir, "reconstructions")
+    self._tensorboard = os.path.join(workdir, "tensorboard")
     self._loss_fn = jax.jit(loss_fn)
     self._images = None
     self.last_loss = None
@@ -113,7 +146,13 @@ class Reconstructions:
     self.last_loss = float(loss)
     if jax.process_index() != 0:
       return None
-    picture = reconstruction_grid(self._images, pred, self._mask, self.config.fcmae.norm_pix_loss)
+    picture = figure(self._images, pred, self._mask, self.config.fcmae.norm_pix_loss,
+                     title(f"step {step}", self.last_loss, self._mask))
+    import tensorflow as tf  # TensorBoard's image summaries
+    writer = tf.summary.create_file_writer(self._tensorboard)
+    with writer.as_default(step=step):
+      tf.summary.image("reconstructions", picture[None], max_outputs=1)
+    writer.close()
     return save_png(picture, os.path.join(self.directory, f"step_{step:07d}.png"))
 
 
@@ -147,7 +186,9 @@ def main(argv=None) -> None:
   mask = masking.random_mask(jax.random.key(args.seed), len(images), grid[0] * grid[1],
                              config.fcmae.mask_ratio)
   loss, pred = jax.jit(loss_fn)(params, jnp.asarray(images), mask)
-  save_png(reconstruction_grid(images, pred, mask, config.fcmae.norm_pix_loss), args.out)
+  name = f"{os.path.basename(os.path.abspath(args.checkpoint))}"
+  save_png(figure(images, pred, mask, config.fcmae.norm_pix_loss,
+                  title(name, float(loss), mask)), args.out)
   print(f"Wrote {args.out} ({len(images)} images, masked-patch loss {float(loss):.4f}).")
 
 

@@ -48,6 +48,17 @@ def variant_spec(variant: str) -> dict[str, Any]:
   return VARIANTS[variant]
 
 
+def variant_of(params) -> str:
+  """The variant whose stem width and blocks per stage a params tree (with or without its head)
+  has."""
+  width = int(params["stem"]["conv"]["kernel"].shape[-1])
+  depths = tuple(int(params[f"stage{i}"]["blocks"]["dwconv"]["bias"].shape[0]) for i in range(4))
+  for name, spec in VARIANTS.items():
+    if spec["dims"][0] == width and tuple(spec["depths"]) == depths:
+      return name
+  raise ValueError(f"No ConvNeXt V2 variant has stem width {width} and depths {depths}.")
+
+
 def check_images(images: jax.Array, stride: int = TOTAL_STRIDE) -> None:
   """Fail early, with what was given and what is expected, on a wrong layout or size."""
   shape = tuple(images.shape)

@@ -20,7 +20,7 @@ from trainer import loop
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAST = ["--config.batch_size=16", "--config.total_steps=2", "--config.warmup_steps=1",
         "--config.checkpoint_every_steps=1", "--config.eval_every_steps=0",
-        "--config.mesh.data=1"]
+        "--config.mesh.data=1", "--config.data.image_size=64"]
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +29,7 @@ def trained(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("trained") / "run"
   config = override(fcmae_demo.get_config(), {
       "batch_size": 16, "total_steps": 2, "warmup_steps": 1, "checkpoint_every_steps": 1,
-      "eval_every_steps": 0, "mesh.data": 1})
+      "eval_every_steps": 0, "mesh.data": 1, "data.image_size": 64})
   loop.train_and_evaluate(config, str(workdir), pretrain.make_task(config, str(workdir)),
                           devices=jax.devices()[:1])
   return workdir

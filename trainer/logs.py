@@ -50,7 +50,7 @@ class MetricWriter:
   def _progress_line(self, step: int, record: dict) -> str:
     parts = [f"step {step}/{self.total_steps}"]
     for key in ("loss", "lr", "images_per_sec", "reconstruction_loss", "top1", "top5",
-                "ema_top1", "skipped_images"):
+                "ema_top1", "knn_top1", "linear_top1", "skipped_images"):
       if key in record:
         value = record[key]
         parts.append(f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}")

@@ -245,13 +245,13 @@ def train_and_evaluate(config, workdir: str, task: Task, *, devices=None,
     logs.say(describe_cost(step_cost))
     writer.write(step, step_cost.report(), progress=False)
     train_step = step_cost.executable
-    if task.evaluate is not None and task.evaluate_at_start and step == 0:
+    eval_every = config.get("eval_every_steps", 0)
+    if task.evaluate is not None and task.evaluate_at_start and eval_every and step == 0:
       writer.write(step, task.evaluate(state, step), progress=True)
     batches = task.train_batches(step)
     watch = checkpoint.PreemptionWatch()
     profiler = Profiler(config.get("profile_steps", ""), workdir)
     log_every, ckpt_every = config.log_every_steps, config.checkpoint_every_steps
-    eval_every = config.get("eval_every_steps", 0)
     images_seen, window_start = 0, time.time()
     writer.start(step)
 

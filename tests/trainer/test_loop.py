@@ -15,6 +15,7 @@ from trainer import checkpoint, logs, loop
 ONE = jax.devices()[:1]
 SHORT = {"batch_size": 32, "total_steps": 3, "warmup_steps": 1, "log_every_steps": 1,
          "checkpoint_every_steps": 3, "eval_every_steps": 0, "mesh.data": 1, "mesh.fsdp": 1,
+         "data.image_size": 64,
          "model.drop_path_rate": 0.1}
 
 

@@ -124,15 +124,8 @@ def crop(image: tf.Tensor, window: tf.Tensor) -> tf.Tensor:
 
 
 def resize(image: tf.Tensor, size: int, method: str = 'bicubic') -> tf.Tensor:
-  """Antialiased resize to uint8 [size, size, C] (RandomResizedCrop's second half)."""
+  """Resize to uint8 [size, size, C] (antialiased when it shrinks): RandomResizedCrop's second half."""
   return tf.ensure_shape(_resize(image, size, size, method), [size, size, None])
-
-
-def random_resized_crop(image: tf.Tensor, seed: tf.Tensor, size: int,
-                        scale: tuple[float, float] = (0.08, 1.0),
-                        ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> tf.Tensor:
-  """torchvision ``RandomResizedCrop`` of a decoded image: uint8 [H, W, 3] -> [size, size, 3]."""
-  return resize(crop(image, crop_window(tf.shape(image), seed, scale, ratio)), size)
 
 
 def random_horizontal_flip(image: tf.Tensor, seed: tf.Tensor, prob: float = 0.5) -> tf.Tensor:

@@ -6,23 +6,14 @@ import jax
 import numpy as np
 
 from classify import task
-from configs import finetune_demo
-from tests.helpers import override
+from tests.helpers import finetune_config
 from trainer import logs, loop
 
 ONE = jax.devices()[:1]
 
 
-def _config(**changes):
-  """The finetuning demo, six steps on one device (8 fake devices on 2 cores are slow)."""
-  return override(finetune_demo.get_config(), {
-      "batch_size": 32, "total_steps": 6, "warmup_steps": 2, "log_every_steps": 3,
-      "checkpoint_every_steps": 6, "eval_every_steps": 6, "mesh.data": 1, "mesh.fsdp": 1,
-      **changes})
-
-
 def test_finetuning_runs_evaluates_and_resumes(tmp_path):
-  config = _config(**{"aug.mixup": 0.8, "aug.cutmix": 1.0})
+  config = finetune_config(**{"aug.mixup": 0.8, "aug.cutmix": 1.0})
   workdir = str(tmp_path)
   loop.train_and_evaluate(config, workdir, task.make_task(config, workdir), devices=ONE)
   rows = logs.read_metrics(workdir)

@@ -6,22 +6,13 @@ import numpy as np
 import pytest
 
 from classify import task
-from configs import finetune_demo
 from data import demo, on_device, pipeline, sources
 from models import convert
-from tests.helpers import override
+from tests.helpers import finetune_config
 from trainer import logs
 
 DEMO_CLASSES = len(demo.CLASSES)
 ONE = jax.devices()[:1]
-
-
-def _config(**changes):
-  """The finetuning demo, six steps on one device (8 fake devices on 2 cores are slow)."""
-  return override(finetune_demo.get_config(), {
-      "batch_size": 32, "total_steps": 6, "warmup_steps": 2, "log_every_steps": 3,
-      "checkpoint_every_steps": 6, "eval_every_steps": 6, "mesh.data": 1, "mesh.fsdp": 1,
-      **changes})
 
 
 def _hf_checkpoint(path):
@@ -40,7 +31,7 @@ def _hf_checkpoint(path):
 def test_eval_of_a_converted_checkpoint_is_exact_and_matches_its_logits(tmp_path):
   _hf_checkpoint(tmp_path / "hf")
   convert.main([str(tmp_path / "hf"), str(tmp_path / "converted")])
-  config = _config(init_from=str(tmp_path / "converted"), eval_only=True, batch_size=64)
+  config = finetune_config(init_from=str(tmp_path / "converted"), eval_only=True, batch_size=64)
   result = task.evaluate_only(config, str(tmp_path / "eval"), devices=ONE)
   # The demo's 240 validation images do not fill whole batches of 64: all counted, once.
   info = sources.dataset_info("demo")

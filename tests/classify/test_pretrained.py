@@ -8,18 +8,9 @@ import pytest
 
 from classify import pretrained
 from classify import task as finetune_task
-from configs import finetune_demo
 from fcmae import model as fcmae_model
-from tests.helpers import override, perturb
+from tests.helpers import finetune_config, perturb
 from trainer import checkpoint
-
-
-def _config(**changes):
-  """The finetuning demo, six steps on one device (8 fake devices on 2 cores are slow)."""
-  return override(finetune_demo.get_config(), {
-      "batch_size": 32, "total_steps": 6, "warmup_steps": 2, "log_every_steps": 3,
-      "checkpoint_every_steps": 6, "eval_every_steps": 6, "mesh.data": 1, "mesh.fsdp": 1,
-      **changes})
 
 
 def _fcmae_checkpoint(path):
@@ -34,7 +25,7 @@ def _fcmae_checkpoint(path):
 
 def test_init_from_an_fcmae_checkpoint_loads_the_encoder_and_a_fresh_head(tmp_path):
   source = _fcmae_checkpoint(tmp_path / "pretrain" / "checkpoints")
-  config = _config(init_from=str(tmp_path / "pretrain"))
+  config = finetune_config(init_from=str(tmp_path / "pretrain"))
   task = finetune_task.make_task(config, str(tmp_path / "ft"))
   fresh = jax.jit(task.init_params)()
   params = task.initial_params(fresh)
@@ -50,7 +41,7 @@ def test_init_from_an_fcmae_checkpoint_loads_the_encoder_and_a_fresh_head(tmp_pa
 
 def test_init_from_reports_what_it_skipped(tmp_path):
   _fcmae_checkpoint(tmp_path / "pretrain" / "checkpoints")
-  config = _config(init_from=str(tmp_path / "pretrain"))
+  config = finetune_config(init_from=str(tmp_path / "pretrain"))
   _, report = pretrained.merge_pretrained(
       jax.device_get(jax.jit(finetune_task.make_task(config, str(tmp_path)).init_params)()),
       {"extra": {"kernel": np.zeros(3)}, **pretrained.read_pretrained(config.init_from)["encoder"]})
@@ -59,7 +50,7 @@ def test_init_from_reports_what_it_skipped(tmp_path):
 
 def test_init_from_a_different_variant_names_the_tensors(tmp_path):
   _fcmae_checkpoint(tmp_path / "pretrain" / "checkpoints")
-  config = _config(**{"init_from": str(tmp_path / "pretrain"), "model.variant": "femto"})
+  config = finetune_config(**{"init_from": str(tmp_path / "pretrain"), "model.variant": "femto"})
   task = finetune_task.make_task(config, str(tmp_path / "ft"))
   expected = r"downsample1/conv/kernel: checkpoint \(2, 2, 40, 80\), model \(2, 2, 48, 96\)"
   with pytest.raises(ValueError, match=expected):

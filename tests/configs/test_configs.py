@@ -6,13 +6,16 @@ import glob
 import os
 
 import jax
+import jax.numpy as jnp
 import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from fcmae import model as fcmae_model
-from trainer import optim
+from classify import task as finetune_task
+from data import sources
+from fcmae import pretrain
 from models import convnextv2
+from trainer import loop, optim
 
 # ml_collections loads config files with the deprecated SourceFileLoader.load_module.
 pytestmark = pytest.mark.filterwarnings("ignore:the load_module:DeprecationWarning")
@@ -43,7 +46,7 @@ def test_every_config_file_loads_locked_with_the_shared_schema():
   for name in runs:
     c = load(name)
     assert c.is_locked, name
-    extra = {"fcmae"} if name.startswith("fcmae_") else {"aug", "init_from", "eval_only"}
+    extra = {"fcmae", "probe"} if name.startswith("fcmae_") else {"aug", "init_from", "eval_only"}
     assert set(c.keys()) == shared | extra, name
     assert set(c.optim.keys()) == {"base_lr", "min_lr", "b1", "b2", "eps", "weight_decay",
                                    "grad_clip", "layer_decay", "layer_decay_scheme", "ema_decay"}
@@ -180,7 +183,8 @@ def test_command_line_overrides_work_and_typos_raise():
 
 def test_demo_configs_are_small_and_on_the_demo_data():
   p = load("fcmae_demo")
-  assert (p.data.name, p.model.variant, p.data.image_size, p.fcmae.mask_ratio) == ("demo", "atto", 64, 0.6)
+  assert (p.data.name, p.model.variant, p.data.image_size, p.fcmae.mask_ratio) == ("demo", "atto", 128, 0.6)
+  assert p.probe.enabled and p.probe.train_examples >= 1200  # the monitors see the whole demo
   assert p.batch_size <= 128 and 0 < p.total_steps <= 400 and 0 < p.warmup_steps < p.total_steps
   assert p.checkpoint_every_steps <= p.total_steps and p.log_every_steps <= 25
   assert p.model.dtype == "float32"
@@ -191,24 +195,27 @@ def test_demo_configs_are_small_and_on_the_demo_data():
 
 
 @pytest.mark.parametrize("size", SIZES)
-def test_each_config_describes_a_model_and_optimizer_that_build(size):
-  """Abstractly (jax.eval_shape): the pretraining model with its decoder, and the classifier with
-  the finetuning config's layer-decay scheme (group only where the depths allow it)."""
+def test_each_config_builds_its_run_as_train_py_and_finetune_py_do(size):
+  """config -> task -> loop.setup, the path of a real run (abstractly: jax.eval_shape of the
+  sharded state, nothing allocated or compiled): the pretraining model with its decoder, and
+  the classifier with the config's dtype, depthwise form, drop path, head scale and layer-decay
+  scheme (group only where the depths allow it)."""
   p = load(f"fcmae_{size}")
-  shapes = jax.eval_shape(lambda: fcmae_model.build(
-      p.model.variant, impl=p.fcmae.impl, image_size=p.data.image_size,
-      mask_ratio=p.fcmae.mask_ratio, decoder_dim=p.fcmae.decoder_dim,
-      decoder_depth=p.fcmae.decoder_depth, norm_pix_loss=p.fcmae.norm_pix_loss,
-      scan=p.model.scan, remat=p.model.remat)[1])
-  assert shapes["mask_token"].shape == (512,)
-  assert shapes["pred"]["kernel"].shape == (512, 32 * 32 * 3)
-  tx, _ = optim.make_optimizer(p, shapes, steps_per_epoch=312)
-  jax.eval_shape(tx.init, shapes)
+  run = loop.setup(p, pretrain.make_task(p, None, info=sources.IMAGENET_1K))
+  params = run.abstract_state["params"]
+  assert params["mask_token"].shape == (512,)
+  assert params["pred"]["kernel"].shape == (512, 32 * 32 * 3)
+  assert run.abstract_batch["image"].shape == (4096, 224, 224, 3)
+  assert run.total_steps == 1600 * (1_281_167 // 4096)
 
   f = load(f"finetune_{size}")
-  params = convnextv2.abstract_params(f.model.variant, 1000, drop_path_rate=f.model.drop_path_rate,
-                                      head_init_scale=f.model.head_init_scale)
+  task = finetune_task.make_task(f, None, info=sources.IMAGENET_1K)
+  run = loop.setup(f, task)
+  params = run.abstract_state["params"]
   paper_m = convnextv2.VARIANTS[size]["params_m"]
   assert convnextv2.count_params(params) / 1e6 == pytest.approx(paper_m, abs=0.01)
-  tx, _ = optim.make_optimizer(f, params, steps_per_epoch=1251)
-  jax.eval_shape(tx.init, params)
+  assert "ema_params" in run.abstract_state  # EMA 0.9999 in every IN-1K recipe
+  # The classifier the task built is the one the config describes.
+  apply_fn, _ = finetune_task.build_model(f, 1000, abstract=True)
+  images = jax.ShapeDtypeStruct((2, 224, 224, 3), jnp.float32)
+  assert jax.eval_shape(apply_fn, params, images).shape == (2, 1000)

@@ -20,25 +20,27 @@ def test_eval_geometry():
 
 
 @pytest.mark.parametrize('shape', [(50, 80), (7, 5), (300, 10), (10, 300), (64, 64)])
-def test_random_resized_crop_output_size(shape):
+def test_crop_windows_lie_inside_the_image_and_resize_to_the_size(shape):
   image = rand_image(*shape)
   for i in range(5):
-    out = augment.random_resized_crop(image, seed(i), 24, scale=(0.2, 1.0))
+    top, left, height, width = augment.crop_window(tf.shape(image), seed(i), (0.2, 1.0)).numpy()
+    assert 0 <= top and top + height <= shape[0] and 0 <= left and left + width <= shape[1]
+    window = tf.constant([top, left, height, width])
+    out = augment.resize(augment.crop(image, window), 24)
     assert out.shape == (24, 24, 3) and out.dtype == tf.uint8
 
 
-def test_random_resized_crop_full_and_fallback():
-  square = rand_image(40, 40)
-  full = augment.random_resized_crop(square, seed(0), 16, scale=(1.0, 1.0), ratio=(1.0, 1.0))
-  np.testing.assert_array_equal(full.numpy(), augment._resize(square, 16, 16).numpy())
-  # 300x10 fits no crop with ratio in [3/4, 4/3] and >= 8% area: central
-  # fallback crop of height round(10 / (3/4)) = 13.
-  tall = rand_image(300, 10)
-  out = augment.random_resized_crop(tall, seed(1), 16)
-  np.testing.assert_array_equal(out.numpy(), augment._resize(tall[143:156], 16, 16).numpy())
-  # Different seeds give different crops.
-  crops = {augment.random_resized_crop(square, seed(i), 16).numpy().tobytes() for i in range(6)}
-  assert len(crops) == 6
+def test_crop_window_whole_image_and_central_fallback():
+  square = tf.shape(rand_image(40, 40))
+  full = augment.crop_window(square, seed(0), scale=(1.0, 1.0), ratio=(1.0, 1.0))
+  assert full.numpy().tolist() == [0, 0, 40, 40]
+  # 300x10 fits no crop with ratio in [3/4, 4/3] and >= 8% area: torchvision's central
+  # fallback, height round(10 / (3/4)) = 13.
+  tall = augment.crop_window(tf.constant([300, 10, 3]), seed(1))
+  assert tall.numpy().tolist() == [143, 0, 13, 10]
+  # Different seeds give different windows.
+  windows = {tuple(augment.crop_window(square, seed(i)).numpy()) for i in range(6)}
+  assert len(windows) == 6
 
 
 def test_horizontal_flip_flips_some():

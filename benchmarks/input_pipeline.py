@@ -12,7 +12,8 @@ each after `--warmup` untimed batches, and the median round is reported. `--base
 alternating rounds of the same run, a plain tf.data pipeline that decodes only the crop window
 of each JPEG (extract_jpeg_shape + sample_distorted_bounding_box + decode_and_crop_jpeg, as
 big_vision and the Flax ImageNet example do), resizes as the pipeline does (bicubic,
-antialiased, like PIL), flips and normalizes.
+antialiased when it shrinks, like PIL) and once more with plain bicubic (cheaper; it aliases),
+flips and normalizes.
 
 `--make-photos DIR` writes an ImageNet-like folder from the photographs scikit-image ships
 (astronaut, coffee, chelsea, rocket, ...): random crops resized to about 500x375, JPEG quality
@@ -75,8 +76,10 @@ def time_pipelines(pipelines: dict, batches: int, warmup: int, batch: int, round
   return {name: per_round * batch / statistics.median(s) for name, s in seconds.items()}
 
 
-def baseline_batches(root: str, image_size: int, batch: int, scale=(0.2, 1.0)):
-  """The plain tf.data pipeline: decode only the crop window, resize, flip, normalize."""
+def baseline_batches(root: str, image_size: int, batch: int, scale=(0.2, 1.0),
+                     antialias: bool = True):
+  """The plain tf.data pipeline: decode only the crop window, resize, flip, normalize.
+  antialias False: tf.image.resize's plain bicubic (cheaper, aliases when it shrinks)."""
   import tensorflow as tf
   from data import augment, sources
 
@@ -94,7 +97,7 @@ def baseline_batches(root: str, image_size: int, batch: int, scale=(0.2, 1.0)):
         max_attempts=10, use_image_if_no_bounding_boxes=True)
     window = tf.stack([begin[0], begin[1], size[0], size[1]])
     image = tf.io.decode_and_crop_jpeg(data, window, channels=3)
-    image = tf.image.resize(image, [image_size, image_size], method="bicubic", antialias=True)
+    image = tf.image.resize(image, [image_size, image_size], method="bicubic", antialias=antialias)
     image = tf.image.random_flip_left_right(image)
     return (image - mean) / std
 
@@ -142,8 +145,10 @@ def main(argv=None):
     root = args.data[len("folder:"):] if args.data.startswith("folder:") else None
     if root is None:
       parser.error("--baseline reads a folder of JPEGs: --data folder:PATH")
-    pipelines["baseline (tf.data, decode the crop only)"] = baseline_batches(
+    pipelines["baseline (tf.data, decode the crop only, antialiased resize)"] = baseline_batches(
         root, args.image_size, args.batch)
+    pipelines["baseline, plain bicubic resize"] = baseline_batches(
+        root, args.image_size, args.batch, antialias=False)
   rates = time_pipelines(pipelines, args.batches, args.warmup, args.batch)
   for name, rate in rates.items():
     print(f"{name}: {rate:.0f} img/s ({rate / cores:.0f} per thread)")

@@ -124,12 +124,12 @@ def main(argv=None):
     make_photos(args.make_photos)
     return
 
-  from data import pipeline, sources
+  from data import eval_pipeline, pipeline, sources
   cores = sources.num_threads()
   if args.augment == "eval":
     def eval_forever():
       while True:
-        yield from pipeline.eval_iterator(args.data, data_dir=args.data_dir,
+        yield from eval_pipeline.eval_iterator(args.data, data_dir=args.data_dir,
                                           image_size=args.image_size, local_batch_size=args.batch)
     batches = eval_forever()
   else:

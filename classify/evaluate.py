@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from classify import metrics
-from data import on_device, pipeline
+from data import eval_pipeline, on_device
 from trainer import cost, loop, sharding
 
 
@@ -44,7 +44,7 @@ class Evaluator:
     variants = [("", state["params"])]
     if "ema_params" in state:
       variants.append(("ema_", state["ema_params"]))
-    batches = pipeline.eval_iterator(
+    batches = eval_pipeline.eval_iterator(
         config.data.name, data_dir=config.data.data_dir or None,
         image_size=config.data.image_size, local_batch_size=self.local_batch,
         process_index=jax.process_index(), process_count=jax.process_count(),

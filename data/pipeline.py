@@ -1,7 +1,8 @@
-"""The input pipeline: deterministic, resumable, multi-process tf.data iterators.
+"""The training input pipeline: deterministic, resumable, multi-process tf.data iterators.
 
-``train_iterator`` and ``eval_iterator`` read a source (``data/sources.py``) and apply the
-augmentations of ``data/augment.py``; they return numpy batches of this process's share.
+``train_iterator`` reads a source (``data/sources.py``), applies the augmentations of
+``data/transforms.py`` and returns uint8 numpy batches of this process's share; the one exact
+pass over an evaluation split is ``data/eval_pipeline.py``, which shares the skip accounting.
 
 Determinism, resumption and multiple processes
     Folder/demo sources (the whole split is an in-memory array of images or
@@ -123,7 +124,7 @@ def _example_seed(base: int, epoch, pos) -> tf.Tensor:
 # Iterators
 # --------------------------------------------------------------------------
 
-class _SkipTracker:
+class SkipTracker:
   """Turns gaps in the (epoch, position) sequence of decoded examples into skips.
 
   Positions of one epoch arrive in increasing order; any position missing
@@ -162,7 +163,7 @@ class _SkipTracker:
     self.expected = stop
 
 
-def _transformed(source: Source, transform: transforms.Transform, ds: tf.data.Dataset,
+def transformed(source: Source, transform: transforms.Transform, ds: tf.data.Dataset,
                  seed_of) -> tf.data.Dataset:
   """(payload, label, pos) -> {'image': uint8 [S, S, 3], 'label', 'pos'}, the example at `pos`
   transformed with the seed `seed_of(pos)`. Images that cannot be read or decoded are dropped
@@ -245,7 +246,7 @@ class _GlobalTrainPipeline(_TrainPipeline):
       ds = tf.data.Dataset.from_tensor_slices((index, pos))
       ds = ds.map(lambda i, p: (tf.gather(payloads, i), tf.gather(labels, i), p))
       # Corrupt images are dropped here; _complete fills their slots in Python.
-      ds = _transformed(source, transform, ds, lambda p: _example_seed(aug_base, epoch, p))
+      ds = transformed(source, transform, ds, lambda p: _example_seed(aug_base, epoch, p))
       empty = tf.data.Dataset.from_tensors(
           {'image': tf.zeros([0, size, size, 3], tf.uint8), 'label': tf.zeros([0], tf.int32),
            'pos': tf.zeros([0], tf.int64)})
@@ -318,7 +319,7 @@ class _GlobalTrainPipeline(_TrainPipeline):
 @dataclasses.dataclass
 class _ShardedTrainPipeline(_TrainPipeline):
   """TFDS: each process reads its own shard (its stream depends on process_count)."""
-  tracker: _SkipTracker
+  tracker: SkipTracker
 
   @property
   def num_skipped(self) -> int:
@@ -335,7 +336,7 @@ class _ShardedTrainPipeline(_TrainPipeline):
                              seed=self.seed, start=start, stop=stop)
     base = self.aug_base
     epoch = tf.cast(epoch, tf.int64)
-    ds = _transformed(self.source, self.transform, ds, lambda p: _example_seed(base, epoch, p))
+    ds = transformed(self.source, self.transform, ds, lambda p: _example_seed(base, epoch, p))
     return ds.map(lambda example: {**example, 'epoch': epoch}).batch(self.batch_size)
 
   def stream(self, first_epoch: int, first_start: int) -> Iterator[dict[str, np.ndarray]]:
@@ -424,7 +425,7 @@ class TrainIterator:
       self._pipeline = _ShardedTrainPipeline(
           **common, steps_per_epoch=self.steps_per_epoch,
           aug_base=derived_seed(seed, process_index, AUG_TAG),
-          tracker=_SkipTracker(lambda epoch, pos: source.describe(
+          tracker=SkipTracker(lambda epoch, pos: source.describe(
               split, process_index, process_count, epoch, pos, seed)))
     self.batch_size = local_batch_size
     self.step = start_step
@@ -489,91 +490,3 @@ def train_iterator(name: str = 'imagenet2012', *, data_dir: str | None = None, i
                        local_batch_size=local_batch_size, seed=seed, start_step=start_step,
                        process_index=process_index, process_count=process_count,
                        augment=augment, augment_options=augment_options, prefetch=prefetch)
-
-
-class EvalIterator:
-  """One exact pass over an eval split; see ``eval_iterator``.
-
-  ``len(it)`` is the number of batches, identical on every process.
-  ``num_skipped`` counts corrupt images (their slots become padding).
-  """
-
-  def __init__(self, source: Source, *, split: str, image_size: int, local_batch_size: int,
-               process_index: int, process_count: int, crop_pct: float, prefetch: int = 2):
-    check_process(process_index, process_count)
-    if local_batch_size < 1:
-      raise ValueError(f'bad local_batch_size={local_batch_size}')
-    if not 0.0 < crop_pct <= 1.0:
-      raise ValueError(f'crop_pct must be in (0, 1], got {crop_pct}')
-    self.source, self.split, self.batch_size = source, split, local_batch_size
-    self.process_index, self.process_count = process_index, process_count
-    self.image_size, self.crop_pct, self.prefetch = image_size, crop_pct, prefetch
-    shard_sizes = [source.shard_size(split, i, process_count) for i in range(process_count)]
-    self.shard_size = shard_sizes[process_index]
-    self.num_batches = -(-max(shard_sizes) // local_batch_size)  # ceil
-    self._tracker = _SkipTracker(lambda epoch, pos: source.describe(
-        split, process_index, process_count, None, pos, 0))
-    self._batches = self._generate()
-
-  @property
-  def num_skipped(self) -> int:
-    return self._tracker.count
-
-  def __len__(self) -> int:
-    return self.num_batches
-
-  def __iter__(self) -> 'EvalIterator':
-    return self
-
-  def __next__(self) -> dict[str, np.ndarray]:
-    return next(self._batches)
-
-  def _generate(self) -> Iterator[dict[str, np.ndarray]]:
-    ds = self.source.records(self.split, self.process_index, self.process_count,
-                             epoch=None, seed=0, start=0, stop=None)
-    transform = transforms.eval_transform(self.image_size, float(self.crop_pct),
-                                          encoded=self.source.encoded)
-    ds = _transformed(self.source, transform, ds, lambda pos: tf.zeros([2], tf.int64))
-    ds = ds.batch(self.batch_size)
-    if self.prefetch:
-      ds = ds.prefetch(self.prefetch)
-    ds = ds.with_options(tf_options())
-
-    self._tracker.start(None, 0)
-    emitted = 0
-    for batch in ds.as_numpy_iterator():
-      self._tracker.see(batch.pop('pos'))
-      yield self._pad(batch)
-      emitted += 1
-    self._tracker.finish(self.shard_size)
-    for _ in range(self.num_batches - emitted):  # every process yields num_batches
-      yield self._pad(None)
-
-  def _pad(self, batch: dict[str, np.ndarray] | None) -> dict[str, np.ndarray]:
-    """Pads a (possibly partial or absent) batch to batch_size: zero images, mask 0."""
-    n, b, s = (0 if batch is None else len(batch['label'])), self.batch_size, self.image_size
-    out = {'image': np.zeros((b, s, s, 3), np.uint8),  # [B, S, S, 3]
-           'label': np.zeros((b,), np.int32),  # [B]
-           'mask': np.zeros((b,), np.float32)}  # [B]
-    if n:
-      out['image'][:n] = batch['image']
-      out['label'][:n] = batch['label']
-    out['mask'][:n] = 1.0
-    return out
-
-
-def eval_iterator(name: str = 'imagenet2012', *, data_dir: str | None = None, image_size: int,
-                  local_batch_size: int, process_index: int = 0, process_count: int = 1,
-                  split: str = 'validation', crop_pct: float = 0.875) -> EvalIterator:
-  """One pass over this process's shard of an eval split, padded for exactness.
-
-  Every process yields the same number of batches, ceil(max shard size /
-  local_batch_size), computed from all shard sizes; the last ones are padded
-  with zero images. Batches: ``image`` uint8 [B, S, S, 3], ``label`` int32
-  [B], ``mask`` float32 [B] (1 = real example, 0 = padding). Preprocessing:
-  shorter side -> int(image_size / crop_pct) bicubic + center crop (squash
-  resize to image_size x image_size when image_size >= 384).
-  """
-  return EvalIterator(get_source(name, data_dir), split=split, image_size=image_size,
-                      local_batch_size=local_batch_size, process_index=process_index,
-                      process_count=process_count, crop_pct=crop_pct)

@@ -30,7 +30,7 @@ import dataclasses
 import jax
 import numpy as np
 
-from data import on_device, pipeline, sources
+from data import eval_pipeline, on_device, sources
 from models import convnextv2
 from trainer import sharding
 
@@ -122,7 +122,7 @@ class Monitor:
     local_devices = mesh.size // jax.process_count()
     local = max(s.batch_size // jax.process_count() // local_devices, 1) * local_devices
     xs, ys = [], []
-    for batch in pipeline.eval_iterator(
+    for batch in eval_pipeline.eval_iterator(
         s.data, data_dir=s.data_dir, image_size=s.image_size, local_batch_size=local,
         process_index=jax.process_index(), process_count=jax.process_count(), split=split):
       images = sharding.make_global_batch({"image": batch["image"]}, batch_sharding)["image"]

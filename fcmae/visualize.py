@@ -26,7 +26,7 @@ import ml_collections
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from data import augment, on_device, pipeline
+from data import augment, eval_pipeline, on_device
 from fcmae import masking
 from fcmae import model as fcmae_model
 from trainer import checkpoint
@@ -101,7 +101,7 @@ def save_png(picture: np.ndarray, path: str) -> str:
 
 def sample_images(config, num: int = NUM_IMAGES) -> np.ndarray:
   """The first `num` validation images of the config's dataset, eval-preprocessed, normalized."""
-  batches = pipeline.eval_iterator(config.data.name, data_dir=config.data.data_dir or None,
+  batches = eval_pipeline.eval_iterator(config.data.name, data_dir=config.data.data_dir or None,
                                    image_size=config.data.image_size, local_batch_size=num)
   return np.asarray(on_device.normalize(next(iter(batches))["image"][:num]))
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from classify import task
-from data import demo, on_device, pipeline, sources
+from data import demo, eval_pipeline, on_device, sources
 from models import convert
 from tests.helpers import finetune_config
 from trainer import logs
@@ -40,7 +40,7 @@ def test_eval_of_a_converted_checkpoint_is_exact_and_matches_its_logits(tmp_path
 
   apply_fn, params = convert.load(str(tmp_path / "converted"))
   correct1 = correct5 = 0
-  for batch in pipeline.eval_iterator("demo", image_size=64, local_batch_size=64):
+  for batch in eval_pipeline.eval_iterator("demo", image_size=64, local_batch_size=64):
     logits = np.asarray(jax.jit(apply_fn)(params, on_device.normalize(batch["image"])))
     top5 = np.argsort(-logits, axis=1)[:, :5]
     real = batch["mask"] > 0

@@ -24,7 +24,7 @@ def image_folder(tmp_path):
   return helpers.make_image_folder(tmp_path / 'ds')
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope='session')
 def tfds_dir(tmp_path_factory):
   data_dir = str(tmp_path_factory.mktemp('tfds'))
   builder = tfds.builder('fcmae_tiny_tfds', data_dir=data_dir)

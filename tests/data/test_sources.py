@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from data import demo, pipeline, sources
+from data import demo, eval_pipeline, pipeline, sources
 from tests.data.helpers import S, write_image
 
 
@@ -16,26 +16,26 @@ def test_dataset_info_demo():
 
 
 def test_folder_errors(tmp_path):
-  with pytest.raises(FileNotFoundError, match='missing'):
+  with pytest.raises(sources.DatasetError, match='missing'):
     sources.dataset_info(f'folder:{tmp_path / "missing"}')
   (tmp_path / 'no_train' / 'val' / 'cat').mkdir(parents=True)
-  with pytest.raises(FileNotFoundError, match='train'):
+  with pytest.raises(sources.DatasetError, match='train/'):
     sources.dataset_info(f'folder:{tmp_path / "no_train"}')
 
   root = tmp_path / 'extra_val_class'
   write_image(str(root / 'train' / 'cat' / 'a.png'), (1, 2, 3), (8, 8))
   write_image(str(root / 'val' / 'bird' / 'b.png'), (1, 2, 3), (8, 8))
-  with pytest.raises(ValueError, match="'bird'"):
+  with pytest.raises(sources.DatasetError, match="'bird'"):
     sources.dataset_info(f'folder:{root}')
 
   root = tmp_path / 'empty_val'
   write_image(str(root / 'train' / 'cat' / 'a.png'), (1, 2, 3), (8, 8))
   (root / 'val' / 'cat').mkdir(parents=True)
-  with pytest.raises(ValueError, match='no images'):
+  with pytest.raises(sources.DatasetError, match='no images'):
     sources.dataset_info(f'folder:{root}')
   root = tmp_path / 'no_val'
   write_image(str(root / 'train' / 'cat' / 'a.png'), (1, 2, 3), (8, 8))
-  with pytest.raises(FileNotFoundError, match='val'):
+  with pytest.raises(sources.DatasetError, match='val'):
     sources.dataset_info(f'folder:{root}')
 
 
@@ -51,5 +51,5 @@ def test_unprepared_tfds_dataset_gives_clear_error(tmp_path, no_network):
   with pytest.raises(sources.DatasetNotPreparedError):
     pipeline.train_iterator('imagenet2012', data_dir=data_dir, image_size=S, local_batch_size=2, seed=0)
   with pytest.raises(sources.DatasetNotPreparedError):
-    pipeline.eval_iterator('imagenet2012', data_dir=data_dir, image_size=S, local_batch_size=2)
+    eval_pipeline.eval_iterator('imagenet2012', data_dir=data_dir, image_size=S, local_batch_size=2)
   assert not os.path.exists(os.path.join(data_dir, 'downloads'))  # nothing was fetched

@@ -59,8 +59,7 @@ def test_every_config_file_loads_locked_with_the_shared_schema():
     variant = name.split("_")[1]
     if variant != "demo":
       assert c.model.variant == variant
-      assert c.model.scan == (variant in ("base", "large", "huge"))
-      assert c.model.remat == (variant in ("large", "huge"))
+      assert c.model.scan == c.model.remat == (variant in ("large", "huge"))
 
 
 @pytest.mark.parametrize("size", SIZES)

@@ -13,23 +13,23 @@ import pytest
 
 from configs import fcmae_demo
 from fcmae import pretrain
-from tests.helpers import override
+from tests.helpers import SCAN, override
 from trainer import loop
 
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAST = ["--config.batch_size=16", "--config.total_steps=2", "--config.warmup_steps=1",
         "--config.checkpoint_every_steps=1", "--config.eval_every_steps=0",
-        "--config.mesh.data=1", "--config.data.image_size=64"]
+        "--config.mesh.data=1", "--config.data.image_size=64", "--config.model.scan=True"]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # made once per worker, whatever the order
 def trained(tmp_path_factory):
   """A finished two-step pretraining workdir (checkpoints 1 and 2) to resume from."""
   workdir = tmp_path_factory.mktemp("trained") / "run"
   config = override(fcmae_demo.get_config(), {
       "batch_size": 16, "total_steps": 2, "warmup_steps": 1, "checkpoint_every_steps": 1,
-      "eval_every_steps": 0, "mesh.data": 1, "data.image_size": 64})
+      "eval_every_steps": 0, "mesh.data": 1, "data.image_size": 64, **SCAN})
   loop.train_and_evaluate(config, str(workdir), pretrain.make_task(config, str(workdir)),
                           devices=jax.devices()[:1])
   return workdir
@@ -81,6 +81,7 @@ CASES = [
     ("unknown_finetuning_stage", ["finetune.py", "--config", "configs/finetune_base.py:in21k",
                                   "--workdir", "{tmp}/w"], ["in21k", "in22k_to_in1k"]),
     ("no_workdir", TRAIN, ["--workdir is required"]),
+    ("cloud_workdir", TRAIN + ["--workdir", "gs://bucket/run"], ["gs://bucket/run", "gcsfuse"]),
     ("missing_image_folder", TRAIN + ["--workdir", "{tmp}/w", "--config.data.name=folder:{tmp}/nope"],
      ["{tmp}/nope", "does not exist"]),
     ("imagenet_not_prepared", TRAIN + ["--workdir", "{tmp}/w", "--config.data.name=imagenet2012",

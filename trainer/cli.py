@@ -119,6 +119,14 @@ def load_config(flag_values):
   common.validate(config)
   if not flag_values.workdir and not flag_values.compile_only:
     fail("--workdir is required (unless --compile_only). See --help.")
+  init_from = config.get("init_from", "")
+  for name, path in (("--workdir", flag_values.workdir), ("--config.init_from", init_from)):
+    if path and "://" in path:
+      fail(f"{name}={path!r}: workdirs and weights are read and written as files; mount the "
+           f"bucket on every host (gcsfuse) and pass the mounted path. Datasets may be read "
+           f"from gs:// (--config.data.data_dir).")
+  if init_from and not os.path.exists(init_from):  # before anything is built
+    fail(f"--config.init_from={init_from!r} does not exist.")
   return config
 
 

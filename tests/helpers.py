@@ -28,10 +28,15 @@ def override(config, changes: dict):
   return config
 
 
+# The end-to-end tests scan the identical blocks of a stage, as Base to Huge run: the same function
+# (tests/models/test_convnextv2.py) and a fifth less to compile, which is most of a short run here.
+SCAN = {"model.scan": True}
+
+
 def finetune_config(**changes):
   """The finetuning demo, six steps on one device (8 fake devices on 2 cores are slow)."""
   from configs import finetune_demo
   return override(finetune_demo.get_config(), {
       "batch_size": 32, "total_steps": 6, "warmup_steps": 2, "log_every_steps": 3,
       "checkpoint_every_steps": 6, "eval_every_steps": 6, "mesh.data": 1, "mesh.fsdp": 1,
-      **changes})
+      **SCAN, **changes})

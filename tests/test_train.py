@@ -17,7 +17,7 @@ from PIL import Image
 
 from configs import fcmae_demo
 from fcmae import pretrain
-from tests.helpers import override
+from tests.helpers import SCAN, override
 from trainer import checkpoint, logs, loop
 
 # Its tests share a module fixture: one worker runs them all (pytest-xdist --dist loadgroup).
@@ -27,7 +27,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 12
 OVERRIDES = {"batch_size": 16, "total_steps": STEPS, "warmup_steps": 4, "log_every_steps": 1,
              "checkpoint_every_steps": 4, "eval_every_steps": 0, "optim.base_lr": 0.024,
-             "data.image_size": 64}  # a 2x2 patch grid: a quarter of the demo's pixels
+             "data.image_size": 64,  # a 2x2 patch grid: a quarter of the demo's pixels
+             **SCAN}
 ONE_DEVICE = {"mesh.data": 1, "mesh.fsdp": 1}
 
 
@@ -66,7 +67,7 @@ def _run_train_py(workdir, *extra, env_devices=8, **popen):
                           stderr=subprocess.STDOUT, text=True, **popen)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # made once per worker, whatever the order
 def reference(tmp_path_factory):
   """An uninterrupted single-device run, the losses every other layout must reproduce."""
   workdir = tmp_path_factory.mktemp("reference")

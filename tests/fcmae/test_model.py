@@ -79,6 +79,7 @@ def test_sparse_equals_dense_with_drop_path_and_scan():
 def test_masked_pixels_never_influence_predictions(impl):
   size = 96
   loss_fn, params = fcmae_model.build("atto", impl=impl, image_size=size)
+  loss_fn = jax.jit(loss_fn)
   params = perturb(params)
   images = _images(2, size)
   mask = masking.random_mask(jax.random.key(7), 2, 9, 0.6)
@@ -110,7 +111,7 @@ def test_loss_matches_numpy(norm_pix):
   loss_fn, params = fcmae_model.build("atto", impl="sparse", image_size=64, norm_pix_loss=norm_pix)
   images = _images(3, 64)
   mask = masking.random_mask(jax.random.key(8), 3, 4, 0.6)
-  loss, pred = loss_fn(params, images, mask)
+  loss, pred = jax.jit(loss_fn)(params, images, mask)
   assert pred.shape == (3, 4, 3072)
   expected = _numpy_loss(np.asarray(images, np.float64), np.asarray(pred, np.float64),
                          np.asarray(mask, np.float64), norm_pix)

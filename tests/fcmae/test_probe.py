@@ -10,7 +10,7 @@ from configs import fcmae_demo
 from data import demo
 from fcmae import pretrain, probe
 from models import convnextv2
-from tests.helpers import override
+from tests.helpers import SCAN, override
 from trainer import logs, loop, sharding
 
 
@@ -75,18 +75,23 @@ def test_every_validation_image_counts_once_whatever_the_batch():
   assert len(train_x) == 50
 
 
-@pytest.fixture(scope="module")
+# The two tests that read one monitored run share it: one worker runs them (--dist loadgroup).
+_RUN = pytest.mark.xdist_group("monitored_run")
+
+
+@pytest.fixture(scope="session")  # made once per worker, whatever the order
 def monitored_run(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("monitored")
   config = override(fcmae_demo.get_config(), {
       "data.image_size": 64, "batch_size": 16, "total_steps": 4, "warmup_steps": 1,
       "checkpoint_every_steps": 4, "eval_every_steps": 4, "probe.train_examples": 240,
-      "mesh.data": 1})
+      "mesh.data": 1, **SCAN})
   loop.train_and_evaluate(config, str(workdir), pretrain.make_task(config, str(workdir)),
                           devices=jax.devices()[:1])
   return workdir
 
 
+@_RUN
 def test_pretraining_logs_the_monitors_at_the_start_and_at_each_evaluation(monitored_run):
   rows = [r for r in logs.read_metrics(str(monitored_run)) if "knn_top1" in r]
   assert [r["step"] for r in rows] == [0, 4]
@@ -96,6 +101,7 @@ def test_pretraining_logs_the_monitors_at_the_start_and_at_each_evaluation(monit
   assert (monitored_run / "reconstructions" / "step_0000000.png").is_file()
 
 
+@_RUN
 def test_the_probe_command_on_the_run_gives_the_figures_it_logged(monitored_run, capsys):
   logged = [r for r in logs.read_metrics(str(monitored_run)) if "knn_top1" in r][-1]
   result = probe.main(["--checkpoint", str(monitored_run), "--data", "demo", "--image_size", "64",

@@ -38,6 +38,7 @@ def _block_macs(dim: int, positions: int) -> int:
 def test_atto_pretraining_compiles_for_a_v5e_slice_fits_and_costs_what_its_structure_says():
   config = fcmae_atto.get_config()
   config.batch_size = 256  # 64 per chip: the compile takes as long as at 4096, the check is the same
+  config.model.scan = True  # as Base to Huge run; the compile is a quarter shorter
   status, result, text = _compile(config, pretrain.make_task, "v5e:2x2")
   assert status == 0 and result["fits"] is True, text
   assert (result["num_devices"], result["device_kind"], result["per_device_batch"]) == (
@@ -58,7 +59,9 @@ def test_atto_pretraining_compiles_for_a_v5e_slice_fits_and_costs_what_its_struc
 @pytest.mark.skipif(not _installed("jax_plugins.xla_cuda12"), reason="needs JAX's CUDA plugin: "
                     "pip install -r requirements-gpu-compile.txt")
 def test_atto_finetuning_compiles_for_an_h100_node_with_its_eval_step():
-  status, result, text = _compile(finetune_atto.get_config(), finetune_task.make_task, "h100:8")
+  config = finetune_atto.get_config()
+  config.model.scan = True
+  status, result, text = _compile(config, finetune_task.make_task, "h100:8")
   assert status == 0 and result["fits"] is True, text
   assert (result["num_devices"], result["per_device_batch"]) == (8, 1024 / 8)
   assert "H100" in result["device_kind"] and result["flops_source"] == "jaxpr"

@@ -20,8 +20,6 @@ from fcmae import pretrain
 from tests.helpers import SCAN, override
 from trainer import checkpoint, logs, loop
 
-# Its tests share a module fixture: one worker runs them all (pytest-xdist --dist loadgroup).
-pytestmark = pytest.mark.xdist_group("train")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 12
@@ -69,7 +67,8 @@ def _run_train_py(workdir, *extra, env_devices=8, **popen):
 
 @pytest.fixture(scope="session")  # made once per worker, whatever the order
 def reference(tmp_path_factory):
-  """An uninterrupted single-device run, the losses every other layout must reproduce."""
+  """An uninterrupted single-device run, the losses every other layout must reproduce (made once
+  per xdist worker: ten seconds, against minutes of these tests queued on one worker)."""
   workdir = tmp_path_factory.mktemp("reference")
   return _train(workdir, profile_steps="2:4"), workdir
 

@@ -28,7 +28,7 @@ def override(config, changes: dict):
   return config
 
 
-# The end-to-end tests scan the identical blocks of a stage, as Base to Huge run: the same function
+# The end-to-end tests scan the identical blocks of a stage, as Large and Huge run: the same function
 # (tests/models/test_convnextv2.py) and a fifth less to compile, which is most of a short run here.
 SCAN = {"model.scan": True}
 

@@ -38,7 +38,7 @@ def _block_macs(dim: int, positions: int) -> int:
 def test_atto_pretraining_compiles_for_a_v5e_slice_fits_and_costs_what_its_structure_says():
   config = fcmae_atto.get_config()
   config.batch_size = 256  # 64 per chip: the compile takes as long as at 4096, the check is the same
-  config.model.scan = True  # as Base to Huge run; the compile is a quarter shorter
+  config.model.scan = True  # as Large and Huge run; the compile is a quarter shorter
   status, result, text = _compile(config, pretrain.make_task, "v5e:2x2")
   assert status == 0 and result["fits"] is True, text
   assert (result["num_devices"], result["device_kind"], result["per_device_batch"]) == (

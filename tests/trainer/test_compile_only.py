@@ -1,6 +1,7 @@
 """trainer/compile_only.py: the pretraining config of Atto compiled for a real TPU slice on this
-machine (TPU runtime installed: CI installs it), and finetuning for an 8-GPU H100 node (JAX's CUDA
-plugin installed), each checked against what the model's structure says it must cost."""
+machine (TPU runtime installed: CI installs it), and finetuning for an 8-GPU H100 node (where JAX's
+CUDA plugin is installed: requirements-gpu-compile.txt, not in CI), each checked against what the
+model's structure says it must cost."""
 
 import importlib.util
 import io

@@ -88,8 +88,9 @@ def steps_per_epoch(config, info: sources.DatasetInfo, *, training: bool = True)
   split is an error when training."""
   steps = info.num_train_examples // config.batch_size
   if steps < 1 and training:
-    raise sources.DatasetError(f"batch_size {config.batch_size} is larger than the {info.num_train_examples} "
-                     f"training images of {config.data.name!r}.")
+    raise sources.DatasetError(f"batch_size {config.batch_size} is larger than the "
+                               f"{info.num_train_examples} training images of "
+                               f"{config.data.name!r}.")
   return max(steps, 1)
 
 
@@ -130,8 +131,9 @@ def setup(config, task: Task, *, devices=None) -> Run:
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, devices)
   accum = int(config.get("grad_accum_steps", 1))
   if accum < 1 or config.batch_size % (mesh.size * accum):
-    raise sharding.MeshError(f"batch_size {config.batch_size} is not divisible by the {mesh.size} devices "
-                     f"of the mesh {dict(mesh.shape)} times grad_accum_steps {accum}.")
+    raise sharding.MeshError(f"batch_size {config.batch_size} is not divisible by the {mesh.size} "
+                             f"devices of the mesh {dict(mesh.shape)} times grad_accum_steps "
+                             f"{accum}.")
   abstract_params = jax.eval_shape(task.init_params)
   tx, schedule = optim.make_optimizer(config, abstract_params, task.steps_per_epoch)
   ema_decay = config.optim.get("ema_decay", 0.0)
@@ -310,6 +312,7 @@ def evaluate_only(config, workdir: str, task: Task, *, devices=None) -> dict:
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
                                  keep=config.keep_checkpoints)
   writer = None
+  failed = False
   try:
     state = restore_or_init(run, task, ckpt)
     step = int(state["step"])
@@ -318,14 +321,14 @@ def evaluate_only(config, workdir: str, task: Task, *, devices=None) -> dict:
     writer.write(step, result)
     return result
   except BaseException:
-    ckpt.close()
-    if made_workdir and jax.process_index() == 0:
-      shutil.rmtree(workdir, ignore_errors=True)  # made by this evaluation, which failed
+    failed = made_workdir
     raise
   finally:
-    ckpt.close()
-    if writer is not None:
-      writer.close()
+    for part in (ckpt, writer):
+      if part is not None:
+        part.close()
+    if failed and jax.process_index() == 0:
+      shutil.rmtree(workdir, ignore_errors=True)  # made by this evaluation, which failed
 
 
 def _check_finite(loss, step: int, ckpt: checkpoint.Checkpointer) -> None:

@@ -32,7 +32,11 @@ from configs import recipes
 
 STAGES = tuple(recipes.FINETUNE_STAGES)
 DTYPES = ("float32", "bfloat16", "float16")
-DEPTHWISE_IMPLS = ("", "shift", "xla")  # as models/layers.py names them; '' = per platform
+# The models' names and stride, repeated so that a config is checked before the models (and flax)
+# are imported; tests/configs/test_configs.py holds them equal to the models' own.
+DEPTHWISE_IMPLS = ("", "shift", "xla")  # models/layers.py's, and '' = per platform
+FCMAE_IMPLS = ("dense", "sparse")  # fcmae/model.py's
+STRIDE = 32  # models/convnextv2.py's TOTAL_STRIDE: image sizes are multiples of it
 
 
 class ConfigError(ValueError):
@@ -153,7 +157,7 @@ def finetune_config(variant: str, stage: str = "in1k", resolution: int = 224) ->
   if variant not in table:
     raise ConfigError(f"The paper has no {stage!r} recipe for {variant!r}; "
                      f"sizes with one: {', '.join(table)}.")
-  if resolution <= 0 or resolution % 32:
+  if resolution <= 0 or resolution % STRIDE:
     raise ConfigError(f"Resolution must be a positive multiple of 32 (e.g. 224, 384); got {resolution}.")
   r, shared = table[variant], recipes.FINETUNE_SHARED
   c = _base(variant, image_size=resolution, batch_size=r.batch_size)
@@ -222,7 +226,7 @@ def validate(config) -> None:
     fail("model.depthwise_impl", model.depthwise_impl, "expected '' (per platform), shift or xla")
   if not 0 <= model.drop_path_rate < 1:
     fail("model.drop_path_rate", model.drop_path_rate, "expected a rate in [0, 1)")
-  if data.image_size <= 0 or data.image_size % 32:
+  if data.image_size <= 0 or data.image_size % STRIDE:
     fail("data.image_size", data.image_size, "expected a positive multiple of 32 (the encoder's "
          "stride), e.g. 224")
   if not 0 < data.crop_scale_min <= 1:
@@ -245,11 +249,11 @@ def validate(config) -> None:
     ratio = config.fcmae.mask_ratio
     if not 0 <= ratio < 1:
       fail("fcmae.mask_ratio", ratio, "expected a ratio in [0, 1)")
-    patches = (data.image_size // 32) ** 2
+    patches = (data.image_size // STRIDE) ** 2
     if int(patches * (1 - ratio)) < 1:
       fail("fcmae.mask_ratio", ratio, f"it leaves no visible patch of the {patches} at "
            f"{data.image_size} px")
-    if config.fcmae.impl not in ("dense", "sparse"):
+    if config.fcmae.impl not in FCMAE_IMPLS:
       fail("fcmae.impl", config.fcmae.impl, "expected dense or sparse")
   if "aug" in config and not 0 <= config.aug.reprob <= 1:
     fail("aug.reprob", config.aug.reprob, "expected a probability in [0, 1]")

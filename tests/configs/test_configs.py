@@ -218,3 +218,15 @@ def test_each_config_builds_its_run_as_train_py_and_finetune_py_do(size):
   apply_fn, _ = finetune_task.build_model(f, 1000, abstract=True)
   images = jax.ShapeDtypeStruct((2, 224, 224, 3), jnp.float32)
   assert jax.eval_shape(apply_fn, params, images).shape == (2, 1000)
+
+
+def test_validation_names_what_the_models_name():
+  """configs/common.py checks a config before the models are imported, with its own copies of
+  their names and stride: they must stay the models' own."""
+  from configs import common
+  from fcmae import masking
+  from fcmae import model as fcmae_model
+  from models import layers
+  assert common.DEPTHWISE_IMPLS == ("",) + layers.DEPTHWISE_IMPLS
+  assert common.FCMAE_IMPLS == fcmae_model.IMPLS
+  assert common.STRIDE == convnextv2.TOTAL_STRIDE == masking.PATCH_SIZE

@@ -30,8 +30,9 @@ def main(argv):
   def job(config, workdir, allow_config_change):
     if config.eval_only:
       return task.evaluate_only(config, workdir)
-    return loop.train_and_evaluate(config, workdir, task.make_task(config, workdir),
-                                   allow_config_change=allow_config_change)
+    return loop.train_and_evaluate(
+      config, workdir, task.make_task(config, workdir), allow_config_change=allow_config_change
+    )
 
   cli.run(FLAGS, config, task.make_task, job)
 

@@ -25,8 +25,15 @@ def main(argv):
   config = cli.load_config(FLAGS)
   from fcmae import pretrain
   from trainer import loop
-  cli.run(FLAGS, config, pretrain.make_task, lambda config, workdir, allow: loop.train_and_evaluate(
-      config, workdir, pretrain.make_task(config, workdir), allow_config_change=allow))
+
+  cli.run(
+    FLAGS,
+    config,
+    pretrain.make_task,
+    lambda config, workdir, allow: loop.train_and_evaluate(
+      config, workdir, pretrain.make_task(config, workdir), allow_config_change=allow
+    ),
+  )
 
 
 if __name__ == "__main__":

@@ -46,9 +46,11 @@ def main(argv=None):
         if name == "forward":
           fns[impl] = jax.jit(conv)
         else:
+
           def forward_backward(x, k, conv=conv):
             out, pullback = jax.vjp(conv, x, k)
             return out, pullback(cotangent)
+
           fns[impl] = jax.jit(forward_backward)
         jax.block_until_ready(fns[impl](x, kernel))
       times = {impl: [] for impl in fns}
@@ -58,8 +60,10 @@ def main(argv=None):
           jax.block_until_ready(fn(x, kernel))
           times[impl].append(time.perf_counter() - start)
       med = {impl: statistics.median(t) * 1e3 for impl, t in times.items()}
-      print(f"{f'{side}x{side}, {channels}':<16}{name:<10}{med['xla']:>10.2f}{med['shift']:>10.2f}"
-            f"{med['xla'] / med['shift']:>9.1f}x")
+      print(
+        f"{f'{side}x{side}, {channels}':<16}{name:<10}{med['xla']:>10.2f}{med['shift']:>10.2f}"
+        f"{med['xla'] / med['shift']:>9.1f}x"
+      )
 
 
 if __name__ == "__main__":

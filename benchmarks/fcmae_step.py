@@ -36,13 +36,16 @@ def main(argv=None):
   parser.add_argument("--dtype", default="float32")
   args = parser.parse_args(argv)
 
-  print(f"backend {jax.default_backend()}, {jax.devices()[0].device_kind}, batch {args.batch}, "
-        f"{args.image_size}px, {args.dtype}, mask ratio 0.6")
+  print(
+    f"backend {jax.default_backend()}, {jax.devices()[0].device_kind}, batch {args.batch}, "
+    f"{args.image_size}px, {args.dtype}, mask ratio 0.6"
+  )
   rng = np.random.default_rng(0)
   grid = masking.grid_shape(args.image_size)
   for variant in args.variants:
-    images = jnp.asarray(rng.standard_normal((args.batch, args.image_size, args.image_size, 3)),
-                         jnp.float32)
+    images = jnp.asarray(
+      rng.standard_normal((args.batch, args.image_size, args.image_size, 3)), jnp.float32
+    )
     mask = masking.random_mask(jax.random.key(0), args.batch, grid[0] * grid[1], 0.6)
     steps, flops, times = {}, {}, {"dense": [], "sparse": []}
     for impl in times:
@@ -60,10 +63,14 @@ def main(argv=None):
         times[impl].append(time.perf_counter() - start)
     med = {impl: statistics.median(t) for impl, t in times.items()}
     for impl in ("dense", "sparse"):
-      print(f"{variant:<6} {impl:<7} step {med[impl] * 1e3:9.1f} ms  "
-            f"{args.batch / med[impl]:7.2f} img/s  {flops[impl]:7.2f} GFLOP/img (XLA)")
-    print(f"{variant:<6} sparse speed-up {med['dense'] / med['sparse']:.2f}x "
-          f"(FLOP ratio {flops['dense'] / flops['sparse']:.2f}x)")
+      print(
+        f"{variant:<6} {impl:<7} step {med[impl] * 1e3:9.1f} ms  "
+        f"{args.batch / med[impl]:7.2f} img/s  {flops[impl]:7.2f} GFLOP/img (XLA)"
+      )
+    print(
+      f"{variant:<6} sparse speed-up {med['dense'] / med['sparse']:.2f}x "
+      f"(FLOP ratio {flops['dense'] / flops['sparse']:.2f}x)"
+    )
 
 
 if __name__ == "__main__":

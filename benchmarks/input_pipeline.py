@@ -29,8 +29,18 @@ import time
 
 import numpy as np
 
-PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "retina",
-          "immunohistochemistry", "camera", "grass", "gravel")   # the last three are greyscale
+PHOTOS = (
+  "astronaut",
+  "coffee",
+  "chelsea",
+  "rocket",
+  "hubble_deep_field",
+  "retina",
+  "immunohistochemistry",
+  "camera",
+  "grass",
+  "gravel",
+)  # the last three are greyscale
 
 
 def make_photos(root: str, per_class: int = 100, seed: int = 0) -> None:
@@ -53,10 +63,12 @@ def make_photos(root: str, per_class: int = 100, seed: int = 0) -> None:
         w = int(rng.integers(width // 2, width + 1))
         top, left = int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1))
         size = (500, 375) if rng.random() < 0.5 else (375, 500)
-        crop = Image.fromarray(photo[top:top + h, left:left + w]).resize(size, Image.BICUBIC)
+        crop = Image.fromarray(photo[top : top + h, left : left + w]).resize(size, Image.BICUBIC)
         crop.save(os.path.join(folder, f"{i:04d}.jpg"), quality=90)
-  print(f"Wrote {len(PHOTOS)} classes x {per_class} train / {max(per_class // 10, 1)} val JPEGs "
-        f"to {root}.")
+  print(
+    f"Wrote {len(PHOTOS)} classes x {per_class} train / {max(per_class // 10, 1)} val JPEGs "
+    f"to {root}."
+  )
 
 
 def time_pipelines(pipelines: dict, batches: int, warmup: int, batch: int, rounds: int = 5) -> dict:
@@ -76,11 +88,13 @@ def time_pipelines(pipelines: dict, batches: int, warmup: int, batch: int, round
   return {name: per_round * batch / statistics.median(s) for name, s in seconds.items()}
 
 
-def baseline_batches(root: str, image_size: int, batch: int, scale=(0.2, 1.0),
-                     antialias: bool = True):
+def baseline_batches(
+  root: str, image_size: int, batch: int, scale=(0.2, 1.0), antialias: bool = True
+):
   """The plain tf.data pipeline: decode only the crop window, resize, flip, normalize.
   antialias False: tf.image.resize's plain bicubic (cheaper, aliases when it shrinks)."""
   import tensorflow as tf
+
   from data import augment, sources
 
   files = []
@@ -93,8 +107,13 @@ def baseline_batches(root: str, image_size: int, batch: int, scale=(0.2, 1.0),
     data = tf.io.read_file(path)
     shape = tf.io.extract_jpeg_shape(data)
     begin, size, _ = tf.image.sample_distorted_bounding_box(
-        shape, tf.zeros([0, 0, 4]), area_range=scale, aspect_ratio_range=(3 / 4, 4 / 3),
-        max_attempts=10, use_image_if_no_bounding_boxes=True)
+      shape,
+      tf.zeros([0, 0, 4]),
+      area_range=scale,
+      aspect_ratio_range=(3 / 4, 4 / 3),
+      max_attempts=10,
+      use_image_if_no_bounding_boxes=True,
+    )
     window = tf.stack([begin[0], begin[1], size[0], size[1]])
     image = tf.io.decode_and_crop_jpeg(data, window, channels=3)
     image = tf.image.resize(image, [image_size, image_size], method="bicubic", antialias=antialias)
@@ -116,8 +135,11 @@ def main(argv=None):
   parser.add_argument("--batch", type=int, default=64)
   parser.add_argument("--batches", type=int, default=50)
   parser.add_argument("--warmup", type=int, default=5, help="untimed batches before each round")
-  parser.add_argument("--baseline", action="store_true", help="also time the plain tf.data "
-                      "pipeline that decodes only the crop (JPEG folders)")
+  parser.add_argument(
+    "--baseline",
+    action="store_true",
+    help="also time the plain tf.data pipeline that decodes only the crop (JPEG folders)",
+  )
   parser.add_argument("--make-photos", metavar="DIR", help="write an ImageNet-like folder and exit")
   args = parser.parse_args(argv)
   if args.make_photos:
@@ -125,30 +147,44 @@ def main(argv=None):
     return
 
   from data import eval_pipeline, pipeline, sources
+
   cores = sources.num_threads()
   if args.augment == "eval":
+
     def eval_forever():
       while True:
-        yield from eval_pipeline.eval_iterator(args.data, data_dir=args.data_dir,
-                                          image_size=args.image_size, local_batch_size=args.batch)
+        yield from eval_pipeline.eval_iterator(
+          args.data, data_dir=args.data_dir, image_size=args.image_size, local_batch_size=args.batch
+        )
+
     batches = eval_forever()
   else:
     options = {"randaugment": "rand-m9-mstd0.5-inc1"} if args.augment == "finetune" else {}
-    batches = pipeline.train_iterator(args.data, data_dir=args.data_dir, image_size=args.image_size,
-                                      local_batch_size=args.batch, seed=0, augment=args.augment,
-                                      augment_options=options)
+    batches = pipeline.train_iterator(
+      args.data,
+      data_dir=args.data_dir,
+      image_size=args.image_size,
+      local_batch_size=args.batch,
+      seed=0,
+      augment=args.augment,
+      augment_options=options,
+    )
   first = next(batches)
-  print(f"{args.data}, {args.augment}, batch {args.batch} at {args.image_size}: image "
-        f"{first['image'].dtype} {first['image'].shape}; {cores} threads")
+  print(
+    f"{args.data}, {args.augment}, batch {args.batch} at {args.image_size}: image "
+    f"{first['image'].dtype} {first['image'].shape}; {cores} threads"
+  )
   pipelines = {f"pipeline ({args.augment})": batches}
   if args.baseline:
-    root = args.data[len("folder:"):] if args.data.startswith("folder:") else None
+    root = args.data[len("folder:") :] if args.data.startswith("folder:") else None
     if root is None:
       parser.error("--baseline reads a folder of JPEGs: --data folder:PATH")
     pipelines["baseline (tf.data, decode the crop only, antialiased resize)"] = baseline_batches(
-        root, args.image_size, args.batch)
+      root, args.image_size, args.batch
+    )
     pipelines["baseline, plain bicubic resize"] = baseline_batches(
-        root, args.image_size, args.batch, antialias=False)
+      root, args.image_size, args.batch, antialias=False
+    )
   rates = time_pipelines(pipelines, args.batches, args.warmup, args.batch)
   for name, rate in rates.items():
     print(f"{name}: {rate:.0f} img/s ({rate / cores:.0f} per thread)")

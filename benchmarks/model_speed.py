@@ -61,13 +61,17 @@ def _timings(infer, train, reps: int) -> dict:
 
 
 def _jax_worker(args) -> dict:
-  apply_fn, params = convnextv2.build(args.variant, dtype=args.dtype, scan=args.scan,
-                                      depthwise_impl=args.depthwise)
+  apply_fn, params = convnextv2.build(
+    args.variant, dtype=args.dtype, scan=args.scan, depthwise_impl=args.depthwise
+  )
   infer = jax.jit(apply_fn)
   train = jax.jit(jax.grad(lambda p, x: jnp.mean(apply_fn(p, x) ** 2)))
   x = jnp.asarray(_images(args))
-  result = _timings(lambda: jax.block_until_ready(infer(params, x)),
-                    lambda: jax.block_until_ready(train(params, x)), args.reps)
+  result = _timings(
+    lambda: jax.block_until_ready(infer(params, x)),
+    lambda: jax.block_until_ready(train(params, x)),
+    args.reps,
+  )
   result["device"] = jax.devices()[0].device_kind
   if args.memory:
     memory = train.lower(params, x).compile().memory_analysis()
@@ -80,8 +84,9 @@ def _torch_worker(args) -> dict:
   from transformers import ConvNextV2Config, ConvNextV2ForImageClassification
 
   spec = convnextv2.VARIANTS[args.variant]
-  model = ConvNextV2ForImageClassification(ConvNextV2Config(
-      hidden_sizes=list(spec["dims"]), depths=list(spec["depths"]), num_labels=1000)).eval()
+  model = ConvNextV2ForImageClassification(
+    ConvNextV2Config(hidden_sizes=list(spec["dims"]), depths=list(spec["depths"]), num_labels=1000)
+  ).eval()
   x = torch.from_numpy(_images(args).transpose(0, 3, 1, 2).copy())
 
   def infer():
@@ -105,9 +110,23 @@ def _images(args) -> np.ndarray:
 
 
 def _run_worker(framework: str, variant: str, args, memory: bool) -> dict:
-  command = [sys.executable, "-m", "benchmarks.model_speed", "--worker", framework,
-             "--variant", variant, "--batch", str(args.batch), "--image-size", str(args.image_size),
-             "--reps", str(args.reps), "--dtype", args.dtype]
+  command = [
+    sys.executable,
+    "-m",
+    "benchmarks.model_speed",
+    "--worker",
+    framework,
+    "--variant",
+    variant,
+    "--batch",
+    str(args.batch),
+    "--image-size",
+    str(args.image_size),
+    "--reps",
+    str(args.reps),
+    "--dtype",
+    args.dtype,
+  ]
   if memory:
     command.append("--memory")
   if args.scan:
@@ -116,8 +135,9 @@ def _run_worker(framework: str, variant: str, args, memory: bool) -> dict:
     command += ["--depthwise", args.depthwise]
   done = subprocess.run(command, capture_output=True, text=True, cwd=os.getcwd())
   if done.returncode != 0:
-    raise RuntimeError(f"{framework} worker for {variant} failed (exit {done.returncode}):\n"
-                       f"{done.stderr[-3000:]}")
+    raise RuntimeError(
+      f"{framework} worker for {variant} failed (exit {done.returncode}):\n{done.stderr[-3000:]}"
+    )
   return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -130,8 +150,12 @@ def main(argv=None):
   parser.add_argument("--reps", type=int, default=3)
   parser.add_argument("--dtype", default="float32")
   parser.add_argument("--scan", action="store_true", help="lax.scan over the blocks of a stage")
-  parser.add_argument("--depthwise", choices=layers.DEPTHWISE_IMPLS, default=None,
-                      help="depthwise conv form (default: the backend's default)")
+  parser.add_argument(
+    "--depthwise",
+    choices=layers.DEPTHWISE_IMPLS,
+    default=None,
+    help="depthwise conv form (default: the backend's default)",
+  )
   parser.add_argument("--no-torch", action="store_true")
   parser.add_argument("--worker", choices=("jax", "torch"), help=argparse.SUPPRESS)
   parser.add_argument("--variant", help=argparse.SUPPRESS)
@@ -144,10 +168,12 @@ def main(argv=None):
 
   backend = jax.default_backend()
   use_torch = not args.no_torch and backend == "cpu"
-  print(f"JAX backend {backend}, batch {args.batch}, {args.image_size}px, {args.dtype}, "
-        f"depthwise {args.depthwise or layers.default_depthwise_impl()}, scan {args.scan}; "
-        f"{args.rounds} rounds of {args.reps} timed calls, one process per framework per round; "
-        f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '(unset)')}")
+  print(
+    f"JAX backend {backend}, batch {args.batch}, {args.image_size}px, {args.dtype}, "
+    f"depthwise {args.depthwise or layers.default_depthwise_impl()}, scan {args.scan}; "
+    f"{args.rounds} rounds of {args.reps} timed calls, one process per framework per round; "
+    f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '(unset)')}"
+  )
   frameworks = ("jax", "torch") if use_torch else ("jax",)
   for variant in args.variants:
     seconds = {(fw, mode): [] for fw in frameworks for mode in MODES}
@@ -178,7 +204,8 @@ def main(argv=None):
         if temp_gib is not None:
           line += f"   XLA temporaries {temp_gib:.2f} GiB"
         line += "   page faults/step " + " / ".join(
-            f"{fw} {statistics.median(faults[fw]) / 1e3:.0f}k" for fw in frameworks)
+          f"{fw} {statistics.median(faults[fw]) / 1e3:.0f}k" for fw in frameworks
+        )
       print(line, flush=True)
 
 

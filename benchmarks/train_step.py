@@ -35,8 +35,9 @@ def load_config(path: str, overrides: list[str]):
     for parent in parents:
       node = node[parent]
     current = node[leaf]
-    node[leaf] = (value.lower() in ("1", "true") if isinstance(current, bool)
-                  else type(current)(value))
+    node[leaf] = (
+      value.lower() in ("1", "true") if isinstance(current, bool) else type(current)(value)
+    )
   return config
 
 
@@ -52,25 +53,33 @@ def main(argv=None):
 
   import jax
   import numpy as np
+
   from data import sources
   from trainer import loop
 
-  config = load_config(args.config, [f"batch_size={args.batch}", "mesh.data=-1", "mesh.fsdp=1",
-                                     *args.set])
+  config = load_config(
+    args.config, [f"batch_size={args.batch}", "mesh.data=-1", "mesh.fsdp=1", *args.set]
+  )
   if "fcmae" in config:
     from fcmae import pretrain
+
     make_task = pretrain.make_task
   else:
     from classify import task as finetune_task
+
     make_task = finetune_task.make_task
   task = make_task(config, None, info=sources.IMAGENET_1K)
   run = loop.setup(config, task)
   cost = run.compile_train_step()
   state = run.init_state()
   rng = np.random.default_rng(0)
-  batch = {name: jax.device_put(
+  batch = {
+    name: jax.device_put(
       rng.integers(0, 255 if name == "image" else 1000, spec.shape).astype(spec.dtype),
-      run.batch_sharding) for name, spec in run.abstract_batch.items()}
+      run.batch_sharding,
+    )
+    for name, spec in run.abstract_batch.items()
+  }
   step = cost.executable
   for _ in range(args.warmup):
     state, metrics = step(state, batch)
@@ -85,17 +94,28 @@ def main(argv=None):
   rate = args.batch / seconds
   device = jax.devices()[0]
   result = {
-      "date": datetime.date.today().isoformat(), "device": device.device_kind,
-      "num_devices": jax.device_count(), "config": args.config, "set": args.set,
-      "global_batch": args.batch, "depthwise_impl": run_impl(config), "step_ms": 1e3 * seconds,
-      "images_per_sec": rate, "tflops_per_device": cost.tflops_per_device(rate),
-      "mfu": cost.mfu(rate), **cost.report()}
+    "date": datetime.date.today().isoformat(),
+    "device": device.device_kind,
+    "num_devices": jax.device_count(),
+    "config": args.config,
+    "set": args.set,
+    "global_batch": args.batch,
+    "depthwise_impl": run_impl(config),
+    "step_ms": 1e3 * seconds,
+    "images_per_sec": rate,
+    "tflops_per_device": cost.tflops_per_device(rate),
+    "mfu": cost.mfu(rate),
+    **cost.report(),
+  }
   mfu = f", MFU {result['mfu']:.1%}" if result["mfu"] is not None else ""
-  print(f"{args.config} {' '.join(args.set)}: {rate:.0f} img/s ({1e3 * seconds:.0f} ms/step, "
-        f"batch {args.batch}, {jax.device_count()} x {device.device_kind}), "
-        f"{result['tflops_per_device']:.1f} TFLOP/s per device{mfu}; compiled in "
-        f"{cost.compile_seconds:.0f} s, {result['gflop_per_example']:.1f} GFLOP per example, "
-        f"{result['total_gib_per_device']:.1f} GiB per device", flush=True)
+  print(
+    f"{args.config} {' '.join(args.set)}: {rate:.0f} img/s ({1e3 * seconds:.0f} ms/step, "
+    f"batch {args.batch}, {jax.device_count()} x {device.device_kind}), "
+    f"{result['tflops_per_device']:.1f} TFLOP/s per device{mfu}; compiled in "
+    f"{cost.compile_seconds:.0f} s, {result['gflop_per_example']:.1f} GFLOP per example, "
+    f"{result['total_gib_per_device']:.1f} GiB per device",
+    flush=True,
+  )
   if args.out:
     with open(args.out, "a") as f:
       f.write(json.dumps(result) + "\n")
@@ -104,6 +124,7 @@ def main(argv=None):
 
 def run_impl(config) -> str:
   from models import layers
+
   return config.model.depthwise_impl or layers.default_depthwise_impl()
 
 

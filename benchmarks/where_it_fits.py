@@ -22,10 +22,17 @@ import subprocess
 import sys
 
 SLICES = {  # chips -> topology, the common slice shapes of each generation
-    "v5e": {4: "2x2", 8: "2x4", 16: "4x4", 32: "4x8", 64: "8x8", 128: "8x16", 256: "16x16"},
-    "v5p": {4: "2x2x1", 8: "2x2x2", 16: "2x2x4", 32: "2x4x4", 64: "4x4x4", 128: "4x4x8",
-            256: "4x8x8"},
-    "v6e": {4: "2x2", 8: "2x4", 16: "4x4", 32: "4x8", 64: "8x8", 128: "8x16", 256: "16x16"},
+  "v5e": {4: "2x2", 8: "2x4", 16: "4x4", 32: "4x8", 64: "8x8", 128: "8x16", 256: "16x16"},
+  "v5p": {
+    4: "2x2x1",
+    8: "2x2x2",
+    16: "2x2x4",
+    32: "2x4x4",
+    64: "4x4x4",
+    128: "4x4x8",
+    256: "4x8x8",
+  },
+  "v6e": {4: "2x2", 8: "2x4", 16: "4x4", 32: "4x8", 64: "8x8", 128: "8x16", 256: "16x16"},
 }
 SIZES = ("atto", "femto", "pico", "nano", "tiny", "base", "large", "huge")
 ALL = [f"fcmae_{s}" for s in SIZES] + [f"finetune_{s}" for s in SIZES]
@@ -35,10 +42,17 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def compile_for(config: str, topology: str, extra: list[str]) -> dict:
   """The --compile_only JSON of one config on one slice (fits False when it ran out of memory)."""
   script = "train.py" if config.startswith("fcmae_") else "finetune.py"
-  cmd = [sys.executable, os.path.join(REPO, script), "--config",
-         os.path.join(REPO, "configs", f"{config}.py"), f"--compile_only={topology}", *extra]
-  done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True,
-                        env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  cmd = [
+    sys.executable,
+    os.path.join(REPO, script),
+    "--config",
+    os.path.join(REPO, "configs", f"{config}.py"),
+    f"--compile_only={topology}",
+    *extra,
+  ]
+  done = subprocess.run(
+    cmd, cwd=REPO, capture_output=True, text=True, env=dict(os.environ, JAX_PLATFORMS="cpu")
+  )
   lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
   if not lines:
     raise RuntimeError(f"{' '.join(cmd)} printed no result:\n{done.stderr[-3000:]}")
@@ -99,33 +113,44 @@ def smallest_slice(config: str, generation: str, extra: list[str], log) -> dict:
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--configs", nargs="*", default=[])
-  parser.add_argument("--all", action="store_true", help="all 16 pretraining and finetuning configs")
+  parser.add_argument(
+    "--all", action="store_true", help="all 16 pretraining and finetuning configs"
+  )
   parser.add_argument("--generations", nargs="+", default=["v5e", "v5p"], choices=sorted(SLICES))
   parser.add_argument("--out", default="fits.jsonl")
-  parser.add_argument("extra", nargs="*", help="more flags for every compile, e.g. "
-                      "--config.grad_accum_steps=4")
+  parser.add_argument(
+    "extra", nargs="*", help="more flags for every compile, e.g. --config.grad_accum_steps=4"
+  )
   args = parser.parse_args(argv)
   configs = ALL if args.all else args.configs
   rows = []
   with open(args.out, "a") as out:
+
     def log(result):
       out.write(json.dumps(result) + "\n")
       out.flush()
-      print(f"  {result['config']} {result['topology']}: fits={result.get('fits')} "
-            f"{result.get('total_gib_per_device', result.get('out_of_memory'))}", flush=True)
+      print(
+        f"  {result['config']} {result['topology']}: fits={result.get('fits')} "
+        f"{result.get('total_gib_per_device', result.get('out_of_memory'))}",
+        flush=True,
+      )
 
     for config in configs:
       for generation in args.generations:
         rows.append(smallest_slice(config, generation, args.extra, log))
-  print("| config | slice | mesh | per-device batch | GiB per device (of HBM) | GFLOP per example "
-        "| compile (s) |")
+  print(
+    "| config | slice | mesh | per-device batch | GiB per device (of HBM) | GFLOP per example "
+    "| compile (s) |"
+  )
   print("|---|---|---|---|---|---|---|")
   for r in rows:
     mesh = " x ".join(f"{k} {v}" for k, v in r.get("mesh", {}).items())
     if r.get("fits"):
-      print(f"| {r['config']} | {r['topology']} | {mesh} | {r['per_device_batch']:g} | "
-            f"{r['total_gib_per_device']:.1f} of {r['hbm_gib_per_device']:.0f} | "
-            f"{r['gflop_per_example']:.1f} | {r['compile_seconds']:.0f} |")
+      print(
+        f"| {r['config']} | {r['topology']} | {mesh} | {r['per_device_batch']:g} | "
+        f"{r['total_gib_per_device']:.1f} of {r['hbm_gib_per_device']:.0f} | "
+        f"{r['gflop_per_example']:.1f} | {r['compile_seconds']:.0f} |"
+      )
     else:
       print(f"| {r['config']} | none up to {r['topology']} | {mesh} | | | | |")
 

@@ -22,20 +22,27 @@ class Evaluator:
     def counts(params, batch):
       logits = apply_fn(params, on_device.normalize(batch["image"]))
       weight = batch["mask"]
-      return {"top1": jnp.sum(metrics.topk_correct(logits, batch["label"], 1) * weight),
-              "top5": jnp.sum(metrics.topk_correct(logits, batch["label"], 5) * weight),
-              "num_examples": jnp.sum(weight)}
+      return {
+        "top1": jnp.sum(metrics.topk_correct(logits, batch["label"], 1) * weight),
+        "top5": jnp.sum(metrics.topk_correct(logits, batch["label"], 5) * weight),
+        "num_examples": jnp.sum(weight),
+      }
 
     self._counts = jax.jit(counts)
 
   def compile(self, run, compiler_options: dict | None = None) -> cost.StepCost:
     """The evaluation step compiled ahead of time for a run's devices (--compile_only)."""
     batch = loop.abstract_batch(self.config, run.batch_sharding)
-    batch["mask"] = jax.ShapeDtypeStruct(batch["label"].shape, jnp.float32,
-                                         sharding=run.batch_sharding)
-    return cost.compile_step(self._counts, run.abstract_state["params"], batch,
-                             global_batch=batch["label"].shape[0],
-                             compiler_options=compiler_options)
+    batch["mask"] = jax.ShapeDtypeStruct(
+      batch["label"].shape, jnp.float32, sharding=run.batch_sharding
+    )
+    return cost.compile_step(
+      self._counts,
+      run.abstract_state["params"],
+      batch,
+      global_batch=batch["label"].shape[0],
+      compiler_options=compiler_options,
+    )
 
   def __call__(self, state, step) -> dict:
     config = self.config
@@ -45,10 +52,14 @@ class Evaluator:
     if "ema_params" in state:
       variants.append(("ema_", state["ema_params"]))
     batches = eval_pipeline.eval_iterator(
-        config.data.name, data_dir=config.data.data_dir or None,
-        image_size=config.data.image_size, local_batch_size=self.local_batch,
-        process_index=jax.process_index(), process_count=jax.process_count(),
-        crop_pct=config.data.crop_pct)
+      config.data.name,
+      data_dir=config.data.data_dir or None,
+      image_size=config.data.image_size,
+      local_batch_size=self.local_batch,
+      process_index=jax.process_index(),
+      process_count=jax.process_count(),
+      crop_pct=config.data.crop_pct,
+    )
     for local in batches:
       batch = sharding.make_global_batch(local, batch_sharding)
       for prefix, params in variants:

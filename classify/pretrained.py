@@ -18,10 +18,9 @@ from models import convert
 from trainer import checkpoint
 
 
-
-
 class InitFromError(ValueError):
   """init_from names nothing readable, or weights of another model."""
+
   user_error = True
 
 
@@ -41,7 +40,8 @@ def read_pretrained(path: str) -> dict:
 
 def _is_train_checkpoint(path: str) -> bool:
   return any(os.path.isdir(os.path.join(path, sub)) for sub in ("checkpoints", "state")) or (
-      os.path.isdir(path) and any(name.isdigit() for name in os.listdir(path)))
+    os.path.isdir(path) and any(name.isdigit() for name in os.listdir(path))
+  )
 
 
 def merge_pretrained(fresh: dict, pretrained: dict, *, source: str = "") -> tuple[dict, dict]:
@@ -53,8 +53,9 @@ def merge_pretrained(fresh: dict, pretrained: dict, *, source: str = "") -> tupl
   fresh_flat = traverse_util.flatten_dict(fresh, sep="/")
   source_flat = traverse_util.flatten_dict(pretrained, sep="/")
   if "encoder" in pretrained:  # FCMAE params: the encoder is the classifier's body
-    source_flat = {(k[len("encoder/"):] if k.startswith("encoder/") else k): v
-                   for k, v in source_flat.items()}
+    source_flat = {
+      (k[len("encoder/") :] if k.startswith("encoder/") else k): v for k, v in source_flat.items()
+    }
   loaded, initialized, mismatched = [], [], []
   merged = {}
   for name, leaf in fresh_flat.items():
@@ -63,16 +64,18 @@ def merge_pretrained(fresh: dict, pretrained: dict, *, source: str = "") -> tupl
       loaded.append(name)
     else:
       if name in source_flat:
-        mismatched.append(f"{name}: checkpoint {tuple(np.shape(source_flat[name]))}, "
-                          f"model {tuple(leaf.shape)}")
+        mismatched.append(
+          f"{name}: checkpoint {tuple(np.shape(source_flat[name]))}, model {tuple(leaf.shape)}"
+        )
       merged[name] = leaf
       initialized.append(name)
   bad = [m for m in mismatched if not m.startswith("head/")]
   if bad:
     more = f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""
-    raise InitFromError(f"init_from {source}: shapes do not fit the model "
-                     f"({len(bad)} tensors; is it the same variant?):\n  " + "\n  ".join(bad[:20])
-                     + more)
+    raise InitFromError(
+      f"init_from {source}: shapes do not fit the model "
+      f"({len(bad)} tensors; is it the same variant?):\n  " + "\n  ".join(bad[:20]) + more
+    )
   skipped = sorted(set(source_flat) - set(fresh_flat))
   report = {"loaded": loaded, "skipped": skipped, "initialized": initialized}
   return traverse_util.unflatten_dict(merged, sep="/"), report
@@ -80,9 +83,13 @@ def merge_pretrained(fresh: dict, pretrained: dict, *, source: str = "") -> tupl
 
 def describe(source: str, report: dict) -> str:
   """One log line: how many tensors were loaded, skipped and freshly initialised, by module."""
+
   def modules(names):
     groups = sorted({name.rsplit("/", 1)[0] for name in names})
     return ", ".join(groups) if groups else "nothing"
-  return (f"init_from {source}: loaded {len(report['loaded'])} tensors; skipped "
-          f"{len(report['skipped'])} ({modules(report['skipped'])}); freshly initialized "
-          f"{len(report['initialized'])} ({modules(report['initialized'])}).")
+
+  return (
+    f"init_from {source}: loaded {len(report['loaded'])} tensors; skipped "
+    f"{len(report['skipped'])} ({modules(report['skipped'])}); freshly initialized "
+    f"{len(report['initialized'])} ({modules(report['initialized'])})."
+  )

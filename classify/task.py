@@ -27,10 +27,17 @@ def num_classes(config, info: sources.DatasetInfo) -> int:
 def build_model(config, classes: int, abstract: bool = False):
   """(apply_fn, params) of the config's classifier."""
   return convnextv2.build(
-      config.model.variant, classes, config.seed, abstract=abstract, dtype=config.model.dtype,
-      depthwise_impl=config.model.depthwise_impl or None, scan=config.model.scan,
-      remat=config.model.remat, drop_path_rate=config.model.drop_path_rate,
-      head_init_scale=config.model.head_init_scale)
+    config.model.variant,
+    classes,
+    config.seed,
+    abstract=abstract,
+    dtype=config.model.dtype,
+    depthwise_impl=config.model.depthwise_impl or None,
+    scan=config.model.scan,
+    remat=config.model.remat,
+    drop_path_rate=config.model.drop_path_rate,
+    head_init_scale=config.model.head_init_scale,
+  )
 
 
 def make_task(config, workdir: str | None, info: sources.DatasetInfo | None = None) -> loop.Task:
@@ -48,9 +55,15 @@ def make_task(config, workdir: str | None, info: sources.DatasetInfo | None = No
     images = on_device.normalize(batch["image"])
     images = on_device.random_erasing(layers.fold_in(keys, 0), images, aug.reprob)
     images, targets = mixup.mix_batch(
-        rng, images, batch["label"], num_classes=classes, mixup_alpha=aug.mixup,
-        cutmix_alpha=aug.cutmix, switch_prob=aug.mixup_switch_prob,
-        label_smoothing=aug.label_smoothing)
+      rng,
+      images,
+      batch["label"],
+      num_classes=classes,
+      mixup_alpha=aug.mixup,
+      cutmix_alpha=aug.cutmix,
+      switch_prob=aug.mixup_switch_prob,
+      label_smoothing=aug.label_smoothing,
+    )
     drop_keys = layers.fold_in(keys, 1) if config.model.drop_path_rate > 0 else None
     logits = apply_fn(params, images, rng=drop_keys)
     return jnp.mean(metrics.soft_cross_entropy(logits.astype(jnp.float32), targets)), {}
@@ -60,22 +73,23 @@ def make_task(config, workdir: str | None, info: sources.DatasetInfo | None = No
       logs.say("Training from scratch (no init_from).")
       return fresh
     source = pretrained.read_pretrained(config.init_from)
-    params, report = pretrained.merge_pretrained(jax.device_get(fresh), source,
-                                                 source=config.init_from)
+    params, report = pretrained.merge_pretrained(
+      jax.device_get(fresh), source, source=config.init_from
+    )
     logs.say(pretrained.describe(config.init_from, report))
     return params
 
   evaluator = Evaluator(config, apply_fn, local_batch)
 
   return loop.Task(
-      init_params=lambda: build_model(config, classes)[1],
-      loss_fn=task_loss,
-      train_batches=loop.train_stream(config, "finetune", randaugment=aug.randaugment),
-      steps_per_epoch=loop.steps_per_epoch(config, info, training=not config.eval_only),
-      initial_params=initial_params,
-      evaluate=evaluator,
-      skipped_images=pipeline.skipped_images,
-      compile_eval=evaluator.compile,
+    init_params=lambda: build_model(config, classes)[1],
+    loss_fn=task_loss,
+    train_batches=loop.train_stream(config, "finetune", randaugment=aug.randaugment),
+    steps_per_epoch=loop.steps_per_epoch(config, info, training=not config.eval_only),
+    initial_params=initial_params,
+    evaluate=evaluator,
+    skipped_images=pipeline.skipped_images,
+    compile_eval=evaluator.compile,
   )
 
 

@@ -41,6 +41,7 @@ STRIDE = 32  # models/convnextv2.py's TOTAL_STRIDE: image sizes are multiples of
 
 class ConfigError(ValueError):
   """A config argument or field that cannot be run: the message names the field and the value."""
+
   user_error = True
 
 
@@ -75,7 +76,9 @@ def _convert(value: str, default: Any, key: str) -> Any:
   try:
     return type(default)(value)
   except ValueError:
-    raise ConfigError(f"Config argument {key}={value!r} is not a {type(default).__name__}.") from None
+    raise ConfigError(
+      f"Config argument {key}={value!r} is not a {type(default).__name__}."
+    ) from None
 
 
 def _base(variant: str, *, image_size: int, batch_size: int) -> ml_collections.ConfigDict:
@@ -83,68 +86,103 @@ def _base(variant: str, *, image_size: int, batch_size: int) -> ml_collections.C
   if variant not in recipes.SIZES:
     raise ConfigError(f"Unknown variant {variant!r}; valid: {', '.join(recipes.SIZES)}.")
   c = ml_collections.ConfigDict()
-  c.model = ml_collections.ConfigDict(dict(
+  c.model = ml_collections.ConfigDict(
+    dict(
       variant=variant,
-      dtype="bfloat16",             # compute dtype; params, GRN/LayerNorm statistics stay float32
-      depthwise_impl="",            # '' = per-backend default; 'shift' or 'xla'
+      dtype="bfloat16",  # compute dtype; params, GRN/LayerNorm statistics stay float32
+      depthwise_impl="",  # '' = per-backend default; 'shift' or 'xla'
       scan=variant in recipes.SCAN_SIZES,
       remat=variant in recipes.REMAT_SIZES,
       drop_path_rate=0.0,
-  ))
-  c.data = ml_collections.ConfigDict(dict(
-      name="imagenet2012", data_dir="", image_size=int(image_size), crop_scale_min=0.2))
-  c.batch_size = int(batch_size)       # global
-  c.grad_accum_steps = 1               # micro-batches per step (the reference's update_freq)
+    )
+  )
+  c.data = ml_collections.ConfigDict(
+    dict(name="imagenet2012", data_dir="", image_size=int(image_size), crop_scale_min=0.2)
+  )
+  c.batch_size = int(batch_size)  # global
+  c.grad_accum_steps = 1  # micro-batches per step (the reference's update_freq)
   c.num_epochs = 0
-  c.total_steps = 0                    # > 0 overrides num_epochs
+  c.total_steps = 0  # > 0 overrides num_epochs
   c.warmup_epochs = 0.0
-  c.warmup_steps = 0                   # > 0 overrides warmup_epochs
+  c.warmup_steps = 0  # > 0 overrides warmup_epochs
   c.seed = 0
   c.log_every_steps = 100
   c.checkpoint_every_steps = 1000
   c.keep_checkpoints = 3
   c.eval_every_steps = 1000
-  c.compilation_cache = "auto"         # 'auto': $JAX_COMPILATION_CACHE_DIR or WORKDIR/compilation_cache;
-                                       # 'off'; or a directory (gs:// works)
-  c.profile_steps = ""                 # 'START:END': a jax.profiler trace into WORKDIR/profile
-  fsdp = variant in recipes.FSDP_SIZES   # -1: all the devices (the other axis takes the rest)
+  c.compilation_cache = "auto"  # 'auto': $JAX_COMPILATION_CACHE_DIR or WORKDIR/compilation_cache;
+  # 'off'; or a directory (gs:// works)
+  c.profile_steps = ""  # 'START:END': a jax.profiler trace into WORKDIR/profile
+  fsdp = variant in recipes.FSDP_SIZES  # -1: all the devices (the other axis takes the rest)
   c.mesh = ml_collections.ConfigDict(dict(data=1 if fsdp else -1, fsdp=-1 if fsdp else 1))
-  c.sharding = ml_collections.ConfigDict(dict(min_size=2 ** 18))
-  c.optim = ml_collections.ConfigDict(dict(
-      base_lr=0.0, min_lr=0.0, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0, grad_clip=0.0,
-      layer_decay=1.0, layer_decay_scheme="single", ema_decay=0.0))
+  c.sharding = ml_collections.ConfigDict(dict(min_size=2**18))
+  c.optim = ml_collections.ConfigDict(
+    dict(
+      base_lr=0.0,
+      min_lr=0.0,
+      b1=0.9,
+      b2=0.999,
+      eps=1e-8,
+      weight_decay=0.0,
+      grad_clip=0.0,
+      layer_decay=1.0,
+      layer_decay_scheme="single",
+      ema_decay=0.0,
+    )
+  )
   return c
 
 
-def pretrain_config(variant: str, epochs: int = recipes.PRETRAIN["epochs"]) -> ml_collections.ConfigDict:
+def pretrain_config(
+  variant: str, epochs: int = recipes.PRETRAIN["epochs"]
+) -> ml_collections.ConfigDict:
   """FCMAE pretraining of `variant` with the paper's recipe (Table 8); locked."""
   r = recipes.PRETRAIN
   if epochs not in r["epoch_options"]:
-    raise ConfigError(f"Pretraining epochs {epochs} is not one of the paper's {r['epoch_options']}; "
-                     "override --config.num_epochs for anything else.")
+    raise ConfigError(
+      f"Pretraining epochs {epochs} is not one of the paper's {r['epoch_options']}; "
+      "override --config.num_epochs for anything else."
+    )
   c = _base(variant, image_size=r["image_size"], batch_size=r["batch_size"])
   c.num_epochs = int(epochs)
   c.warmup_epochs = float(r["warmup_epochs"])
   c.data.crop_scale_min = float(r["crop_scale_min"])
-  c.optim.update(dict(base_lr=r["base_lr"], min_lr=float(r["min_lr"]), b1=r["b1"], b2=r["b2"],
-                      eps=r["eps"], weight_decay=r["weight_decay"]))
-  c.fcmae = ml_collections.ConfigDict(dict(
-      mask_ratio=r["mask_ratio"], decoder_dim=r["decoder_dim"], decoder_depth=r["decoder_depth"],
+  c.optim.update(
+    dict(
+      base_lr=r["base_lr"],
+      min_lr=float(r["min_lr"]),
+      b1=r["b1"],
+      b2=r["b2"],
+      eps=r["eps"],
+      weight_decay=r["weight_decay"],
+    )
+  )
+  c.fcmae = ml_collections.ConfigDict(
+    dict(
+      mask_ratio=r["mask_ratio"],
+      decoder_dim=r["decoder_dim"],
+      decoder_depth=r["decoder_depth"],
       norm_pix_loss=r["norm_pix_loss"],
-      impl="sparse",                   # 'dense' = the paper's emulation on dense tensors
-  ))
+      impl="sparse",  # 'dense' = the paper's emulation on dense tensors
+    )
+  )
   # Representation monitors (fcmae/probe.py), at eval_every_steps and before the first step.
-  c.probe = ml_collections.ConfigDict(dict(
+  c.probe = ml_collections.ConfigDict(
+    dict(
       enabled=True,
-      train_examples=10_000,           # the memory bank / probe training set: a random subset
-      k=20, temperature=0.07,          # weighted kNN (DINO, solo-learn)
-      batch_size=0,                    # for embedding; 0 = the run's batch_size
-  ))
+      train_examples=10_000,  # the memory bank / probe training set: a random subset
+      k=20,
+      temperature=0.07,  # weighted kNN (DINO, solo-learn)
+      batch_size=0,  # for embedding; 0 = the run's batch_size
+    )
+  )
   c.lock()
   return c
 
 
-def finetune_config(variant: str, stage: str = "in1k", resolution: int = 224) -> ml_collections.ConfigDict:
+def finetune_config(
+  variant: str, stage: str = "in1k", resolution: int = 224
+) -> ml_collections.ConfigDict:
   """Finetuning of `variant` for one of the paper's stages; locked.
 
   stage: 'in1k' (Tables 9-11, after FCMAE), 'in22k' (Table 12, ImageNet-22K intermediate; set
@@ -155,10 +193,13 @@ def finetune_config(variant: str, stage: str = "in1k", resolution: int = 224) ->
     raise ConfigError(f"Unknown finetuning stage {stage!r}; valid: {', '.join(STAGES)}.")
   table = recipes.FINETUNE_STAGES[stage]
   if variant not in table:
-    raise ConfigError(f"The paper has no {stage!r} recipe for {variant!r}; "
-                     f"sizes with one: {', '.join(table)}.")
+    raise ConfigError(
+      f"The paper has no {stage!r} recipe for {variant!r}; sizes with one: {', '.join(table)}."
+    )
   if resolution <= 0 or resolution % STRIDE:
-    raise ConfigError(f"Resolution must be a positive multiple of 32 (e.g. 224, 384); got {resolution}.")
+    raise ConfigError(
+      f"Resolution must be a positive multiple of 32 (e.g. 224, 384); got {resolution}."
+    )
   r, shared = table[variant], recipes.FINETUNE_SHARED
   c = _base(variant, image_size=resolution, batch_size=r.batch_size)
   if stage == "in22k":
@@ -170,16 +211,31 @@ def finetune_config(variant: str, stage: str = "in1k", resolution: int = 224) ->
   c.model.head_init_scale = float(shared["head_init_scale"])
   c.data.crop_scale_min = float(shared["crop_scale_min"])
   c.data.crop_pct = float(shared["crop_pct"])
-  c.data.num_classes = 0               # 0 = from the dataset
-  c.optim.update(dict(
-      base_lr=float(r.base_lr), min_lr=float(shared["min_lr"]), b1=shared["b1"], b2=shared["b2"],
-      eps=shared["eps"], weight_decay=float(r.weight_decay), layer_decay=float(r.layer_decay),
-      layer_decay_scheme=r.layer_decay_scheme, ema_decay=float(r.ema_decay)))
-  c.aug = ml_collections.ConfigDict(dict(
-      randaugment=shared["randaugment"], reprob=float(shared["reprob"]), mixup=float(r.mixup),
-      cutmix=float(r.cutmix), mixup_switch_prob=float(shared["mixup_switch_prob"]),
-      label_smoothing=float(r.label_smoothing)))
-  c.init_from = ""                     # '' = scratch; a pretraining / finetuning checkpoint
+  c.data.num_classes = 0  # 0 = from the dataset
+  c.optim.update(
+    dict(
+      base_lr=float(r.base_lr),
+      min_lr=float(shared["min_lr"]),
+      b1=shared["b1"],
+      b2=shared["b2"],
+      eps=shared["eps"],
+      weight_decay=float(r.weight_decay),
+      layer_decay=float(r.layer_decay),
+      layer_decay_scheme=r.layer_decay_scheme,
+      ema_decay=float(r.ema_decay),
+    )
+  )
+  c.aug = ml_collections.ConfigDict(
+    dict(
+      randaugment=shared["randaugment"],
+      reprob=float(shared["reprob"]),
+      mixup=float(r.mixup),
+      cutmix=float(r.cutmix),
+      mixup_switch_prob=float(shared["mixup_switch_prob"]),
+      label_smoothing=float(r.label_smoothing),
+    )
+  )
+  c.init_from = ""  # '' = scratch; a pretraining / finetuning checkpoint
   c.eval_only = False
   c.lock()
   return c
@@ -205,17 +261,20 @@ def parse_profile_steps(steps: str) -> tuple[int, int]:
   """config.profile_steps 'START:END' -> (START, END), 0 <= START < END."""
   start, sep, stop = steps.partition(":")
   if not (sep and start.isdigit() and stop.isdigit() and int(start) < int(stop)):
-    raise ConfigError(f"--config.profile_steps={steps!r}: expected START:END with START < END, "
-                      "e.g. 10:15.")
+    raise ConfigError(
+      f"--config.profile_steps={steps!r}: expected START:END with START < END, e.g. 10:15."
+    )
   return int(start), int(stop)
 
 
 def validate(config) -> None:
   """Checks the fields a run reads before anything is built, so that a bad value is one message
   naming the field, not an error deep inside the model or the input pipeline."""
+
   def fail(field, value, expected):
-    raise ConfigError(f"--config.{field}={value!r}: {expected}. The config fields are listed in "
-                      "configs/common.py.")
+    raise ConfigError(
+      f"--config.{field}={value!r}: {expected}. The config fields are listed in configs/common.py."
+    )
 
   model, data = config.model, config.data
   if model.variant not in recipes.SIZES:
@@ -227,17 +286,28 @@ def validate(config) -> None:
   if not 0 <= model.drop_path_rate < 1:
     fail("model.drop_path_rate", model.drop_path_rate, "expected a rate in [0, 1)")
   if data.image_size <= 0 or data.image_size % STRIDE:
-    fail("data.image_size", data.image_size, "expected a positive multiple of 32 (the encoder's "
-         "stride), e.g. 224")
+    fail(
+      "data.image_size",
+      data.image_size,
+      "expected a positive multiple of 32 (the encoder's stride), e.g. 224",
+    )
   if not 0 < data.crop_scale_min <= 1:
     fail("data.crop_scale_min", data.crop_scale_min, "expected a fraction in (0, 1]")
-  for field in ("batch_size", "grad_accum_steps", "log_every_steps", "checkpoint_every_steps",
-                "keep_checkpoints"):
+  for field in (
+    "batch_size",
+    "grad_accum_steps",
+    "log_every_steps",
+    "checkpoint_every_steps",
+    "keep_checkpoints",
+  ):
     if config[field] < 1:
       fail(field, config[field], "expected a positive integer")
   if config.batch_size % config.grad_accum_steps:
-    fail("grad_accum_steps", config.grad_accum_steps,
-         f"expected a divisor of batch_size {config.batch_size}")
+    fail(
+      "grad_accum_steps",
+      config.grad_accum_steps,
+      f"expected a divisor of batch_size {config.batch_size}",
+    )
   for field in ("num_epochs", "total_steps", "warmup_epochs", "warmup_steps", "eval_every_steps"):
     if config[field] < 0:
       fail(field, config[field], "expected a number >= 0")
@@ -251,8 +321,11 @@ def validate(config) -> None:
       fail("fcmae.mask_ratio", ratio, "expected a ratio in [0, 1)")
     patches = (data.image_size // STRIDE) ** 2
     if int(patches * (1 - ratio)) < 1:
-      fail("fcmae.mask_ratio", ratio, f"it leaves no visible patch of the {patches} at "
-           f"{data.image_size} px")
+      fail(
+        "fcmae.mask_ratio",
+        ratio,
+        f"it leaves no visible patch of the {patches} at {data.image_size} px",
+      )
     if config.fcmae.impl not in FCMAE_IMPLS:
       fail("fcmae.impl", config.fcmae.impl, "expected dense or sparse")
   if "aug" in config and not 0 <= config.aug.reprob <= 1:

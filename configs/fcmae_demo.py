@@ -24,12 +24,12 @@ def get_config(arg=None):
   c.data.name = "demo"
   c.data.image_size = 128
   c.batch_size = 32
-  c.num_epochs = 8              # informational: total_steps rules
+  c.num_epochs = 8  # informational: total_steps rules
   c.total_steps = 300
   c.warmup_steps = 20
   c.optim.base_lr = 6e-3
   c.log_every_steps = 20
   c.checkpoint_every_steps = 150
-  c.eval_every_steps = 150      # pictures and monitors
+  c.eval_every_steps = 150  # pictures and monitors
   c.probe.train_examples = 1200
   return c

@@ -1,7 +1,7 @@
 """FCMAE pretraining of ConvNeXt V2-Pico on ImageNet-1K (paper Table 8: 1600 epochs, batch 4096).
 
-    python train.py --config configs/fcmae_pico.py --workdir /path/to/workdir
-    python train.py --config configs/fcmae_pico.py:800 --workdir /path/to/workdir   # 800 epochs
+python train.py --config configs/fcmae_pico.py --workdir /path/to/workdir
+python train.py --config configs/fcmae_pico.py:800 --workdir /path/to/workdir   # 800 epochs
 """
 
 from configs import common

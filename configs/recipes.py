@@ -18,45 +18,50 @@ SIZES = ("atto", "femto", "pico", "nano", "tiny", "base", "large", "huge")
 # FCMAE pretraining (Table 8): one recipe for every size.
 
 PRETRAIN = dict(
-    b1=0.9, b2=0.95, eps=1e-8,            # eps: PyTorch's AdamW default (ours; not in the table)
-    base_lr=1.5e-4,
-    weight_decay=0.05,
-    batch_size=4096,
-    epochs=1600,
-    epoch_options=(800, 1600),            # the paper reports both
-    warmup_epochs=40,
-    min_lr=0.0,                           # cosine to 0
-    crop_scale_min=0.2,                   # RandomResizedCrop(224, scale=(0.2, 1)), bicubic, + flip
-    image_size=224,
-    mask_ratio=0.6,
-    decoder_dim=512,
-    decoder_depth=1,
-    norm_pix_loss=True,
+  b1=0.9,
+  b2=0.95,
+  eps=1e-8,  # eps: PyTorch's AdamW default (ours; not in the table)
+  base_lr=1.5e-4,
+  weight_decay=0.05,
+  batch_size=4096,
+  epochs=1600,
+  epoch_options=(800, 1600),  # the paper reports both
+  warmup_epochs=40,
+  min_lr=0.0,  # cosine to 0
+  crop_scale_min=0.2,  # RandomResizedCrop(224, scale=(0.2, 1)), bicubic, + flip
+  image_size=224,
+  mask_ratio=0.6,
+  decoder_dim=512,
+  decoder_depth=1,
+  norm_pix_loss=True,
 )
 
 # ----------------------------------------------------------------------------------------------
 # Finetuning: values shared by every size and stage.
 
 FINETUNE_SHARED = dict(
-    b1=0.9, b2=0.999, eps=1e-8,
-    head_init_scale=0.001,
-    randaugment="rand-m9-mstd0.5-inc1",
-    reprob=0.25,                          # random erasing, pixel mode, count 1
-    min_lr=1e-6,
-    mixup_switch_prob=0.5,                # mixup <-> cutmix, batch mode
-    crop_scale_min=0.08,                  # RandomResizedCrop(scale=(0.08, 1)), bicubic, + flip
-    crop_pct=0.875,                       # eval: shorter side int(224 / 0.875) = 256, center crop
+  b1=0.9,
+  b2=0.999,
+  eps=1e-8,
+  head_init_scale=0.001,
+  randaugment="rand-m9-mstd0.5-inc1",
+  reprob=0.25,  # random erasing, pixel mode, count 1
+  min_lr=1e-6,
+  mixup_switch_prob=0.5,  # mixup <-> cutmix, batch mode
+  crop_scale_min=0.08,  # RandomResizedCrop(scale=(0.08, 1)), bicubic, + flip
+  crop_pct=0.875,  # eval: shorter side int(224 / 0.875) = 256, center crop
 )
 
 
 @dataclasses.dataclass(frozen=True)
 class Finetune:
   """One column of a finetuning table. `ema_decay` 0 = no EMA."""
+
   epochs: int
   warmup_epochs: float
   base_lr: float
   layer_decay: float
-  layer_decay_scheme: str   # 'single' | 'group' (group needs depths (3, 3, 27, 3))
+  layer_decay_scheme: str  # 'single' | 'group' (group needs depths (3, 3, 27, 3))
   weight_decay: float
   drop_path: float
   mixup: float
@@ -69,35 +74,68 @@ class Finetune:
 # Tables 9-11: ImageNet-1K finetuning after FCMAE pretraining, batch 1024, EMA 0.9999.
 # B/L base lr: the paper's table prints 6.25e-3, a typo; the repository's command uses 6.25e-4.
 IN1K = {
-    #                 epochs warm blr      ld   scheme     wd    dpath mixup cutmix smooth
-    "atto":  Finetune(600,   0,   2e-4,    .9,  "single",  .3,   .1,   0.,   0.,    .2),
-    "femto": Finetune(600,   0,   2e-4,    .9,  "single",  .05,  0.,   .3,   .3,    .2),
-    "pico":  Finetune(600,   0,   2e-4,    .9,  "single",  .3,   0.,   .3,   .3,    .2),
-    "nano":  Finetune(600,   0,   2e-4,    .9,  "single",  .3,   .1,   .5,   .5,    .2),
-    "tiny":  Finetune(300,   40,  8e-4,    .9,  "single",  .05,  .2,   .8,   1.,    .1),
-    "base":  Finetune(100,   20,  6.25e-4, .6,  "group",   .05,  .1,   .8,   1.,    .1),
-    "large": Finetune(100,   20,  6.25e-4, .6,  "group",   .05,  .2,   .8,   1.,    .1),
-    "huge":  Finetune(50,    10,  1.25e-3, .75, "single",  .05,  .3,   .8,   1.,    .1),
+  #                 epochs warm blr      ld   scheme     wd    dpath mixup cutmix smooth
+  "atto": Finetune(600, 0, 2e-4, 0.9, "single", 0.3, 0.1, 0.0, 0.0, 0.2),
+  "femto": Finetune(600, 0, 2e-4, 0.9, "single", 0.05, 0.0, 0.3, 0.3, 0.2),
+  "pico": Finetune(600, 0, 2e-4, 0.9, "single", 0.3, 0.0, 0.3, 0.3, 0.2),
+  "nano": Finetune(600, 0, 2e-4, 0.9, "single", 0.3, 0.1, 0.5, 0.5, 0.2),
+  "tiny": Finetune(300, 40, 8e-4, 0.9, "single", 0.05, 0.2, 0.8, 1.0, 0.1),
+  "base": Finetune(100, 20, 6.25e-4, 0.6, "group", 0.05, 0.1, 0.8, 1.0, 0.1),
+  "large": Finetune(100, 20, 6.25e-4, 0.6, "group", 0.05, 0.2, 0.8, 1.0, 0.1),
+  "huge": Finetune(50, 10, 1.25e-3, 0.75, "single", 0.05, 0.3, 0.8, 1.0, 0.1),
 }
 
 # Table 12: ImageNet-22K intermediate finetuning (nano..huge only): 90 epochs, warmup 5,
 # blr 2.5e-4, wd .05, batch 4096, mixup .8 / cutmix 1, smoothing .1, no EMA.
 # The layer-decay scheme is not stated; we use each size's IN-1K scheme (ours).
 IN22K = {
-    size: Finetune(90, 5, 2.5e-4, decay, IN1K[size].layer_decay_scheme, .05, drop_path, .8, 1., .1,
-                   batch_size=4096, ema_decay=0.0)
-    for size, decay, drop_path in [
-        ("nano", .9, 0.), ("tiny", .9, 0.), ("base", .8, .1), ("large", .8, .1), ("huge", .8, .3)]
+  size: Finetune(
+    90,
+    5,
+    2.5e-4,
+    decay,
+    IN1K[size].layer_decay_scheme,
+    0.05,
+    drop_path,
+    0.8,
+    1.0,
+    0.1,
+    batch_size=4096,
+    ema_decay=0.0,
+  )
+  for size, decay, drop_path in [
+    ("nano", 0.9, 0.0),
+    ("tiny", 0.9, 0.0),
+    ("base", 0.8, 0.1),
+    ("large", 0.8, 0.1),
+    ("huge", 0.8, 0.3),
+  ]
 }
 
 # Table 13: 22K -> 1K finetuning at 224 or 384: blr 2.5e-5, wd 1e-8, batch 512, no warmup, no
 # mixup/cutmix, EMA .9999 except Huge. Label smoothing is not stated: .1 (ours, as ConvNeXt V1).
 IN22K_TO_IN1K = {
-    size: Finetune(epochs, 0, 2.5e-5, decay, IN1K[size].layer_decay_scheme, 1e-8, drop_path, 0., 0.,
-                   .1, batch_size=512, ema_decay=ema)
-    for size, epochs, decay, drop_path, ema in [
-        ("nano", 90, .9, .1, .9999), ("tiny", 90, .9, .1, .9999), ("base", 30, .8, .2, .9999),
-        ("large", 30, .8, .3, .9999), ("huge", 30, .85, .5, 0.0)]
+  size: Finetune(
+    epochs,
+    0,
+    2.5e-5,
+    decay,
+    IN1K[size].layer_decay_scheme,
+    1e-8,
+    drop_path,
+    0.0,
+    0.0,
+    0.1,
+    batch_size=512,
+    ema_decay=ema,
+  )
+  for size, epochs, decay, drop_path, ema in [
+    ("nano", 90, 0.9, 0.1, 0.9999),
+    ("tiny", 90, 0.9, 0.1, 0.9999),
+    ("base", 30, 0.8, 0.2, 0.9999),
+    ("large", 30, 0.8, 0.3, 0.9999),
+    ("huge", 30, 0.85, 0.5, 0.0),
+  ]
 }
 
 FINETUNE_STAGES = {"in1k": IN1K, "in22k": IN22K, "in22k_to_in1k": IN22K_TO_IN1K}

@@ -19,7 +19,7 @@ random streams are Philox (TF) rather than torch/python ``random``.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import tensorflow as tf
 
@@ -30,6 +30,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # --------------------------------------------------------------------------
 # Small helpers
 # --------------------------------------------------------------------------
+
 
 def split_seed(seed: tf.Tensor, num: int) -> tf.Tensor:
   """Derives `num` independent stateless seeds ([num, 2]) from `seed`."""
@@ -45,15 +46,18 @@ def to_uint8(image: tf.Tensor) -> tf.Tensor:
   return tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
 
 
-def _resize(image: tf.Tensor, height, width, method: str = 'bicubic') -> tf.Tensor:
+def _resize(image: tf.Tensor, height, width, method: str = "bicubic") -> tf.Tensor:
   """Resize of an [H, W, C] image to uint8 [height, width, C], antialiased as PIL's when it
   shrinks. Enlarging, the plain kernel gives the same pixels (within 0.2 of 255) at a third of
   the antialiased kernel's cost, so it is used whenever neither side shrinks."""
   new_size = tf.cast(tf.stack([height, width]), tf.int32)
   x = tf.cast(image, tf.float32)
   shrinks = tf.reduce_any(tf.shape(image)[:2] > new_size)
-  out = tf.cond(shrinks, lambda: tf.image.resize(x, new_size, method=method, antialias=True),
-                lambda: tf.image.resize(x, new_size, method=method))
+  out = tf.cond(
+    shrinks,
+    lambda: tf.image.resize(x, new_size, method=method, antialias=True),
+    lambda: tf.image.resize(x, new_size, method=method),
+  )
   return to_uint8(out)
 
 
@@ -62,8 +66,13 @@ def _resize(image: tf.Tensor, height, width, method: str = 'bicubic') -> tf.Tens
 # --------------------------------------------------------------------------
 
 
-def crop_window(shape: tf.Tensor, seed: tf.Tensor, scale: tuple[float, float] = (0.08, 1.0),
-                ratio: tuple[float, float] = (3 / 4, 4 / 3), attempts: int = 10) -> tf.Tensor:
+def crop_window(
+  shape: tf.Tensor,
+  seed: tf.Tensor,
+  scale: tuple[float, float] = (0.08, 1.0),
+  ratio: tuple[float, float] = (3 / 4, 4 / 3),
+  attempts: int = 10,
+) -> tf.Tensor:
   """torchvision ``RandomResizedCrop``'s window of an image of `shape` [H, W, ...]: int32
   [top, left, height, width].
 
@@ -108,6 +117,7 @@ def decode_crop(data: tf.Tensor, window: Callable[[tf.Tensor], tf.Tensor]) -> tf
 
   A JPEG decodes only the window (its shape read from the header first); other formats (PNG,
   GIF, BMP, WebP) decode whole and are cropped. Unreadable bytes raise, at decode time."""
+
   def jpeg():
     return tf.io.decode_and_crop_jpeg(data, window(tf.io.extract_jpeg_shape(data)), channels=3)
 
@@ -123,7 +133,7 @@ def crop(image: tf.Tensor, window: tf.Tensor) -> tf.Tensor:
   return tf.slice(image, tf.stack([window[0], window[1], 0]), tf.stack([window[2], window[3], -1]))
 
 
-def resize(image: tf.Tensor, size: int, method: str = 'bicubic') -> tf.Tensor:
+def resize(image: tf.Tensor, size: int, method: str = "bicubic") -> tf.Tensor:
   """Resize to uint8 [size, size, C] (antialiased when it shrinks): RandomResizedCrop's second half."""
   return tf.ensure_shape(_resize(image, size, size, method), [size, size, None])
 
@@ -134,7 +144,7 @@ def random_horizontal_flip(image: tf.Tensor, seed: tf.Tensor, prob: float = 0.5)
   return tf.cond(flip, lambda: tf.reverse(image, axis=[1]), lambda: image)
 
 
-def resize_shorter_side(image: tf.Tensor, size, method: str = 'bicubic') -> tf.Tensor:
+def resize_shorter_side(image: tf.Tensor, size, method: str = "bicubic") -> tf.Tensor:
   """torchvision ``Resize(size)``: shorter side -> size, longer side -> int(size * long / short)."""
   shape = tf.shape(image)
   h, w = tf.cast(shape[0], tf.int64), tf.cast(shape[1], tf.int64)
@@ -162,9 +172,9 @@ def eval_resize_crop(image: tf.Tensor, image_size: int, crop_pct: float = 0.875)
   uint8 [H, W, 3] -> uint8 [image_size, image_size, 3].
   """
   if not 0.0 < crop_pct <= 1.0:
-    raise ValueError(f'crop_pct must be in (0, 1], got {crop_pct}')
+    raise ValueError(f"crop_pct must be in (0, 1], got {crop_pct}")
   if image_size >= 384:
-    out = _resize(image, image_size, image_size, 'bicubic')
+    out = _resize(image, image_size, image_size, "bicubic")
     return tf.ensure_shape(out, [image_size, image_size, None])
   scale_size = max(int(image_size / crop_pct), image_size)
   return center_crop(resize_shorter_side(image, scale_size), image_size)

@@ -32,9 +32,10 @@ import jax.numpy as jnp
 
 class MixParams(NamedTuple):
   """What one batch-level draw decided (all jax scalars)."""
-  lam: jax.Array         # float32, weight of the original example (corrected for CutMix)
+
+  lam: jax.Array  # float32, weight of the original example (corrected for CutMix)
   use_cutmix: jax.Array  # bool
-  box: tuple             # (y_lo, y_hi, x_lo, x_hi) int32, half-open; meaningful when use_cutmix
+  box: tuple  # (y_lo, y_hi, x_lo, x_hi) int32, half-open; meaningful when use_cutmix
 
 
 def one_hot_smoothed(labels, num_classes: int, smoothing: float = 0.0) -> jax.Array:
@@ -69,8 +70,16 @@ def box_mask(box, height: int, width: int) -> jax.Array:
   return (iy >= yl) & (iy < yh) & (ix >= xl) & (ix < xh)
 
 
-def sample_mix_params(rng, height: int, width: int, *, mixup_alpha: float, cutmix_alpha: float,
-                      switch_prob: float = 0.5, prob: float = 1.0) -> MixParams:
+def sample_mix_params(
+  rng,
+  height: int,
+  width: int,
+  *,
+  mixup_alpha: float,
+  cutmix_alpha: float,
+  switch_prob: float = 0.5,
+  prob: float = 1.0,
+) -> MixParams:
   """One batch-level draw, as timm's `Mixup._params_per_batch` + `cutmix_bbox_and_lam`."""
   mixup_alpha, cutmix_alpha = float(mixup_alpha), float(cutmix_alpha)
   zero_box = (jnp.int32(0),) * 4
@@ -84,8 +93,11 @@ def sample_mix_params(rng, height: int, width: int, *, mixup_alpha: float, cutmi
     use_cutmix = jnp.bool_(cutmix_alpha > 0.0)
 
   # Only the Beta draws whose alpha is positive are made (Beta(0, 0) is undefined).
-  lam_mix = (jax.random.beta(k_mix, mixup_alpha, mixup_alpha).astype(jnp.float32)
-             if mixup_alpha > 0.0 else jnp.float32(1.0))
+  lam_mix = (
+    jax.random.beta(k_mix, mixup_alpha, mixup_alpha).astype(jnp.float32)
+    if mixup_alpha > 0.0
+    else jnp.float32(1.0)
+  )
   if cutmix_alpha > 0.0:
     lam_cut_raw = jax.random.beta(k_cut, cutmix_alpha, cutmix_alpha).astype(jnp.float32)
     box = rand_bbox(k_box, height, width, lam_cut_raw)
@@ -104,14 +116,31 @@ def sample_mix_params(rng, height: int, width: int, *, mixup_alpha: float, cutmi
   return MixParams(lam, use_cutmix, box)
 
 
-def mix_batch(rng, images, labels, *, num_classes: int, mixup_alpha: float, cutmix_alpha: float,
-              switch_prob: float = 0.5, label_smoothing: float = 0.0, prob: float = 1.0):
+def mix_batch(
+  rng,
+  images,
+  labels,
+  *,
+  num_classes: int,
+  mixup_alpha: float,
+  cutmix_alpha: float,
+  switch_prob: float = 0.5,
+  label_smoothing: float = 0.0,
+  prob: float = 1.0,
+):
   """Mixes a (B, H, W, C) batch with its flip and returns (images, (B, K) float32 soft targets).
 
   Keeps the image dtype. Jit-able; `num_classes` and the alphas must be static Python numbers."""
   _, height, width, _ = images.shape
-  params = sample_mix_params(rng, height, width, mixup_alpha=mixup_alpha,
-                             cutmix_alpha=cutmix_alpha, switch_prob=switch_prob, prob=prob)
+  params = sample_mix_params(
+    rng,
+    height,
+    width,
+    mixup_alpha=mixup_alpha,
+    cutmix_alpha=cutmix_alpha,
+    switch_prob=switch_prob,
+    prob=prob,
+  )
   y = one_hot_smoothed(labels, num_classes, label_smoothing)
   lam = params.lam
   targets = lam * y + (1.0 - lam) * jnp.flip(y, 0)

@@ -23,21 +23,31 @@ def normalize(images: jax.Array) -> jax.Array:
   return (x - jnp.asarray(IMAGENET_MEAN, jnp.float32)) / jnp.asarray(IMAGENET_STD, jnp.float32)
 
 
-def _erase_one(key: jax.Array, image: jax.Array, probability: float, min_area: float,
-               max_area: float, log_aspect: tuple[float, float], attempts: int) -> jax.Array:
+def _erase_one(
+  key: jax.Array,
+  image: jax.Array,
+  probability: float,
+  min_area: float,
+  max_area: float,
+  log_aspect: tuple[float, float],
+  attempts: int,
+) -> jax.Array:
   height, width, _ = image.shape
   k_apply, k_area, k_aspect, k_position, k_noise = jax.random.split(key, 5)
-  target = jax.random.uniform(k_area, (attempts,), minval=min_area, maxval=max_area) * height * width
-  aspect = jnp.exp(jax.random.uniform(k_aspect, (attempts,), minval=log_aspect[0],
-                                      maxval=log_aspect[1]))
+  target = (
+    jax.random.uniform(k_area, (attempts,), minval=min_area, maxval=max_area) * height * width
+  )
+  aspect = jnp.exp(
+    jax.random.uniform(k_aspect, (attempts,), minval=log_aspect[0], maxval=log_aspect[1])
+  )
   h = jnp.round(jnp.sqrt(target * aspect))
   w = jnp.round(jnp.sqrt(target / aspect))
   valid = (w < width) & (h < height)
-  first = jnp.argmax(valid)                      # the first box that fits, as timm's loop takes
+  first = jnp.argmax(valid)  # the first box that fits, as timm's loop takes
   h, w = h[first], w[first]
   apply = (jax.random.uniform(k_apply) < probability) & jnp.any(valid)
   u = jax.random.uniform(k_position, (2,))
-  top = jnp.minimum(jnp.floor(u[0] * (height - h + 1)), height - h)   # randint(0, H - h)
+  top = jnp.minimum(jnp.floor(u[0] * (height - h + 1)), height - h)  # randint(0, H - h)
   left = jnp.minimum(jnp.floor(u[1] * (width - w + 1)), width - w)
   rows = jnp.arange(height)[:, None]
   cols = jnp.arange(width)[None, :]
@@ -46,10 +56,16 @@ def _erase_one(key: jax.Array, image: jax.Array, probability: float, min_area: f
   return jnp.where(box[:, :, None], noise, image)
 
 
-def random_erasing(keys: jax.Array, images: jax.Array, probability: float = 0.25, *,
-                   min_area: float = 0.02, max_area: float = 1 / 3,
-                   log_aspect: tuple[float, float] = (math.log(0.3), math.log(1 / 0.3)),
-                   attempts: int = 10) -> jax.Array:
+def random_erasing(
+  keys: jax.Array,
+  images: jax.Array,
+  probability: float = 0.25,
+  *,
+  min_area: float = 0.02,
+  max_area: float = 1 / 3,
+  log_aspect: tuple[float, float] = (math.log(0.3), math.log(1 / 0.3)),
+  attempts: int = 10,
+) -> jax.Array:
   """Erases one random box of each normalized image (B, H, W, C) with N(0, 1) noise.
 
   keys (B,): one PRNG key per example. With probability `probability` per image, a box of area
@@ -57,6 +73,7 @@ def random_erasing(keys: jax.Array, images: jax.Array, probability: float = 0.25
   `attempts` boxes with h < H and w < W, at a uniformly random position, as timm does."""
   if probability <= 0:
     return images
-  erase = lambda key, image: _erase_one(key, image, probability, min_area, max_area,
-                                        log_aspect, attempts)
+  erase = lambda key, image: _erase_one(
+    key, image, probability, min_area, max_area, log_aspect, attempts
+  )
   return jax.vmap(erase)(keys, images)

@@ -74,21 +74,31 @@ import dataclasses
 import itertools
 import logging
 import threading
+from collections.abc import Iterator
 from concurrent import futures
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
 from data import sources, transforms
-from data.sources import (AUG_TAG, ORDER_TAG, Source, check_process, derived_seed, get_source,
-                          num_threads, tf_options)
+from data.sources import (
+  AUG_TAG,
+  ORDER_TAG,
+  Source,
+  check_process,
+  derived_seed,
+  get_source,
+  num_threads,
+  tf_options,
+)
 
 logger = logging.getLogger(__name__)
 
+
 def _in_background(fn, *args) -> futures.Future:
   """Runs fn(*args) in a short-lived worker thread; returns its future."""
-  executor = futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix='fcmae-data')
+  executor = futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="fcmae-data")
   try:
     return executor.submit(fn, *args)
   finally:
@@ -124,6 +134,7 @@ def _example_seed(base: int, epoch, pos) -> tf.Tensor:
 # Iterators
 # --------------------------------------------------------------------------
 
+
 class SkipTracker:
   """Turns gaps in the (epoch, position) sequence of decoded examples into skips.
 
@@ -146,7 +157,7 @@ class SkipTracker:
     self.count += hi - lo
     _add_skipped(hi - lo)
     for p in range(lo, hi):
-      logger.warning('Skipped corrupt or unreadable image: %s', self.describe(self.epoch, p))
+      logger.warning("Skipped corrupt or unreadable image: %s", self.describe(self.epoch, p))
 
   def see(self, pos: np.ndarray) -> None:
     """Positions (increasing) of the examples of one decoded batch."""
@@ -163,23 +174,33 @@ class SkipTracker:
     self.expected = stop
 
 
-def transformed(source: Source, transform: transforms.Transform, ds: tf.data.Dataset,
-                 seed_of) -> tf.data.Dataset:
+def transformed(
+  source: Source, transform: transforms.Transform, ds: tf.data.Dataset, seed_of
+) -> tf.data.Dataset:
   """(payload, label, pos) -> {'image': uint8 [S, S, 3], 'label', 'pos'}, the example at `pos`
   transformed with the seed `seed_of(pos)`. Images that cannot be read or decoded are dropped
   (by `ignore_errors` after the decoding map); errors in the augmentation that follows raise."""
-  ds = ds.map(lambda payload, label, pos: (transform.decode(source.read(payload), seed_of(pos)),
-                                           label, pos),
-              num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).ignore_errors()
-  return ds.map(lambda image, label, pos: {'image': transform.finish(image, seed_of(pos)),
-                                           'label': label, 'pos': pos},
-                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  ds = ds.map(
+    lambda payload, label, pos: (transform.decode(source.read(payload), seed_of(pos)), label, pos),
+    num_parallel_calls=tf.data.AUTOTUNE,
+    deterministic=True,
+  ).ignore_errors()
+  return ds.map(
+    lambda image, label, pos: {
+      "image": transform.finish(image, seed_of(pos)),
+      "label": label,
+      "pos": pos,
+    },
+    num_parallel_calls=tf.data.AUTOTUNE,
+    deterministic=True,
+  )
 
 
 @dataclasses.dataclass
 class _TrainPipeline:
   """Everything a training batch generator needs (and no reference back to
   the TrainIterator, so dropping the iterator frees its tf.data pipeline)."""
+
   source: Source
   split: str
   image_size: int
@@ -214,6 +235,7 @@ _MAX_STEPS = 1 << 62  # "infinite" (Dataset.range of global steps)
 @dataclasses.dataclass
 class _GlobalTrainPipeline(_TrainPipeline):
   """Folder/demo: one global order per epoch, process i reads its slice of each global batch."""
+
   order_base: int  # first word of every epoch's order key
   skipped: int = 0
 
@@ -223,8 +245,9 @@ class _GlobalTrainPipeline(_TrainPipeline):
 
   def _first_position(self, step_in_epoch):
     """Position (in the epoch's global order) of this process's first example of a step."""
-    return (step_in_epoch * self.batch_size * self.process_count
-            + self.process_index * self.batch_size)
+    return (
+      step_in_epoch * self.batch_size * self.process_count + self.process_index * self.batch_size
+    )
 
   def step_batches(self, start_step: int) -> tf.data.Dataset:
     """One element per global step >= start_step: this process's decodable examples of it.
@@ -248,40 +271,43 @@ class _GlobalTrainPipeline(_TrainPipeline):
       # Corrupt images are dropped here; _complete fills their slots in Python.
       ds = transformed(source, transform, ds, lambda p: _example_seed(aug_base, epoch, p))
       empty = tf.data.Dataset.from_tensors(
-          {'image': tf.zeros([0, size, size, 3], tf.uint8), 'label': tf.zeros([0], tf.int32),
-           'pos': tf.zeros([0], tf.int64)})
+        {
+          "image": tf.zeros([0, size, size, 3], tf.uint8),
+          "label": tf.zeros([0], tf.int32),
+          "pos": tf.zeros([0], tf.int64),
+        }
+      )
       ds = ds.batch(b).concatenate(empty).take(1)
-      return ds.map(lambda batch: {**batch, 'step': step})
+      return ds.map(lambda batch: {**batch, "step": step})
 
     # A few steps in flight so the threads stay busy across step boundaries;
     # deterministic interleave of one-element datasets keeps the step order.
     cycle = max(2, min(16, -(-2 * num_threads() // b)))
     return tf.data.Dataset.range(start_step, _MAX_STEPS).interleave(
-        step_batch, cycle_length=cycle, block_length=1, num_parallel_calls=cycle,
-        deterministic=True)
+      step_batch, cycle_length=cycle, block_length=1, num_parallel_calls=cycle, deterministic=True
+    )
 
   def batches(self, start_step):
-    for step, batch in enumerate(self.numpy_iterator(self.step_batches(start_step)),
-                                 start_step):
-      assert int(batch['step']) == step, (int(batch['step']), step)
+    for step, batch in enumerate(self.numpy_iterator(self.step_batches(start_step)), start_step):
+      assert int(batch["step"]) == step, (int(batch["step"]), step)
       yield self._complete(step, batch)
 
   def _complete(self, step: int, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The full batch of `step`: fills the slots of corrupt images (see _fill)."""
     b = self.batch_size
-    if len(batch['label']) == b:
-      return {'image': batch['image'], 'label': batch['label']}  # the fast path
+    if len(batch["label"]) == b:
+      return {"image": batch["image"], "label": batch["label"]}  # the fast path
     epoch, k = divmod(step, self.steps_per_epoch)
     first = self._first_position(k)
     s = self.image_size
     image = np.empty((b, s, s, 3), np.uint8)  # [B, S, S, 3]
     label = np.empty((b,), np.int32)  # [B]
     present = np.zeros((b,), bool)
-    slots = batch['pos'] - first
-    image[slots], label[slots], present[slots] = batch['image'], batch['label'], True
+    slots = batch["pos"] - first
+    image[slots], label[slots], present[slots] = batch["image"], batch["label"], True
     for j in np.flatnonzero(~present):
       image[j], label[j] = self._fill(epoch, first + int(j))
-    return {'image': image, 'label': label}
+    return {"image": image, "label": label}
 
   def _fill(self, epoch: int, pos: int) -> tuple[np.ndarray, int]:
     """Counts the corrupt image at (epoch, pos) and returns its slot's replacement.
@@ -304,21 +330,27 @@ class _GlobalTrainPipeline(_TrainPipeline):
         image = self.transform.decode(source.read(tf.gather(payloads, index)), seed)
       except tf.errors.OpError:
         continue
-      logger.warning('Skipped corrupt or unreadable image: %s (epoch %d, position %d); its slot '
-                     'is filled with the next decodable image of the epoch order, %s',
-                     source.example_name(split, own), epoch, pos,
-                     source.example_name(split, index))
+      logger.warning(
+        "Skipped corrupt or unreadable image: %s (epoch %d, position %d); its slot "
+        "is filled with the next decodable image of the epoch order, %s",
+        source.example_name(split, own),
+        epoch,
+        pos,
+        source.example_name(split, index),
+      )
       return self.transform.finish(image, seed).numpy(), int(labels[index])
     raise RuntimeError(
-        f'Skipped corrupt or unreadable image {source.example_name(split, own)} (epoch {epoch}, '
-        f'position {pos}) and none of the next {min(n - 1, _MAX_FILL_TRIES)} images of the '
-        f'epoch order of {source.name} split {split!r} could be decoded either: is the data '
-        f'readable?')
+      f"Skipped corrupt or unreadable image {source.example_name(split, own)} (epoch {epoch}, "
+      f"position {pos}) and none of the next {min(n - 1, _MAX_FILL_TRIES)} images of the "
+      f"epoch order of {source.name} split {split!r} could be decoded either: is the data "
+      f"readable?"
+    )
 
 
 @dataclasses.dataclass
 class _ShardedTrainPipeline(_TrainPipeline):
   """TFDS: each process reads its own shard (its stream depends on process_count)."""
+
   tracker: SkipTracker
 
   @property
@@ -332,12 +364,19 @@ class _ShardedTrainPipeline(_TrainPipeline):
     epoch int64 [<=B]; only the epoch's last batch can be short (after skips).
     """
     stop = self.steps_per_epoch * self.batch_size  # the epoch's remainder is dropped
-    ds = self.source.records(self.split, self.process_index, self.process_count, epoch=epoch,
-                             seed=self.seed, start=start, stop=stop)
+    ds = self.source.records(
+      self.split,
+      self.process_index,
+      self.process_count,
+      epoch=epoch,
+      seed=self.seed,
+      start=start,
+      stop=stop,
+    )
     base = self.aug_base
     epoch = tf.cast(epoch, tf.int64)
     ds = transformed(self.source, self.transform, ds, lambda p: _example_seed(base, epoch, p))
-    return ds.map(lambda example: {**example, 'epoch': epoch}).batch(self.batch_size)
+    return ds.map(lambda example: {**example, "epoch": epoch}).batch(self.batch_size)
 
   def stream(self, first_epoch: int, first_start: int) -> Iterator[dict[str, np.ndarray]]:
     """All batches (incl. short epoch tails) from (first_epoch, first_start) on."""
@@ -367,12 +406,12 @@ class _ShardedTrainPipeline(_TrainPipeline):
     tracker = self.tracker
     tracker.start(epoch, offset * self.batch_size)
     for batch in self.stream(epoch, offset * self.batch_size):
-      batch_epoch = int(batch.pop('epoch')[0])
+      batch_epoch = int(batch.pop("epoch")[0])
       while batch_epoch > tracker.epoch:  # entered a new epoch: close the old one
         tracker.finish(stop)
         tracker.start(tracker.epoch + 1, 0)
-      tracker.see(batch.pop('pos'))
-      if len(batch['label']) == self.batch_size:
+      tracker.see(batch.pop("pos"))
+      if len(batch["label"]) == self.batch_size:
         yield batch  # image uint8 [B, S, S, 3], label int32 [B]
 
 
@@ -395,38 +434,68 @@ class TrainIterator:
       position, so it can lag by a batch, or by an epoch tail).
   """
 
-  def __init__(self, source: Source, *, split: str, image_size: int, local_batch_size: int,
-               seed: int, start_step: int, process_index: int, process_count: int,
-               augment: str, augment_options: dict | None, prefetch: int):
+  def __init__(
+    self,
+    source: Source,
+    *,
+    split: str,
+    image_size: int,
+    local_batch_size: int,
+    seed: int,
+    start_step: int,
+    process_index: int,
+    process_count: int,
+    augment: str,
+    augment_options: dict | None,
+    prefetch: int,
+  ):
     check_process(process_index, process_count)
     if local_batch_size < 1 or start_step < 0:
-      raise ValueError(f'bad local_batch_size={local_batch_size} / start_step={start_step}')
-    common = dict(source=source, split=split, image_size=image_size,
-                  batch_size=local_batch_size, seed=seed, process_index=process_index,
-                  process_count=process_count, prefetch=prefetch,
-                  transform=transforms.train_transform(augment, image_size, augment_options,
-                                                       encoded=source.encoded))
+      raise ValueError(f"bad local_batch_size={local_batch_size} / start_step={start_step}")
+    common = dict(
+      source=source,
+      split=split,
+      image_size=image_size,
+      batch_size=local_batch_size,
+      seed=seed,
+      process_index=process_index,
+      process_count=process_count,
+      prefetch=prefetch,
+      transform=transforms.train_transform(
+        augment, image_size, augment_options, encoded=source.encoded
+      ),
+    )
     if source.global_order:
       size = source.split_size(split)
       self.steps_per_epoch = size // (local_batch_size * process_count)
       if self.steps_per_epoch == 0:
-        raise sources.DatasetError(f'{source.name} split {split!r} has {size} examples, fewer than one '
-                         f'global batch (local_batch_size={local_batch_size} x {process_count} '
-                         f'processes)')
+        raise sources.DatasetError(
+          f"{source.name} split {split!r} has {size} examples, fewer than one "
+          f"global batch (local_batch_size={local_batch_size} x {process_count} "
+          f"processes)"
+        )
       self._pipeline: _TrainPipeline = _GlobalTrainPipeline(
-          **common, steps_per_epoch=self.steps_per_epoch,
-          aug_base=derived_seed(seed, AUG_TAG), order_base=derived_seed(seed, ORDER_TAG))
+        **common,
+        steps_per_epoch=self.steps_per_epoch,
+        aug_base=derived_seed(seed, AUG_TAG),
+        order_base=derived_seed(seed, ORDER_TAG),
+      )
     else:
       min_shard = min(source.shard_size(split, i, process_count) for i in range(process_count))
       self.steps_per_epoch = min_shard // local_batch_size
       if self.steps_per_epoch == 0:
-        raise sources.DatasetError(f'{source.name} split {split!r}: the smallest per-process shard has '
-                         f'{min_shard} examples, fewer than local_batch_size={local_batch_size}')
+        raise sources.DatasetError(
+          f"{source.name} split {split!r}: the smallest per-process shard has "
+          f"{min_shard} examples, fewer than local_batch_size={local_batch_size}"
+        )
       self._pipeline = _ShardedTrainPipeline(
-          **common, steps_per_epoch=self.steps_per_epoch,
-          aug_base=derived_seed(seed, process_index, AUG_TAG),
-          tracker=SkipTracker(lambda epoch, pos: source.describe(
-              split, process_index, process_count, epoch, pos, seed)))
+        **common,
+        steps_per_epoch=self.steps_per_epoch,
+        aug_base=derived_seed(seed, process_index, AUG_TAG),
+        tracker=SkipTracker(
+          lambda epoch, pos: source.describe(split, process_index, process_count, epoch, pos, seed)
+        ),
+      )
     self.batch_size = local_batch_size
     self.step = start_step
     self._batches = self._pipeline.batches(start_step)
@@ -440,7 +509,7 @@ class TrainIterator:
   def num_skipped(self) -> int:
     return self._pipeline.num_skipped
 
-  def __iter__(self) -> 'TrainIterator':
+  def __iter__(self) -> TrainIterator:
     return self
 
   def __next__(self) -> dict[str, np.ndarray]:
@@ -455,15 +524,27 @@ class TrainIterator:
 
 def batch_spec(batch_size: int, image_size: int) -> dict[str, tuple[tuple[int, ...], Any]]:
   """The layout of a training batch: {'image': ((B, S, S, 3), uint8), 'label': ((B,), int32)}."""
-  return {'image': ((batch_size, image_size, image_size, 3), np.uint8),
-          'label': ((batch_size,), np.int32)}
+  return {
+    "image": ((batch_size, image_size, image_size, 3), np.uint8),
+    "label": ((batch_size,), np.int32),
+  }
 
 
-def train_iterator(name: str = 'imagenet2012', *, data_dir: str | None = None, image_size: int,
-                   local_batch_size: int, seed: int, start_step: int = 0,
-                   process_index: int = 0, process_count: int = 1, augment: str = 'pretrain',
-                   augment_options: dict | None = None, split: str = 'train',
-                   prefetch: int = 2) -> TrainIterator:
+def train_iterator(
+  name: str = "imagenet2012",
+  *,
+  data_dir: str | None = None,
+  image_size: int,
+  local_batch_size: int,
+  seed: int,
+  start_step: int = 0,
+  process_index: int = 0,
+  process_count: int = 1,
+  augment: str = "pretrain",
+  augment_options: dict | None = None,
+  split: str = "train",
+  prefetch: int = 2,
+) -> TrainIterator:
   """Infinite, deterministic, resumable iterator of this process's training batches.
 
   Yields dicts of numpy arrays: ``image`` uint8 [local_batch_size,
@@ -486,7 +567,16 @@ def train_iterator(name: str = 'imagenet2012', *, data_dir: str | None = None, i
   The returned iterator also exposes ``num_skipped``, ``steps_per_epoch``,
   ``step`` and ``epoch``.
   """
-  return TrainIterator(get_source(name, data_dir), split=split, image_size=image_size,
-                       local_batch_size=local_batch_size, seed=seed, start_step=start_step,
-                       process_index=process_index, process_count=process_count,
-                       augment=augment, augment_options=augment_options, prefetch=prefetch)
+  return TrainIterator(
+    get_source(name, data_dir),
+    split=split,
+    image_size=image_size,
+    local_batch_size=local_batch_size,
+    seed=seed,
+    start_step=start_step,
+    process_index=process_index,
+    process_count=process_count,
+    augment=augment,
+    augment_options=augment_options,
+    prefetch=prefetch,
+  )

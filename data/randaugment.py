@@ -102,7 +102,7 @@ def sharpness(image: tf.Tensor, factor) -> tf.Tensor:
   x = tf.cast(image, tf.float32)[None]  # [1, H, W, 3]
   kernel = tf.constant([[1, 1, 1], [1, 5, 1], [1, 1, 1]], tf.float32) / 13.0
   kernel = tf.tile(kernel[:, :, None, None], [1, 1, 3, 1])  # [3, 3, 3, 1]
-  smooth = tf.round(tf.nn.depthwise_conv2d(x, kernel, [1, 1, 1, 1], padding='VALID'))[0]
+  smooth = tf.round(tf.nn.depthwise_conv2d(x, kernel, [1, 1, 1, 1], padding="VALID"))[0]
   smooth = tf.pad(smooth, [[1, 1], [1, 1], [0, 0]])  # [H, W, 3]
   interior = tf.pad(tf.ones_like(smooth[1:-1, 1:-1]), [[1, 1], [1, 1], [0, 0]]) > 0
   degenerate = tf.where(interior, smooth, x[0])
@@ -121,8 +121,13 @@ def affine_transform(image: tf.Tensor, transform, fill=IMAGENET_MEAN_PIXEL) -> t
   x = tf.concat([x, tf.ones_like(x[..., :1])], axis=-1)[None]  # [1, H, W, 4]
   t = tf.concat([tf.cast(tf.reshape(transform, [6]), tf.float32), tf.zeros([2])], 0)[None]
   out = tf.raw_ops.ImageProjectiveTransformV3(
-      images=x, transforms=t, output_shape=tf.shape(image)[:2], fill_value=0.0,
-      interpolation='BILINEAR', fill_mode='CONSTANT')[0]
+    images=x,
+    transforms=t,
+    output_shape=tf.shape(image)[:2],
+    fill_value=0.0,
+    interpolation="BILINEAR",
+    fill_mode="CONSTANT",
+  )[0]
   rgb, coverage = out[..., :3], out[..., 3:]
   return to_uint8(rgb + (1.0 - coverage) * tf.constant(fill, tf.float32))
 
@@ -162,42 +167,67 @@ def translate_y(image, pixels, fill=IMAGENET_MEAN_PIXEL):
 @dataclasses.dataclass(frozen=True)
 class RandAugmentConfig:
   """Parsed timm RandAugment string, e.g. ``rand-m9-mstd0.5-inc1``."""
-  num_layers: int = 2          # 'n'
-  magnitude: float = 10.0      # 'm' (timm's default when no 'm' is given)
-  magnitude_std: float = 0.0   # 'mstd' (inf = uniform in [0, m])
+
+  num_layers: int = 2  # 'n'
+  magnitude: float = 10.0  # 'm' (timm's default when no 'm' is given)
+  magnitude_std: float = 0.0  # 'mstd' (inf = uniform in [0, m])
   magnitude_max: float = 10.0  # 'mmax'
-  increasing: bool = False     # 'inc'
-  prob: float = 0.5            # 'p': probability of applying each chosen op
+  increasing: bool = False  # 'inc'
+  prob: float = 0.5  # 'p': probability of applying each chosen op
   translate_pct: float = 0.45  # timm hparam for TranslateXRel / TranslateYRel
 
 
 def parse_rand_augment(config: str) -> RandAugmentConfig:
   """Parses a timm RandAugment spec ('rand-m9-mstd0.5-inc1', 'rand-n2-m7', ...)."""
-  parts = config.split('-')
-  if parts[0] != 'rand':
+  parts = config.split("-")
+  if parts[0] != "rand":
     raise ValueError(f"RandAugment spec must start with 'rand', got {config!r}")
   kwargs = {}
-  keys = {'n': ('num_layers', int), 'm': ('magnitude', float), 'mstd': ('magnitude_std', float),
-          'mmax': ('magnitude_max', float), 'inc': ('increasing', lambda v: bool(int(v))),
-          'p': ('prob', float)}
+  keys = {
+    "n": ("num_layers", int),
+    "m": ("magnitude", float),
+    "mstd": ("magnitude_std", float),
+    "mmax": ("magnitude_max", float),
+    "inc": ("increasing", lambda v: bool(int(v))),
+    "p": ("prob", float),
+  }
   for part in parts[1:]:
-    match = re.fullmatch(r'([a-z]+)(inf|[-+]?[0-9.]+)', part)
+    match = re.fullmatch(r"([a-z]+)(inf|[-+]?[0-9.]+)", part)
     if not match or match.group(1) not in keys:
-      raise ValueError(f'unknown RandAugment option {part!r} in {config!r}')
+      raise ValueError(f"unknown RandAugment option {part!r} in {config!r}")
     field, conv = keys[match.group(1)]
     kwargs[field] = conv(match.group(2))
   return RandAugmentConfig(**kwargs)
 
 
 # Op names, in timm's order (_RAND_TRANSFORMS / _RAND_INCREASING_TRANSFORMS).
-RAND_AUGMENT_OPS = ('AutoContrast', 'Equalize', 'Invert', 'Rotate', 'Posterize', 'Solarize',
-                    'SolarizeAdd', 'Color', 'Contrast', 'Brightness', 'Sharpness', 'ShearX',
-                    'ShearY', 'TranslateXRel', 'TranslateYRel')
+RAND_AUGMENT_OPS = (
+  "AutoContrast",
+  "Equalize",
+  "Invert",
+  "Rotate",
+  "Posterize",
+  "Solarize",
+  "SolarizeAdd",
+  "Color",
+  "Contrast",
+  "Brightness",
+  "Sharpness",
+  "ShearX",
+  "ShearY",
+  "TranslateXRel",
+  "TranslateYRel",
+)
 
 
-def apply_rand_augment_op(name: str, image: tf.Tensor, magnitude, sign,
-                          config: RandAugmentConfig = RandAugmentConfig(),
-                          fill=IMAGENET_MEAN_PIXEL) -> tf.Tensor:
+def apply_rand_augment_op(
+  name: str,
+  image: tf.Tensor,
+  magnitude,
+  sign,
+  config: RandAugmentConfig = RandAugmentConfig(),
+  fill=IMAGENET_MEAN_PIXEL,
+) -> tf.Tensor:
   """Applies one RandAugment op with timm's magnitude -> argument mapping.
 
   Args:
@@ -216,41 +246,42 @@ def apply_rand_augment_op(name: str, image: tf.Tensor, magnitude, sign,
     enhance = level * 1.8 + 0.1
     posterize_bits = tf.cast(level * 4, tf.int32)
     solarize_thresh = tf.cast(level * 256, tf.int32)
-  if name == 'AutoContrast':
+  if name == "AutoContrast":
     return auto_contrast(image)
-  if name == 'Equalize':
+  if name == "Equalize":
     return equalize(image)
-  if name == 'Invert':
+  if name == "Invert":
     return invert(image)
-  if name == 'Rotate':
+  if name == "Rotate":
     return rotate(image, sign * level * 30.0, fill)
-  if name == 'Posterize':
+  if name == "Posterize":
     return posterize(image, posterize_bits)
-  if name == 'Solarize':
+  if name == "Solarize":
     return solarize(image, solarize_thresh)
-  if name == 'SolarizeAdd':
+  if name == "SolarizeAdd":
     return solarize_add(image, tf.cast(level * 110, tf.int32))
-  if name == 'Color':
+  if name == "Color":
     return color(image, enhance)
-  if name == 'Contrast':
+  if name == "Contrast":
     return contrast(image, enhance)
-  if name == 'Brightness':
+  if name == "Brightness":
     return brightness(image, enhance)
-  if name == 'Sharpness':
+  if name == "Sharpness":
     return sharpness(image, enhance)
-  if name == 'ShearX':
+  if name == "ShearX":
     return shear_x(image, sign * level * 0.3, fill)
-  if name == 'ShearY':
+  if name == "ShearY":
     return shear_y(image, sign * level * 0.3, fill)
-  if name == 'TranslateXRel':
+  if name == "TranslateXRel":
     return translate_x(image, sign * level * config.translate_pct * shape[1], fill)
-  if name == 'TranslateYRel':
+  if name == "TranslateYRel":
     return translate_y(image, sign * level * config.translate_pct * shape[0], fill)
-  raise ValueError(f'unknown RandAugment op {name!r}')
+  raise ValueError(f"unknown RandAugment op {name!r}")
 
 
-def rand_augment(image: tf.Tensor, seed: tf.Tensor, config: RandAugmentConfig | str,
-                 fill=IMAGENET_MEAN_PIXEL) -> tf.Tensor:
+def rand_augment(
+  image: tf.Tensor, seed: tf.Tensor, config: RandAugmentConfig | str, fill=IMAGENET_MEAN_PIXEL
+) -> tf.Tensor:
   """timm ``RandAugment``: `num_layers` ops drawn uniformly with replacement.
 
   Each chosen op is applied with probability `config.prob`, at magnitude
@@ -265,7 +296,7 @@ def rand_augment(image: tf.Tensor, seed: tf.Tensor, config: RandAugmentConfig | 
     op_index = tf.random.stateless_uniform([], s[0], 0, len(RAND_AUGMENT_OPS), dtype=tf.int32)
     apply = uniform(s[1]) < config.prob
     magnitude = tf.constant(config.magnitude, tf.float32)
-    if config.magnitude_std == float('inf'):
+    if config.magnitude_std == float("inf"):
       magnitude = uniform(s[2], [], 0.0, config.magnitude)
     elif config.magnitude_std > 0:
       magnitude = magnitude + config.magnitude_std * tf.random.stateless_normal([], s[2])

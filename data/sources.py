@@ -26,23 +26,22 @@ import tensorflow_datasets as tfds
 
 from data import demo
 
-
 # TF must never grab an accelerator: JAX owns it.
 try:
-  tf.config.set_visible_devices([], 'GPU')
+  tf.config.set_visible_devices([], "GPU")
 except (RuntimeError, ValueError):  # TF runtime already initialised; nothing we can do then.
   pass
 
-IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp')
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 # Records held in the shuffle buffer after TFDS's file-level shuffle (encoded
 # images, ~110 KB each for ImageNet -> ~1.1 GB).
 TFDS_SHUFFLE_BUFFER = 10_000
-_SPLIT_ALIASES = {'val': 'validation', 'valid': 'validation', 'eval': 'validation'}
+_SPLIT_ALIASES = {"val": "validation", "valid": "validation", "eval": "validation"}
 
 
 def num_threads() -> int:
   """Threads for each tf.data pipeline (env FCMAE_DATA_THREADS overrides)."""
-  env = os.environ.get('FCMAE_DATA_THREADS')
+  env = os.environ.get("FCMAE_DATA_THREADS")
   if env:
     return max(1, int(env))
   return max(1, min(os.cpu_count() or 1, 16))
@@ -75,19 +74,20 @@ def derived_seed(seed: int, *tags: int, bits: int = 63) -> int:
   return int(ss.generate_state(1, np.uint64)[0] >> (64 - bits))
 
 
-
 # --------------------------------------------------------------------------
 # Sources
 # --------------------------------------------------------------------------
 
+
 class DatasetError(ValueError):
   """A dataset that cannot be read as asked: unknown name, a folder without the expected layout."""
+
   user_error = True
 
 
 def check_process(process_index: int, process_count: int) -> None:
   if process_count < 1 or not 0 <= process_index < process_count:
-    raise ValueError(f'bad process_index/process_count: {process_index}/{process_count}')
+    raise ValueError(f"bad process_index/process_count: {process_index}/{process_count}")
 
 
 class Source:
@@ -98,6 +98,7 @@ class Source:
   order (natural order for eval, epoch=None); ``read`` turns a payload into
   a uint8 [H, W, 3] image and may fail, which counts as a corrupt image.
   """
+
   name: str
   num_classes: int
   # True: the training stream reads one global order of the whole split
@@ -110,8 +111,9 @@ class Source:
   def shard_size(self, split: str, index: int, count: int) -> int:
     raise NotImplementedError
 
-  def records(self, split: str, index: int, count: int, *, epoch, seed: int, start,
-              stop: int | None) -> tf.data.Dataset:
+  def records(
+    self, split: str, index: int, count: int, *, epoch, seed: int, start, stop: int | None
+  ) -> tf.data.Dataset:
     raise NotImplementedError
 
   # True: `read` gives an image file's bytes; False: uint8 pixels [H, W, 3].
@@ -120,11 +122,12 @@ class Source:
   def read(self, payload: tf.Tensor) -> tf.Tensor:
     raise NotImplementedError
 
-  def describe(self, split: str, index: int, count: int, epoch: int | None, pos: int,
-               seed: int) -> str:
+  def describe(
+    self, split: str, index: int, count: int, epoch: int | None, pos: int, seed: int
+  ) -> str:
     """Human-readable name of the example at `pos` of `epoch` (for skip warnings)."""
-    where = '' if epoch is None else f' of epoch {epoch}'
-    return f'record #{pos}{where} of {self.name} split {split!r} (process shard {index}/{count})'
+    where = "" if epoch is None else f" of epoch {epoch}"
+    return f"record #{pos}{where} of {self.name} split {split!r} (process shard {index}/{count})"
 
 
 class _ArraySource(Source):
@@ -144,10 +147,10 @@ class _ArraySource(Source):
   def _split_arrays(self, split: str) -> tuple[np.ndarray, np.ndarray]:
     """The split's arrays; 'train[:N]' is a fixed subset of N examples drawn at random (the
     first N of the canonical order would be the first classes only), in canonical order."""
-    found = re.fullmatch(r'(\w+)\[:(\d+)\]', split)
+    found = re.fullmatch(r"(\w+)\[:(\d+)\]", split)
     payloads, labels = self._read_split(found.group(1) if found else split)
     if found and int(found.group(2)) < len(labels):
-      keep = np.sort(np.random.default_rng(0).permutation(len(labels))[:int(found.group(2))])
+      keep = np.sort(np.random.default_rng(0).permutation(len(labels))[: int(found.group(2))])
       payloads, labels = payloads[keep], labels[keep]
     return payloads, labels
 
@@ -175,37 +178,38 @@ class _ArraySource(Source):
     """
     key = tf.stack([tf.constant(order_base, tf.int64), tf.cast(epoch, tf.int64)])
     max_index = tf.constant(self.split_size(split) - 1, tf.int64)
-    return tf.random.experimental.index_shuffle(tf.cast(pos, tf.int64), seed=key,
-                                                max_index=max_index)
+    return tf.random.experimental.index_shuffle(
+      tf.cast(pos, tf.int64), seed=key, max_index=max_index
+    )
 
   def records(self, split, index, count, *, epoch, seed, start, stop):
     """Eval only (epoch=None): shard `index` = split indices index, index + count, ..."""
     if epoch is not None:
-      raise ValueError('array sources train through order_indices, not records')
+      raise ValueError("array sources train through order_indices, not records")
     payloads, labels = self._split_tensors(split)
     stop = self.shard_size(split, index, count) if stop is None else stop
     pos = tf.range(start, stop, dtype=tf.int64)
     ds = tf.data.Dataset.from_tensor_slices(pos)
-    return ds.map(lambda p: (tf.gather(payloads, index + p * count),
-                             tf.gather(labels, index + p * count), p))
+    return ds.map(
+      lambda p: (tf.gather(payloads, index + p * count), tf.gather(labels, index + p * count), p)
+    )
 
   def example_name(self, split: str, split_index: int) -> str:
     """The file path (folder) or 'example #i of demo split ...' of a split index."""
     payloads, _ = self._split_arrays(split)
     if payloads.dtype != object:  # not file paths
-      return f'example #{split_index} of {self.name} split {split!r}'
+      return f"example #{split_index} of {self.name} split {split!r}"
     return str(payloads[split_index])
 
   def describe(self, split, index, count, epoch, pos, seed):
     if epoch is not None:
-      raise ValueError('array sources describe training examples with example_name')
+      raise ValueError("array sources describe training examples with example_name")
     return self.example_name(split, index + pos * count)
 
 
 class _DemoSource(_ArraySource):
-
   def __init__(self):
-    self.name = 'demo'
+    self.name = "demo"
     self.num_classes = len(demo.CLASSES)
 
   def _read_split(self, split):
@@ -218,10 +222,9 @@ class _DemoSource(_ArraySource):
 
 
 class _FolderSource(_ArraySource):
-
   def __init__(self, root: str):
     self.root = os.path.abspath(os.path.expanduser(root))
-    self.name = f'folder:{self.root}'
+    self.name = f"folder:{self.root}"
     self.classes = _folder_classes(self.root)
     self.num_classes = len(self.classes)
 
@@ -234,6 +237,7 @@ class _FolderSource(_ArraySource):
 
 class DatasetNotPreparedError(FileNotFoundError):
   """A TFDS dataset is not prepared in data_dir (this pipeline never downloads)."""
+
   user_error = True
 
 
@@ -245,11 +249,12 @@ class _TfdsSource(Source):
     try:
       self.builder = tfds.builder(name, data_dir=data_dir)
     except tfds.core.registered.DatasetNotFoundError as e:
-      raise DatasetError(f'unknown dataset {name!r}: not "demo", not "folder:PATH" and not a TFDS '
-                       f'dataset ({e})') from e
+      raise DatasetError(
+        f'unknown dataset {name!r}: not "demo", not "folder:PATH" and not a TFDS dataset ({e})'
+      ) from e
     if not self.builder.is_prepared():
       raise DatasetNotPreparedError(_not_prepared_message(name, self.builder))
-    self.num_classes = int(self.builder.info.features['label'].num_classes)
+    self.num_classes = int(self.builder.info.features["label"].num_classes)
 
   @staticmethod
   def _split(split: str) -> str:
@@ -259,8 +264,7 @@ class _TfdsSource(Source):
     return int(self.builder.info.splits[self._split(split)].num_examples)
 
   def _shard(self, split, index, count):
-    return tfds.split_for_jax_process(self._split(split), process_index=index,
-                                      process_count=count)
+    return tfds.split_for_jax_process(self._split(split), process_index=index, process_count=count)
 
   def shard_size(self, split, index, count):
     return int(self.builder.info.splits[self._shard(split, index, count)].num_examples)
@@ -268,15 +272,20 @@ class _TfdsSource(Source):
   def records(self, split, index, count, *, epoch, seed, start, stop):
     """Epoch order: TFDS file shuffle + a shuffle buffer, both seeded by (seed, process, epoch)."""
     shard = self._shard(split, index, count)
-    shuffle_seed = None if epoch is None else derived_seed(seed, index, ORDER_TAG, epoch,
-                                                            bits=31)
+    shuffle_seed = None if epoch is None else derived_seed(seed, index, ORDER_TAG, epoch, bits=31)
     read_config = tfds.ReadConfig(
-        shuffle_seed=shuffle_seed, shuffle_reshuffle_each_iteration=False,
-        try_autocache=False, options=tf_options())
+      shuffle_seed=shuffle_seed,
+      shuffle_reshuffle_each_iteration=False,
+      try_autocache=False,
+      options=tf_options(),
+    )
     ds = self.builder.as_dataset(
-        split=shard, shuffle_files=epoch is not None, read_config=read_config,
-        decoders={'image': tfds.decode.SkipDecoding()})  # still-encoded bytes
-    ds = ds.map(lambda ex: (ex['image'], tf.cast(ex['label'], tf.int32)))
+      split=shard,
+      shuffle_files=epoch is not None,
+      read_config=read_config,
+      decoders={"image": tfds.decode.SkipDecoding()},
+    )  # still-encoded bytes
+    ds = ds.map(lambda ex: (ex["image"], tf.cast(ex["label"], tf.int32)))
     if epoch is not None:
       buffer = max(1, min(TFDS_SHUFFLE_BUFFER, self.shard_size(split, index, count)))
       ds = ds.shuffle(buffer, seed=shuffle_seed, reshuffle_each_iteration=False)
@@ -293,36 +302,41 @@ class _TfdsSource(Source):
 
 def _not_prepared_message(name: str, builder) -> str:
   root = builder.data_dir_root
-  base = name.split(':')[0].split('/')[0]
-  msg = (f'TFDS dataset {name!r} is not prepared in data_dir {root!r} '
-         f'(searched {builder.data_dir!r}). This input pipeline never downloads data. ')
-  if getattr(builder, 'MANUAL_DOWNLOAD_INSTRUCTIONS', None):
-    what = 'ImageNet' if base.startswith('imagenet') else f'The {base!r} dataset'
-    msg += (f'{what} must be downloaded by hand: put the archives (for imagenet2012: '
-            f'ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar from image-net.org) into '
-            f'{os.path.join(root, "downloads", "manual")!r}, then prepare it with '
-            f'`tfds build {base} --data_dir {root}`.')
+  base = name.split(":")[0].split("/")[0]
+  msg = (
+    f"TFDS dataset {name!r} is not prepared in data_dir {root!r} "
+    f"(searched {builder.data_dir!r}). This input pipeline never downloads data. "
+  )
+  if getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None):
+    what = "ImageNet" if base.startswith("imagenet") else f"The {base!r} dataset"
+    msg += (
+      f"{what} must be downloaded by hand: put the archives (for imagenet2012: "
+      f"ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar from image-net.org) into "
+      f"{os.path.join(root, 'downloads', 'manual')!r}, then prepare it with "
+      f"`tfds build {base} --data_dir {root}`."
+    )
   else:
-    msg += (f'Prepare it first on a machine with network access: '
-            f'`tfds build {base} --data_dir {root}`.')
+    msg += (
+      f"Prepare it first on a machine with network access: `tfds build {base} --data_dir {root}`."
+    )
   return msg
 
 
 def _folder_split(split: str) -> str:
   """Maps the API's split names to the folder/demo directory names."""
-  if split in ('validation', 'val', 'valid', 'eval'):
-    return 'val'
-  if split == 'train':
-    return 'train'
+  if split in ("validation", "val", "valid", "eval"):
+    return "val"
+  if split == "train":
+    return "train"
   raise ValueError(f"split must be 'train' or 'validation' for folder/demo sources, got {split!r}")
 
 
 @functools.lru_cache(maxsize=32)
 def get_source(name: str, data_dir: str | None) -> Source:
-  if name == 'demo':
+  if name == "demo":
     return _DemoSource()
-  if name.startswith('folder:'):
-    return _FolderSource(name[len('folder:'):])
+  if name.startswith("folder:"):
+    return _FolderSource(name[len("folder:") :])
   return _TfdsSource(name, data_dir)
 
 
@@ -330,22 +344,25 @@ def get_source(name: str, data_dir: str | None) -> Source:
 # Folder scanning
 # --------------------------------------------------------------------------
 
+
 def _class_dirs(split_dir: str) -> list[str]:
-  return sorted(e.name for e in os.scandir(split_dir) if e.is_dir() and not e.name.startswith('.'))
+  return sorted(e.name for e in os.scandir(split_dir) if e.is_dir() and not e.name.startswith("."))
 
 
 @functools.lru_cache(maxsize=32)
 def _folder_classes(root: str) -> tuple[str, ...]:
   """Sorted class names = subdirectories of ROOT/train."""
-  train_dir = os.path.join(root, 'train')
+  train_dir = os.path.join(root, "train")
   if not os.path.isdir(root):
-    raise DatasetError(f'dataset folder {root!r} does not exist')
+    raise DatasetError(f"dataset folder {root!r} does not exist")
   if not os.path.isdir(train_dir):
-    raise DatasetError(f'dataset folder {root!r} has no train/ directory ({train_dir!r}); '
-                            f'expected ROOT/train/<class>/<images>')
+    raise DatasetError(
+      f"dataset folder {root!r} has no train/ directory ({train_dir!r}); "
+      f"expected ROOT/train/<class>/<images>"
+    )
   classes = _class_dirs(train_dir)
   if not classes:
-    raise DatasetError(f'{train_dir!r} has no class subdirectories')
+    raise DatasetError(f"{train_dir!r} has no class subdirectories")
   return tuple(classes)
 
 
@@ -356,29 +373,35 @@ def _scan_folder_split(root: str, split_dir_name: str) -> tuple[np.ndarray, np.n
   index = {c: i for i, c in enumerate(classes)}
   split_dir = os.path.join(root, split_dir_name)
   if not os.path.isdir(split_dir):
-    raise DatasetError(f'split directory {split_dir!r} does not exist')
+    raise DatasetError(f"split directory {split_dir!r} does not exist")
   paths, labels = [], []
   for cls in _class_dirs(split_dir):
     if cls not in index:
-      raise DatasetError(f'class {cls!r} in {split_dir!r} is not a class of '
-                       f'{os.path.join(root, "train")!r}')
+      raise DatasetError(
+        f"class {cls!r} in {split_dir!r} is not a class of {os.path.join(root, 'train')!r}"
+      )
     files = []
     for dirpath, dirnames, filenames in os.walk(os.path.join(split_dir, cls), followlinks=True):
       dirnames.sort()
-      files.extend(os.path.join(dirpath, f) for f in filenames
-                   if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith('.'))
+      files.extend(
+        os.path.join(dirpath, f)
+        for f in filenames
+        if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith(".")
+      )
     files.sort()
     paths.extend(files)
     labels.extend([index[cls]] * len(files))
   if not paths:
-    raise DatasetError(f'split directory {split_dir!r} contains no images '
-                     f'(extensions {", ".join(IMAGE_EXTENSIONS)})')
+    raise DatasetError(
+      f"split directory {split_dir!r} contains no images (extensions {', '.join(IMAGE_EXTENSIONS)})"
+    )
   return np.array(paths, dtype=object), np.array(labels, dtype=np.int32)
 
 
 # --------------------------------------------------------------------------
 # Public API: info
 # --------------------------------------------------------------------------
+
 
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:
@@ -391,10 +414,13 @@ class DatasetInfo:
 IMAGENET_1K = DatasetInfo(num_classes=1000, num_train_examples=1_281_167, num_eval_examples=50_000)
 
 
-def dataset_info(name: str, data_dir: str | None = None, train_split: str = 'train',
-                 eval_split: str = 'validation') -> DatasetInfo:
+def dataset_info(
+  name: str, data_dir: str | None = None, train_split: str = "train", eval_split: str = "validation"
+) -> DatasetInfo:
   """Number of classes and global split sizes (folder: counts files, corrupt ones included)."""
   source = get_source(name, data_dir)
-  return DatasetInfo(num_classes=source.num_classes,
-                     num_train_examples=source.split_size(train_split),
-                     num_eval_examples=source.split_size(eval_split))
+  return DatasetInfo(
+    num_classes=source.num_classes,
+    num_train_examples=source.split_size(train_split),
+    num_eval_examples=source.split_size(eval_split),
+  )

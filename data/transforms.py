@@ -28,17 +28,28 @@ from typing import Any
 
 import tensorflow as tf
 
-from data.augment import (crop, crop_window, decode_crop, eval_resize_crop, random_horizontal_flip,
-                          resize, split_seed)
+from data.augment import (
+  crop,
+  crop_window,
+  decode_crop,
+  eval_resize_crop,
+  random_horizontal_flip,
+  resize,
+  split_seed,
+)
 from data.randaugment import parse_rand_augment, rand_augment
 
-AUGMENT_KINDS = ('pretrain', 'finetune', 'none')
+AUGMENT_KINDS = ("pretrain", "finetune", "none")
 
 _OPTION_DEFAULTS = {
-    'pretrain': {'scale': (0.2, 1.0), 'ratio': (3 / 4, 4 / 3), 'hflip': 0.5, 'randaugment': ''},
-    'finetune': {'scale': (0.08, 1.0), 'ratio': (3 / 4, 4 / 3), 'hflip': 0.5,
-                 'randaugment': 'rand-m9-mstd0.5-inc1'},
-    'none': {'crop_pct': 0.875},
+  "pretrain": {"scale": (0.2, 1.0), "ratio": (3 / 4, 4 / 3), "hflip": 0.5, "randaugment": ""},
+  "finetune": {
+    "scale": (0.08, 1.0),
+    "ratio": (3 / 4, 4 / 3),
+    "hflip": 0.5,
+    "randaugment": "rand-m9-mstd0.5-inc1",
+  },
+  "none": {"crop_pct": 0.875},
 }
 
 _SEED_SPEC = tf.TensorSpec([2], tf.int64)
@@ -49,6 +60,7 @@ _BYTES_SPEC = tf.TensorSpec([], tf.string)
 @dataclasses.dataclass(frozen=True)
 class Transform:
   """decode: (payload, seed [2]) -> uint8 [h, w, 3]; finish: (image, seed [2]) -> uint8 [S, S, 3]."""
+
   decode: Any
   finish: Any
 
@@ -56,12 +68,14 @@ class Transform:
 def resolve_options(augment: str, options: dict | None) -> dict:
   """Merges user `options` over the recipe defaults; rejects unknown keys (typos)."""
   if augment not in _OPTION_DEFAULTS:
-    raise ValueError(f'augment must be one of {AUGMENT_KINDS}, got {augment!r}')
+    raise ValueError(f"augment must be one of {AUGMENT_KINDS}, got {augment!r}")
   merged = dict(_OPTION_DEFAULTS[augment])
   unknown = set(options or {}) - set(merged)
   if unknown:
-    raise ValueError(f'unknown augment_options {sorted(unknown)} for augment={augment!r}; '
-                     f'allowed: {sorted(merged)}')
+    raise ValueError(
+      f"unknown augment_options {sorted(unknown)} for augment={augment!r}; "
+      f"allowed: {sorted(merged)}"
+    )
   merged.update(options or {})
   return merged
 
@@ -76,12 +90,14 @@ def _decode_whole(payload: tf.Tensor, encoded: bool) -> tf.Tensor:
 def _functions(decode_fn, finish_fn, encoded: bool) -> Transform:
   payload = _BYTES_SPEC if encoded else _PIXELS_SPEC
   return Transform(
-      decode=tf.function(decode_fn, input_signature=[payload, _SEED_SPEC], autograph=False),
-      finish=tf.function(finish_fn, input_signature=[_PIXELS_SPEC, _SEED_SPEC], autograph=False))
+    decode=tf.function(decode_fn, input_signature=[payload, _SEED_SPEC], autograph=False),
+    finish=tf.function(finish_fn, input_signature=[_PIXELS_SPEC, _SEED_SPEC], autograph=False),
+  )
 
 
-def train_transform(augment: str, image_size: int, options: dict | None = None, *,
-                    encoded: bool = True) -> Transform:
+def train_transform(
+  augment: str, image_size: int, options: dict | None = None, *, encoded: bool = True
+) -> Transform:
   """The transform of a recipe; encoded: payloads are image files' bytes (else uint8 pixels).
 
   options: 'scale', 'ratio', 'hflip', 'randaugment' (timm spec or '') for the random recipes;
@@ -94,10 +110,10 @@ def train_transform(augment: str, image_size: int, options: dict | None = None, 
 @functools.lru_cache(maxsize=64)
 def _train_transform(augment: str, image_size: int, options: tuple, encoded: bool) -> Transform:
   opts = dict(options)
-  if augment == 'none':
-    return eval_transform(image_size, float(opts['crop_pct']), encoded=encoded)
-  ra_config = parse_rand_augment(opts['randaugment']) if opts['randaugment'] else None
-  scale, ratio, hflip = tuple(opts['scale']), tuple(opts['ratio']), float(opts['hflip'])
+  if augment == "none":
+    return eval_transform(image_size, float(opts["crop_pct"]), encoded=encoded)
+  ra_config = parse_rand_augment(opts["randaugment"]) if opts["randaugment"] else None
+  scale, ratio, hflip = tuple(opts["scale"]), tuple(opts["ratio"]), float(opts["hflip"])
 
   def decode(payload, seed):
     window = lambda shape: crop_window(shape, split_seed(seed, 4)[0], scale, ratio)
@@ -120,5 +136,8 @@ def _train_transform(augment: str, image_size: int, options: tuple, encoded: boo
 @functools.lru_cache(maxsize=64)
 def eval_transform(image_size: int, crop_pct: float, *, encoded: bool = True) -> Transform:
   """Evaluation: the whole image decoded, then resize + center crop (the seed is unused)."""
-  return _functions(lambda payload, seed: _decode_whole(payload, encoded),
-                    lambda image, seed: eval_resize_crop(image, image_size, crop_pct), encoded)
+  return _functions(
+    lambda payload, seed: _decode_whole(payload, encoded),
+    lambda image, seed: eval_resize_crop(image, image_size, crop_pct),
+    encoded,
+  )

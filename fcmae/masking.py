@@ -43,6 +43,7 @@ def grid_shape(image_size: int | tuple[int, int]) -> tuple[int, int]:
   height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
   if height % PATCH_SIZE or width % PATCH_SIZE:
     raise ValueError(
-        f"Image size {height}x{width} is not divisible by the patch size {PATCH_SIZE} "
-        f"(the encoder's total stride); use a multiple of {PATCH_SIZE}, e.g. 224.")
+      f"Image size {height}x{width} is not divisible by the patch size {PATCH_SIZE} "
+      f"(the encoder's total stride); use a multiple of {PATCH_SIZE}, e.g. 224."
+    )
   return height // PATCH_SIZE, width // PATCH_SIZE

@@ -27,7 +27,7 @@ Parameters: {"encoder": the ConvNeXt V2 params with num_classes=0 (load straight
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -50,17 +50,27 @@ class DecoderOptions:
 class FCMAE(nnx.Module):
   """Encoder (ConvNeXt V2, no head) -> 1x1 proj -> mask token -> decoder blocks -> pixel head."""
 
-  def __init__(self, variant: str, decoder: DecoderOptions, options: convnextv2.Options, *,
-               rngs: nnx.Rngs):
+  def __init__(
+    self, variant: str, decoder: DecoderOptions, options: convnextv2.Options, *, rngs: nnx.Rngs
+  ):
     self.encoder = convnextv2.ConvNeXtV2(variant, num_classes=0, options=options, rngs=rngs)
     dim = decoder.decoder_dim
     dtype = options.dtype
     impl = options.depthwise_impl or layers.default_depthwise_impl()
     self.proj = layers.Dense(self.encoder.dims[-1], dim, dtype=dtype, rngs=rngs)
     self.mask_token = nnx.Param(0.02 * jax.random.normal(rngs.params(), (dim,)))
-    self.decoder = convnextv2.Stage(dim, decoder.decoder_depth, [0.0] * decoder.decoder_depth, 0,
-                                    impl=impl, dtype=dtype, scan=False, remat=options.remat, rngs=rngs)
-    self.pred = layers.Dense(dim, masking.PATCH_SIZE ** 2 * 3, dtype=dtype, rngs=rngs)
+    self.decoder = convnextv2.Stage(
+      dim,
+      decoder.decoder_depth,
+      [0.0] * decoder.decoder_depth,
+      0,
+      impl=impl,
+      dtype=dtype,
+      scan=False,
+      remat=options.remat,
+      rngs=rngs,
+    )
+    self.pred = layers.Dense(dim, masking.PATCH_SIZE**2 * 3, dtype=dtype, rngs=rngs)
     self.norm_pix_loss = decoder.norm_pix_loss
 
   # -- encoders: both return the last stage at the visible patches' positions ------------------
@@ -79,15 +89,15 @@ class FCMAE(nnx.Module):
     grid = masking.grid_shape(images.shape[1:3])
     layout = _VisibleLayout(mask, grid, num_visible)
     x = layout.gather(patchify(images.astype(self.encoder.dtype), grid))  # (B, K, 32, 32, 3)
-    x = self.encoder.stem(x)                                            # (B, K, 8, 8, C0)
+    x = self.encoder.stem(x)  # (B, K, 8, 8, C0)
     for i in range(4):
       if i > 0:
-        x = self.encoder.downsample(i)(x)                               # (B, K, p/2, p/2, Ci)
+        x = self.encoder.downsample(i)(x)  # (B, K, p/2, p/2, Ci)
 
       def block_fn(block, x, rate, key):
         shortcut = x
-        y = layout.gather(patchify(block.dwconv(layout.scatter(x)), grid))   # visible-only input
-        y = block.mlp(y, spatial_axes=(1, 2, 3))                        # GRN over K and p x p
+        y = layout.gather(patchify(block.dwconv(layout.scatter(x)), grid))  # visible-only input
+        y = block.mlp(y, spatial_axes=(1, 2, 3))  # GRN over K and p x p
         return shortcut + layers.drop_path(y, rate, key)
 
       x = self.encoder.stage(i).for_each_block(x, block_fn, rng=rng)
@@ -106,15 +116,17 @@ class FCMAE(nnx.Module):
   def loss(self, images, pred, mask):
     """Mean squared error per patch against the (normalized) pixels, over masked patches only."""
     target = patchify(images.astype(jnp.float32), masking.grid_shape(images.shape[1:3]))
-    target = target.reshape(target.shape[0], target.shape[1], -1)       # (B, L, 32*32*3)
+    target = target.reshape(target.shape[0], target.shape[1], -1)  # (B, L, 32*32*3)
     if self.norm_pix_loss:
       mean = jnp.mean(target, axis=-1, keepdims=True)
-      var = jnp.var(target, axis=-1, keepdims=True, ddof=1)             # unbiased, as torch
+      var = jnp.var(target, axis=-1, keepdims=True, ddof=1)  # unbiased, as torch
       target = (target - mean) / jnp.sqrt(var + 1e-6)
-    per_patch = jnp.mean(jnp.square(pred - target), axis=-1)            # (B, L)
+    per_patch = jnp.mean(jnp.square(pred - target), axis=-1)  # (B, L)
     return jnp.sum(per_patch * mask) / jnp.sum(mask)
 
-  def __call__(self, images, mask, *, impl: str = "dense", num_visible: int | None = None, rng=None):
+  def __call__(
+    self, images, mask, *, impl: str = "dense", num_visible: int | None = None, rng=None
+  ):
     grid = masking.grid_shape(images.shape[1:3])
     mask = mask.astype(jnp.float32)
     if rng is not None:
@@ -124,7 +136,7 @@ class FCMAE(nnx.Module):
     elif impl == "sparse":
       visible = self.proj(self.encode_sparse(images, mask, num_visible, rng))  # (B, K, D)
       layout = _VisibleLayout(mask, grid, num_visible)
-      x = layout.scatter(visible[:, :, None, None, :])                 # (B, h, w, D), 0 if masked
+      x = layout.scatter(visible[:, :, None, None, :])  # (B, h, w, D), 0 if masked
     else:
       raise ValueError(f"Unknown FCMAE impl {impl!r}; expected one of {IMPLS}.")
     pred = self.decode(x, mask)
@@ -141,7 +153,7 @@ class _VisibleLayout:
   def __init__(self, mask, grid, num_visible):
     self.grid = grid
     self.num_visible = num_visible
-    order = jnp.argsort(mask, axis=1, stable=True)                      # visible first, in order
+    order = jnp.argsort(mask, axis=1, stable=True)  # visible first, in order
     self.ids_keep = order[:, :num_visible]
     rank = jnp.cumsum(1 - mask, axis=1).astype(jnp.int32) - 1
     self.slot = jnp.where(mask > 0, num_visible, rank)
@@ -181,9 +193,19 @@ def unpatchify(patches, grid):
 # Functional core.
 
 
-def build(variant: str, *, impl: str = "dense", image_size: int = 224, seed: int = 0,
-          mask_ratio: float = 0.6, decoder_dim: int = 512, decoder_depth: int = 1,
-          norm_pix_loss: bool = True, abstract: bool = False, **options) -> tuple[Callable, dict]:
+def build(
+  variant: str,
+  *,
+  impl: str = "dense",
+  image_size: int = 224,
+  seed: int = 0,
+  mask_ratio: float = 0.6,
+  decoder_dim: int = 512,
+  decoder_depth: int = 1,
+  norm_pix_loss: bool = True,
+  abstract: bool = False,
+  **options,
+) -> tuple[Callable, dict]:
   """Returns (loss_fn, params).
 
   loss_fn(params, images, mask, *, rng=None) -> (loss, pred): images (B, H, W, 3) normalized,
@@ -201,7 +223,8 @@ def build(variant: str, *, impl: str = "dense", image_size: int = 224, seed: int
   decoder = DecoderOptions(decoder_dim, decoder_depth, norm_pix_loss)
   options = convnextv2.make_options(**options)
   graphdef, params = convnextv2.init(
-      lambda: FCMAE(variant, decoder, options, rngs=nnx.Rngs(seed)), abstract)
+    lambda: FCMAE(variant, decoder, options, rngs=nnx.Rngs(seed)), abstract
+  )
 
   def loss_fn(params, images, mask, *, rng=None):
     if impl == "sparse":
@@ -222,17 +245,27 @@ def _check_visible_count(mask, num_visible):
   counts = np.sum(1 - np.asarray(mask), axis=1)
   if not np.all(counts == num_visible):
     raise ValueError(
-        f"impl='sparse' was built for {num_visible} visible patches per sample but the mask keeps "
-        f"{sorted(set(int(c) for c in counts))}; make masks with masking.random_mask and the same "
-        "mask_ratio as build().")
+      f"impl='sparse' was built for {num_visible} visible patches per sample but the mask keeps "
+      f"{sorted(set(int(c) for c in counts))}; make masks with masking.random_mask and the same "
+      "mask_ratio as build()."
+    )
 
 
 def from_config(config, abstract: bool = False) -> tuple[Callable, dict]:
   """`build` with the fields of a pretraining config (configs/common.py)."""
   return build(
-      config.model.variant, impl=config.fcmae.impl, image_size=config.data.image_size,
-      seed=config.seed, mask_ratio=config.fcmae.mask_ratio,
-      decoder_dim=config.fcmae.decoder_dim, decoder_depth=config.fcmae.decoder_depth,
-      norm_pix_loss=config.fcmae.norm_pix_loss, dtype=config.model.dtype,
-      depthwise_impl=config.model.depthwise_impl or None, scan=config.model.scan,
-      remat=config.model.remat, drop_path_rate=config.model.drop_path_rate, abstract=abstract)
+    config.model.variant,
+    impl=config.fcmae.impl,
+    image_size=config.data.image_size,
+    seed=config.seed,
+    mask_ratio=config.fcmae.mask_ratio,
+    decoder_dim=config.fcmae.decoder_dim,
+    decoder_depth=config.fcmae.decoder_depth,
+    norm_pix_loss=config.fcmae.norm_pix_loss,
+    dtype=config.model.dtype,
+    depthwise_impl=config.model.depthwise_impl or None,
+    scan=config.model.scan,
+    remat=config.model.remat,
+    drop_path_rate=config.model.drop_path_rate,
+    abstract=abstract,
+  )

@@ -27,8 +27,9 @@ def make_task(config, workdir: str | None, info: sources.DatasetInfo | None = No
     del rng  # the mask and drop path are drawn per example, from the example's own key
     images = on_device.normalize(batch["image"])
     keys = batch["key"]
-    mask = masking.random_mask(layers.fold_in(keys, 0), images.shape[0], num_patches,
-                               config.fcmae.mask_ratio)
+    mask = masking.random_mask(
+      layers.fold_in(keys, 0), images.shape[0], num_patches, config.fcmae.mask_ratio
+    )
     drop_keys = layers.fold_in(keys, 1) if config.model.drop_path_rate > 0 else None
     loss, _ = loss_fn(params, images, mask, rng=drop_keys)
     return loss, {}
@@ -37,8 +38,12 @@ def make_task(config, workdir: str | None, info: sources.DatasetInfo | None = No
   monitor = None
   if workdir and config.probe.enabled and info.num_classes > 1:  # a labelled dataset
     monitor = probe.Monitor(
-        probe.Settings.from_config(config), config.model.variant, dtype=config.model.dtype,
-        depthwise_impl=config.model.depthwise_impl or None, scan=config.model.scan)
+      probe.Settings.from_config(config),
+      config.model.variant,
+      dtype=config.model.dtype,
+      depthwise_impl=config.model.depthwise_impl or None,
+      scan=config.model.scan,
+    )
 
   def evaluate(state, step):
     pictures.write(state["params"], step)
@@ -48,11 +53,11 @@ def make_task(config, workdir: str | None, info: sources.DatasetInfo | None = No
     return out
 
   return loop.Task(
-      init_params=lambda: fcmae_model.from_config(config)[1],  # traced by the loop: born sharded
-      loss_fn=task_loss,
-      train_batches=loop.train_stream(config, "pretrain"),
-      steps_per_epoch=loop.steps_per_epoch(config, info),
-      evaluate=evaluate,
-      skipped_images=pipeline.skipped_images,
-      evaluate_at_start=monitor is not None,
+    init_params=lambda: fcmae_model.from_config(config)[1],  # traced by the loop: born sharded
+    loss_fn=task_loss,
+    train_batches=loop.train_stream(config, "pretrain"),
+    steps_per_epoch=loop.steps_per_epoch(config, info),
+    evaluate=evaluate,
+    skipped_images=pipeline.skipped_images,
+    evaluate_at_start=monitor is not None,
   )

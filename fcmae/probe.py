@@ -34,12 +34,13 @@ from data import eval_pipeline, on_device, sources
 from models import convnextv2
 from trainer import sharding
 
-L2_GRID = tuple(10.0 ** e for e in range(-3, 4))  # times the number of training examples
+L2_GRID = tuple(10.0**e for e in range(-3, 4))  # times the number of training examples
 
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
   """The data and the probes of a run's monitor (config.probe, config.data)."""
+
   data: str
   data_dir: str | None
   image_size: int
@@ -49,31 +50,45 @@ class Settings:
   batch_size: int = 256  # global, for embedding
 
   @classmethod
-  def from_config(cls, config) -> "Settings":
-    return cls(data=config.data.name, data_dir=config.data.data_dir or None,
-               image_size=config.data.image_size, train_examples=config.probe.train_examples,
-               k=config.probe.k, temperature=config.probe.temperature,
-               batch_size=config.probe.batch_size or config.batch_size)
+  def from_config(cls, config) -> Settings:
+    return cls(
+      data=config.data.name,
+      data_dir=config.data.data_dir or None,
+      image_size=config.data.image_size,
+      train_examples=config.probe.train_examples,
+      k=config.probe.k,
+      temperature=config.probe.temperature,
+      batch_size=config.probe.batch_size or config.batch_size,
+    )
 
 
 # ----------------------------------------------------------------------------------------------
 # The two probes, on host numpy features.
 
 
-def knn_top1(train_x, train_y, val_x, val_y, num_classes: int, *, k: int = 20,
-             temperature: float = 0.07, chunk: int = 1024) -> float:
+def knn_top1(
+  train_x,
+  train_y,
+  val_x,
+  val_y,
+  num_classes: int,
+  *,
+  k: int = 20,
+  temperature: float = 0.07,
+  chunk: int = 1024,
+) -> float:
   """Top-1 (%) of weighted kNN: cosine similarity, votes exp(similarity / temperature)."""
   normalize = lambda x: x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
   bank, queries = normalize(train_x.astype(np.float32)), normalize(val_x.astype(np.float32))
   k = min(k, len(bank))
   correct = 0
   for start in range(0, len(queries), chunk):
-    sims = queries[start:start + chunk] @ bank.T                       # (n, N)
-    nearest = np.argpartition(-sims, k - 1, axis=1)[:, :k]             # (n, k)
+    sims = queries[start : start + chunk] @ bank.T  # (n, N)
+    nearest = np.argpartition(-sims, k - 1, axis=1)[:, :k]  # (n, k)
     weights = np.exp(np.take_along_axis(sims, nearest, axis=1) / temperature)
     votes = np.zeros((len(nearest), num_classes))
     np.add.at(votes, (np.arange(len(nearest))[:, None], train_y[nearest]), weights)
-    correct += int(np.sum(votes.argmax(1) == val_y[start:start + chunk]))
+    correct += int(np.sum(votes.argmax(1) == val_y[start : start + chunk]))
   return 100.0 * correct / len(queries)
 
 
@@ -81,18 +96,25 @@ def _ridge_weights(x, y_onehot, l2: float):
   return np.linalg.solve(x.T @ x + l2 * np.eye(x.shape[1]), x.T @ y_onehot)
 
 
-def ridge_top1(train_x, train_y, val_x, val_y, num_classes: int,
-               l2_grid=L2_GRID) -> tuple[float, float]:
+def ridge_top1(
+  train_x, train_y, val_x, val_y, num_classes: int, l2_grid=L2_GRID
+) -> tuple[float, float]:
   """(top-1 %, the chosen L2) of a ridge-regression probe on standardized features + bias."""
   mean, std = train_x.mean(0), train_x.std(0) + 1e-6
-  design = lambda x: np.concatenate([(x - mean) / std, np.ones((len(x), 1))], axis=1).astype(np.float64)
+  design = lambda x: np.concatenate([(x - mean) / std, np.ones((len(x), 1))], axis=1).astype(
+    np.float64
+  )
   x, v = design(train_x), design(val_x)
   onehot = np.eye(num_classes)[train_y]
   held = np.arange(len(x)) % 5 == 0  # a fifth held out to choose the L2 strength
   fit = ~held if held.any() and (~held).any() else np.ones(len(x), bool)
   accuracy = lambda w, a, labels: float(np.mean((a @ w).argmax(1) == labels))
-  scores = [accuracy(_ridge_weights(x[fit], onehot[fit], l2 * fit.sum()), x[held], train_y[held])
-            if held.any() else 0.0 for l2 in l2_grid]
+  scores = [
+    accuracy(_ridge_weights(x[fit], onehot[fit], l2 * fit.sum()), x[held], train_y[held])
+    if held.any()
+    else 0.0
+    for l2 in l2_grid
+  ]
   l2 = l2_grid[int(np.argmax(scores))]
   return 100.0 * accuracy(_ridge_weights(x, onehot, l2 * len(x)), v, val_y), l2
 
@@ -123,14 +145,22 @@ class Monitor:
     local = max(s.batch_size // jax.process_count() // local_devices, 1) * local_devices
     xs, ys = [], []
     for batch in eval_pipeline.eval_iterator(
-        s.data, data_dir=s.data_dir, image_size=s.image_size, local_batch_size=local,
-        process_index=jax.process_index(), process_count=jax.process_count(), split=split):
+      s.data,
+      data_dir=s.data_dir,
+      image_size=s.image_size,
+      local_batch_size=local,
+      process_index=jax.process_index(),
+      process_count=jax.process_count(),
+      split=split,
+    ):
       images = sharding.make_global_batch({"image": batch["image"]}, batch_sharding)["image"]
       out = self._embed(params, images)
       if jax.process_count() > 1:
         from jax.experimental import multihost_utils
+
         gathered = multihost_utils.process_allgather(
-            {"x": out, "y": batch["label"], "m": batch["mask"]}, tiled=False)
+          {"x": out, "y": batch["label"], "m": batch["mask"]}, tiled=False
+        )
         x, y, m = (np.concatenate(list(gathered[k])) for k in ("x", "y", "m"))
       else:
         x, y, m = np.asarray(out), batch["label"], batch["mask"]
@@ -144,9 +174,14 @@ class Monitor:
     train_x, train_y = self.features(encoder_params, self.train_split)
     val_x, val_y = self.features(encoder_params, "validation")
     linear, l2 = ridge_top1(train_x, train_y, val_x, val_y, self.num_classes)
-    return {"knn_top1": knn_top1(train_x, train_y, val_x, val_y, self.num_classes, k=s.k,
-                                 temperature=s.temperature),
-            "linear_top1": linear, "linear_l2": l2, "num_examples": int(len(val_y))}
+    return {
+      "knn_top1": knn_top1(
+        train_x, train_y, val_x, val_y, self.num_classes, k=s.k, temperature=s.temperature
+      ),
+      "linear_top1": linear,
+      "linear_l2": l2,
+      "num_examples": int(len(val_y)),
+    }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -161,10 +196,15 @@ def encoder_params(tree: dict) -> dict:
 
 def main(argv=None) -> dict:
   from classify import pretrained
-  parser = argparse.ArgumentParser(prog="python -m fcmae.probe",
-                                   description=__doc__.splitlines()[0])
-  parser.add_argument("--checkpoint", required=True, help="workdir, checkpoint, converted or "
-                      "PyTorch weights (whatever init_from takes)")
+
+  parser = argparse.ArgumentParser(
+    prog="python -m fcmae.probe", description=__doc__.splitlines()[0]
+  )
+  parser.add_argument(
+    "--checkpoint",
+    required=True,
+    help="workdir, checkpoint, converted or PyTorch weights (whatever init_from takes)",
+  )
   parser.add_argument("--data", required=True, help="folder:PATH, demo, or a prepared TFDS name")
   parser.add_argument("--data_dir", default=None)
   parser.add_argument("--image_size", type=int, default=224)
@@ -177,16 +217,26 @@ def main(argv=None) -> dict:
 
   params = encoder_params(pretrained.read_pretrained(args.checkpoint))
   variant = convnextv2.variant_of(params)
-  settings = Settings(args.data, args.data_dir, args.image_size, args.train_examples, args.k,
-                      args.temperature, args.batch_size)
+  settings = Settings(
+    args.data,
+    args.data_dir,
+    args.image_size,
+    args.train_examples,
+    args.k,
+    args.temperature,
+    args.batch_size,
+  )
   monitor = Monitor(settings, variant, dtype=args.dtype)
   result = monitor(jax.device_put(params, sharding.replicated(sharding.make_mesh())))
-  print(f"{args.checkpoint} ({variant}) on {args.data}: knn_top1 {result['knn_top1']:.2f}, "
-        f"linear_top1 {result['linear_top1']:.2f} (l2 {result['linear_l2']:g} x n), "
-        f"num_examples {result['num_examples']}")
+  print(
+    f"{args.checkpoint} ({variant}) on {args.data}: knn_top1 {result['knn_top1']:.2f}, "
+    f"linear_top1 {result['linear_top1']:.2f} (l2 {result['linear_l2']:g} x n), "
+    f"num_examples {result['num_examples']}"
+  )
   return result
 
 
 if __name__ == "__main__":
   from trainer import cli
+
   cli.guarded(main)(None)

@@ -38,6 +38,7 @@ HEADER = 36  # pixels above the tiles: the title line and the column names
 
 class ImageError(ValueError):
   """An image or a run that cannot be read."""
+
   user_error = True
 
 
@@ -49,7 +50,7 @@ def reconstruction_grid(images, pred, mask, norm_pix_loss: bool) -> np.ndarray:
   p = masking.PATCH_SIZE
   grid = masking.grid_shape(images.shape[1:3])
   b = images.shape[0]
-  target = fcmae_model.patchify(images, grid).reshape(b, grid[0] * grid[1], -1)   # (B, L, 3072)
+  target = fcmae_model.patchify(images, grid).reshape(b, grid[0] * grid[1], -1)  # (B, L, 3072)
   if norm_pix_loss:
     mean = target.mean(-1, keepdims=True)
     std = np.sqrt(target.var(-1, ddof=1, keepdims=True) + 1e-6)
@@ -101,8 +102,12 @@ def save_png(picture: np.ndarray, path: str) -> str:
 
 def sample_images(config, num: int = NUM_IMAGES) -> np.ndarray:
   """The first `num` validation images of the config's dataset, eval-preprocessed, normalized."""
-  batches = eval_pipeline.eval_iterator(config.data.name, data_dir=config.data.data_dir or None,
-                                   image_size=config.data.image_size, local_batch_size=num)
+  batches = eval_pipeline.eval_iterator(
+    config.data.name,
+    data_dir=config.data.data_dir or None,
+    image_size=config.data.image_size,
+    local_batch_size=num,
+  )
   return np.asarray(on_device.normalize(next(iter(batches))["image"][:num]))
 
 
@@ -115,8 +120,13 @@ def load_images(paths, image_size: int) -> np.ndarray:
     except OSError as e:
       raise ImageError(f"Cannot read image {path}: {e}") from None
     scale = image_size / min(image.size)
-    image = image.resize((max(image_size, round(image.size[0] * scale)),
-                          max(image_size, round(image.size[1] * scale))), Image.BICUBIC)
+    image = image.resize(
+      (
+        max(image_size, round(image.size[0] * scale)),
+        max(image_size, round(image.size[1] * scale)),
+      ),
+      Image.BICUBIC,
+    )
     left, top = (image.size[0] - image_size) // 2, (image.size[1] - image_size) // 2
     image = np.asarray(image.crop((left, top, left + image_size, top + image_size)), np.float32)
     out.append((image / 255 - np.asarray(augment.IMAGENET_MEAN)) / np.asarray(augment.IMAGENET_STD))
@@ -139,16 +149,23 @@ class Reconstructions:
     if self._images is None:
       self._images = sample_images(self.config, self.num)
       grid = masking.grid_shape(self.config.data.image_size)
-      self._mask = masking.random_mask(jax.random.key(0), len(self._images), grid[0] * grid[1],
-                                       self.config.fcmae.mask_ratio)
+      self._mask = masking.random_mask(
+        jax.random.key(0), len(self._images), grid[0] * grid[1], self.config.fcmae.mask_ratio
+      )
     params = jax.device_put(params, jax.devices()[0]) if jax.process_count() == 1 else params
     loss, pred = self._loss_fn(params, jnp.asarray(self._images), self._mask)
     self.last_loss = float(loss)
     if jax.process_index() != 0:
       return None
-    picture = figure(self._images, pred, self._mask, self.config.fcmae.norm_pix_loss,
-                     title(f"step {step}", self.last_loss, self._mask))
+    picture = figure(
+      self._images,
+      pred,
+      self._mask,
+      self.config.fcmae.norm_pix_loss,
+      title(f"step {step}", self.last_loss, self._mask),
+    )
     import tensorflow as tf  # TensorBoard's image summaries
+
     writer = tf.summary.create_file_writer(self._tensorboard)
     with writer.as_default(step=step):
       tf.summary.image("reconstructions", picture[None], max_outputs=1)
@@ -164,15 +181,21 @@ def load_run_config(path: str) -> ml_collections.ConfigDict:
     if os.path.isfile(config_path):
       with open(config_path) as f:
         return ml_collections.ConfigDict(json.load(f))
-  raise ImageError(f"No config.json of a train.py run at or above {path}: --checkpoint takes a "
-                   "train.py workdir or one of its checkpoints/<step> directories.")
+  raise ImageError(
+    f"No config.json of a train.py run at or above {path}: --checkpoint takes a "
+    "train.py workdir or one of its checkpoints/<step> directories."
+  )
 
 
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--checkpoint", required=True, help="train.py workdir or checkpoint dir")
-  parser.add_argument("--images", nargs="*", default=None, help="image files (default: the "
-                      "first validation images of the run's dataset)")
+  parser.add_argument(
+    "--images",
+    nargs="*",
+    default=None,
+    help="image files (default: the first validation images of the run's dataset)",
+  )
   parser.add_argument("--out", default="reconstructions.png")
   parser.add_argument("--seed", type=int, default=0, help="seed of the random masks")
   args = parser.parse_args(argv)
@@ -180,18 +203,22 @@ def main(argv=None) -> None:
   config = load_run_config(args.checkpoint)
   loss_fn, _ = fcmae_model.from_config(config, abstract=True)
   params = checkpoint.restore_params(args.checkpoint)
-  images = (load_images(args.images, config.data.image_size) if args.images
-            else sample_images(config))
+  images = (
+    load_images(args.images, config.data.image_size) if args.images else sample_images(config)
+  )
   grid = masking.grid_shape(config.data.image_size)
-  mask = masking.random_mask(jax.random.key(args.seed), len(images), grid[0] * grid[1],
-                             config.fcmae.mask_ratio)
+  mask = masking.random_mask(
+    jax.random.key(args.seed), len(images), grid[0] * grid[1], config.fcmae.mask_ratio
+  )
   loss, pred = jax.jit(loss_fn)(params, jnp.asarray(images), mask)
   name = f"{os.path.basename(os.path.abspath(args.checkpoint))}"
-  save_png(figure(images, pred, mask, config.fcmae.norm_pix_loss,
-                  title(name, float(loss), mask)), args.out)
+  save_png(
+    figure(images, pred, mask, config.fcmae.norm_pix_loss, title(name, float(loss), mask)), args.out
+  )
   print(f"Wrote {args.out} ({len(images)} images, masked-patch loss {float(loss):.4f}).")
 
 
 if __name__ == "__main__":
   from trainer import cli
+
   cli.guarded(main)(None)

@@ -49,8 +49,9 @@ import shutil
 import sys
 import tempfile
 import uuid
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -59,7 +60,7 @@ from models.state_dict import ConversionError, check_tree, from_params, to_param
 
 _MAX_LISTED = 20
 
-CHECKPOINT_FORMAT = "convnextv2-jax"   # config.json "format" of a converted checkpoint
+CHECKPOINT_FORMAT = "convnextv2-jax"  # config.json "format" of a converted checkpoint
 CHECKPOINT_FORMAT_VERSION = 1
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 # Where a training checkpoint keeps its state dict; the first present is used unless --key says.
@@ -86,22 +87,33 @@ def _torch_load(path: Path) -> Any:
   import pickle
 
   import torch
+
   try:  # argparse.Namespace: official training checkpoints carry their command-line args
     with torch.serialization.safe_globals([argparse.Namespace]):
       return torch.load(path, map_location="cpu", weights_only=True)
   except pickle.UnpicklingError as e:
     found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
-    if not found:  # not a pickle of tensors at all, e.g. "WeightsUnpickler error: Unsupported operand"
+    if (
+      not found
+    ):  # not a pickle of tensors at all, e.g. "WeightsUnpickler error: Unsupported operand"
       detail = re.search(r"WeightsUnpickler error: \s*(.+)", str(e))
       why = " ".join(detail.group(1).split()[:8]) if detail else _first_line(e)
-      raise ConversionError(f"{path}: not a PyTorch checkpoint (unpickling failed: {why}).") from None
+      raise ConversionError(
+        f"{path}: not a PyTorch checkpoint (unpickling failed: {why})."
+      ) from None
     what = f" (it references {found[1]})" if found else ""
     raise ConversionError(
-        f"{path}: refused to unpickle: the file holds objects other than tensors and plain "
-        f"containers{what}, and it is read with torch.load(weights_only=True) so that no code in "
-        f"it runs. If you trust the file, re-save just its state dict "
-        f"(torch.save(model.state_dict(), ...)) and convert that.") from None
-  except (RuntimeError, EOFError, ValueError, OSError) as e:  # not a zip / pickle at all, or cut short
+      f"{path}: refused to unpickle: the file holds objects other than tensors and plain "
+      f"containers{what}, and it is read with torch.load(weights_only=True) so that no code in "
+      f"it runs. If you trust the file, re-save just its state dict "
+      f"(torch.save(model.state_dict(), ...)) and convert that."
+    ) from None
+  except (
+    RuntimeError,
+    EOFError,
+    ValueError,
+    OSError,
+  ) as e:  # not a zip / pickle at all, or cut short
     raise ConversionError(f"{path}: not a PyTorch checkpoint ({_first_line(e)}).") from None
 
 
@@ -113,7 +125,9 @@ def _first_line(error: Exception) -> str:
 def _unwrap_container(obj: Any, path: Path, key: str | None) -> dict:
   """The state dict inside a training checkpoint ({'model': sd, 'epoch': ...}) or obj itself."""
   if not isinstance(obj, Mapping):
-    raise ConversionError(f"{path}: expected a dict (state dict or checkpoint), got {type(obj).__name__}.")
+    raise ConversionError(
+      f"{path}: expected a dict (state dict or checkpoint), got {type(obj).__name__}."
+    )
   if key is not None:
     for part in key.split("."):
       if not isinstance(obj, Mapping) or part not in obj:
@@ -129,10 +143,13 @@ def _unwrap_container(obj: Any, path: Path, key: str | None) -> dict:
 
 def _tensors_only(obj: Mapping, path: Path) -> dict[str, np.ndarray]:
   import torch
+
   out = {str(k): _to_numpy(v) for k, v in obj.items() if isinstance(v, torch.Tensor)}
   if not out:
-    raise ConversionError(f"{path}: no tensors found; top-level entries: {list(obj)[:_MAX_LISTED]}. "
-                          f"Pass --key to name the entry holding the state dict.")
+    raise ConversionError(
+      f"{path}: no tensors found; top-level entries: {list(obj)[:_MAX_LISTED]}. "
+      f"Pass --key to name the entry holding the state dict."
+    )
   return out
 
 
@@ -141,6 +158,7 @@ def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
   8-byte little-endian header size, JSON header {name: dtype, shape, data_offsets}, raw data."""
   from safetensors import SafetensorError
   from safetensors.numpy import load_file
+
   try:
     tensors = load_file(str(path))
   except TypeError:  # "data type 'bfloat16' not understood"
@@ -153,8 +171,19 @@ def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
 
 def _read_safetensors_raw(path: Path) -> dict[str, np.ndarray]:
   import ml_dtypes  # a jax dependency
-  dtypes = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
-            "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
+
+  dtypes = {
+    "F64": np.float64,
+    "F32": np.float32,
+    "F16": np.float16,
+    "BF16": ml_dtypes.bfloat16,
+    "I64": np.int64,
+    "I32": np.int32,
+    "I16": np.int16,
+    "I8": np.int8,
+    "U8": np.uint8,
+    "BOOL": np.bool_,
+  }
   with open(path, "rb") as f:
     size = int.from_bytes(f.read(8), "little")
     header = json.loads(f.read(size))
@@ -204,14 +233,18 @@ def read_state_dict(path: str | os.PathLike, key: str | None = None) -> dict[str
       return out
     if (path / "pytorch_model.bin").is_file():
       return read_state_dict(path / "pytorch_model.bin", key)
-    raise ConversionError(f"{path}: a directory without model.safetensors, model.safetensors.index.json "
-                          f"or pytorch_model.bin; it holds {sorted(p.name for p in path.iterdir())[:_MAX_LISTED]}.")
+    raise ConversionError(
+      f"{path}: a directory without model.safetensors, model.safetensors.index.json "
+      f"or pytorch_model.bin; it holds {sorted(p.name for p in path.iterdir())[:_MAX_LISTED]}."
+    )
   if path.suffix == ".safetensors":
     return _read_safetensors(path)
   if path.suffix in TORCH_SUFFIXES:
     return _tensors_only(_unwrap_container(_torch_load(path), path, key), path)
-  raise ConversionError(f"{path}: unsupported file type {path.suffix!r}; expected a directory, "
-                        f".safetensors or one of {', '.join(TORCH_SUFFIXES)}.")
+  raise ConversionError(
+    f"{path}: unsupported file type {path.suffix!r}; expected a directory, "
+    f".safetensors or one of {', '.join(TORCH_SUFFIXES)}."
+  )
 
 
 def _read_hf_config(path: Path) -> dict | None:
@@ -220,7 +253,6 @@ def _read_hf_config(path: Path) -> dict | None:
   if path.is_dir() and config.is_file():
     return json.loads(config.read_text())
   return None
-
 
 
 # ----------------------------------------------------------------------------------------------
@@ -232,7 +264,9 @@ def _check_output(out: Path, force: bool) -> None:
     if not out.is_dir():
       raise OutputExistsError(f"{out} exists and is not a directory.")
     if any(out.iterdir()) and not force:
-      raise OutputExistsError(f"{out} exists and is not empty; pass --force (force=True) to replace it.")
+      raise OutputExistsError(
+        f"{out} exists and is not empty; pass --force (force=True) to replace it."
+      )
 
 
 @contextlib.contextmanager
@@ -274,19 +308,39 @@ def _jsonable(value):
   return str(value)
 
 
-def save(params: Mapping, out_dir: str | os.PathLike, variant: str, num_classes: int, *,
-         force: bool = False, **meta) -> Path:
+def save(
+  params: Mapping,
+  out_dir: str | os.PathLike,
+  variant: str,
+  num_classes: int,
+  *,
+  force: bool = False,
+  **meta,
+) -> Path:
   """Writes params (checked against the model's shapes) to out_dir/params with orbax and
   out_dir/config.json (variant, num_classes, depths, dims and `meta`). Atomic; returns out_dir."""
   import orbax.checkpoint as ocp
+
   if variant not in cv.VARIANTS:
-    raise ConversionError(f"Unknown ConvNeXt V2 variant {variant!r}; valid: {', '.join(cv.VARIANTS)}.")
-  check_tree(cv.abstract_params(variant, num_classes), params, f"params for {variant}/{num_classes} classes")
+    raise ConversionError(
+      f"Unknown ConvNeXt V2 variant {variant!r}; valid: {', '.join(cv.VARIANTS)}."
+    )
+  check_tree(
+    cv.abstract_params(variant, num_classes), params, f"params for {variant}/{num_classes} classes"
+  )
   arrays = _nested_numpy(params)
   spec = cv.VARIANTS[variant]
-  config = dict(format=CHECKPOINT_FORMAT, format_version=CHECKPOINT_FORMAT_VERSION, model="convnextv2",
-                variant=variant, num_classes=int(num_classes), depths=list(spec["depths"]),
-                dims=list(spec["dims"]), params_layout="blocks stacked per stage", **meta)
+  config = dict(
+    format=CHECKPOINT_FORMAT,
+    format_version=CHECKPOINT_FORMAT_VERSION,
+    model="convnextv2",
+    variant=variant,
+    num_classes=int(num_classes),
+    depths=list(spec["depths"]),
+    dims=list(spec["dims"]),
+    params_layout="blocks stacked per stage",
+    **meta,
+  )
   with _atomic_directory(out_dir, force) as tmp:
     with ocp.StandardCheckpointer() as checkpointer:
       checkpointer.save(tmp / "params", arrays)
@@ -296,8 +350,10 @@ def save(params: Mapping, out_dir: str | os.PathLike, variant: str, num_classes:
 
 
 def _nested_numpy(tree: Mapping) -> dict:
-  return {k: _nested_numpy(v) if isinstance(v, Mapping) else np.asarray(v, dtype=np.float32)
-          for k, v in tree.items()}
+  return {
+    k: _nested_numpy(v) if isinstance(v, Mapping) else np.asarray(v, dtype=np.float32)
+    for k, v in tree.items()
+  }
 
 
 def _read_config(ckpt_dir: Path) -> dict:
@@ -308,7 +364,9 @@ def _read_config(ckpt_dir: Path) -> dict:
   if config.get("format") != CHECKPOINT_FORMAT:
     raise ConversionError(f"{path}: format {config.get('format')!r} is not {CHECKPOINT_FORMAT!r}.")
   if config.get("variant") not in cv.VARIANTS:
-    raise ConversionError(f"{path}: unknown variant {config.get('variant')!r}; valid: {', '.join(cv.VARIANTS)}.")
+    raise ConversionError(
+      f"{path}: unknown variant {config.get('variant')!r}; valid: {', '.join(cv.VARIANTS)}."
+    )
   return config
 
 
@@ -316,6 +374,7 @@ def load_params(ckpt_dir: str | os.PathLike) -> tuple[dict, dict]:
   """(params as numpy float32, config) of a converted checkpoint; shapes checked (from the
   checkpoint's metadata, before anything is read) against the model config.json names."""
   import orbax.checkpoint as ocp
+
   ckpt_dir = Path(ckpt_dir).absolute()
   config = _read_config(ckpt_dir)
   expected = cv.abstract_params(config["variant"], config["num_classes"])
@@ -331,6 +390,7 @@ def load(ckpt_dir: str | os.PathLike, **options) -> tuple[Callable, dict]:
   num_classes, **options)` (options: dtype, depthwise_impl, scan, remat, drop_path_rate, output,
   ...), and its params as jax arrays on the default device, every shape checked against it."""
   import jax
+
   params, config = load_params(ckpt_dir)
   apply_fn, abstract = cv.build(config["variant"], config["num_classes"], abstract=True, **options)
   check_tree(abstract, params, f"{ckpt_dir}/params")
@@ -341,14 +401,23 @@ def load(ckpt_dir: str | os.PathLike, **options) -> tuple[Callable, dict]:
 # Conversion and export end to end.
 
 
-def convert(src: str | os.PathLike, out: str | os.PathLike, *, variant: str | None = None,
-            force: bool = False, key: str | None = None) -> dict:
+def convert(
+  src: str | os.PathLike,
+  out: str | os.PathLike,
+  *,
+  variant: str | None = None,
+  force: bool = False,
+  key: str | None = None,
+) -> dict:
   """Reads src (any supported format), converts and saves it to out. Returns the info dict."""
   src, out = Path(src), Path(out)
   _check_output(out.absolute(), force)  # fail before reading a large file
   params, info = to_params(read_state_dict(src, key=key), variant)
-  meta = dict(source_format=info["format"], source_path=str(src.absolute()),
-              skipped=[list(s) for s in info["skipped"]])
+  meta = dict(
+    source_format=info["format"],
+    source_path=str(src.absolute()),
+    skipped=[list(s) for s in info["skipped"]],
+  )
   hf = _read_hf_config(src)
   if hf is not None:
     _check_hf_config(hf, info, src)
@@ -362,17 +431,26 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, *, variant: str | No
 
 
 def _check_hf_config(hf: dict, info: dict, src: Path) -> None:
-  got = dict(hidden_sizes=list(hf.get("hidden_sizes", info["dims"])), depths=list(hf.get("depths", info["depths"])))
+  got = dict(
+    hidden_sizes=list(hf.get("hidden_sizes", info["dims"])),
+    depths=list(hf.get("depths", info["depths"])),
+  )
   want = dict(hidden_sizes=info["dims"], depths=info["depths"])
   if got != want:
-    raise ConversionError(f"{src}/config.json says {got} but the weights are {info['variant']} {want}.")
+    raise ConversionError(
+      f"{src}/config.json says {got} but the weights are {info['variant']} {want}."
+    )
 
 
 def _labels(hf: dict, num_classes: int) -> list[str] | None:
   """Class names from a Hugging Face config, unless they are the generic LABEL_i."""
   id2label = hf.get("id2label") or {}
   names = [id2label.get(str(i), id2label.get(i)) for i in range(num_classes)]
-  if num_classes == 0 or any(n is None for n in names) or names == [f"LABEL_{i}" for i in range(num_classes)]:
+  if (
+    num_classes == 0
+    or any(n is None for n in names)
+    or names == [f"LABEL_{i}" for i in range(num_classes)]
+  ):
     return None
   return names
 
@@ -385,20 +463,39 @@ def hf_config(variant: str, num_classes: int, labels: list[str] | None = None) -
     raise ConversionError(f"{len(labels)} labels for {num_classes} classes.")
   names = labels or [f"LABEL_{i}" for i in range(num_classes)]
   return dict(
-      architectures=["ConvNextV2ForImageClassification" if num_classes else "ConvNextV2Model"],
-      model_type="convnextv2", num_channels=3, patch_size=cv.STEM_PATCH, num_stages=4,
-      hidden_sizes=list(spec["dims"]), depths=list(spec["depths"]), hidden_act="gelu",
-      initializer_range=0.02, layer_norm_eps=1e-6, drop_path_rate=0.0, image_size=224,
-      num_labels=num_classes, id2label={str(i): n for i, n in enumerate(names)},
-      label2id={n: i for i, n in enumerate(names)}, torch_dtype="float32")
+    architectures=["ConvNextV2ForImageClassification" if num_classes else "ConvNextV2Model"],
+    model_type="convnextv2",
+    num_channels=3,
+    patch_size=cv.STEM_PATCH,
+    num_stages=4,
+    hidden_sizes=list(spec["dims"]),
+    depths=list(spec["depths"]),
+    hidden_act="gelu",
+    initializer_range=0.02,
+    layer_norm_eps=1e-6,
+    drop_path_rate=0.0,
+    image_size=224,
+    num_labels=num_classes,
+    id2label={str(i): n for i, n in enumerate(names)},
+    label2id={n: i for i, n in enumerate(names)},
+    torch_dtype="float32",
+  )
 
 
-def export_hf(params: Mapping, variant: str, num_classes: int, out_dir: str | os.PathLike, *,
-              labels: list[str] | None = None, force: bool = False) -> Path:
+def export_hf(
+  params: Mapping,
+  variant: str,
+  num_classes: int,
+  out_dir: str | os.PathLike,
+  *,
+  labels: list[str] | None = None,
+  force: bool = False,
+) -> Path:
   """Writes out_dir/model.safetensors + config.json, loadable offline with
   `ConvNextV2ForImageClassification.from_pretrained(out_dir)` (num_classes > 0) or
   `ConvNextV2Model.from_pretrained(out_dir)` (num_classes 0). Atomic; returns out_dir."""
   from safetensors.numpy import save_file
+
   have = int(np.shape(params["head"]["kernel"])[-1]) if "head" in params else 0
   if have != num_classes:
     raise ConversionError(f"num_classes={num_classes} but the params have a {have}-class head.")
@@ -416,26 +513,43 @@ def export_hf(params: Mapping, variant: str, num_classes: int, out_dir: str | os
 
 def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
-      prog="python -m models.convert",
-      description="Convert ConvNeXt V2 checkpoints (official .pt, FCMAE, Hugging Face, timm) to this "
-                  "project's orbax format, or export one to a Hugging Face directory.",
-      epilog="Examples:\n"
-             "  python -m models.convert convnextv2_atto_1k_224_ema.pt ckpt/atto\n"
-             "  python -m models.convert convnextv2_base_1k_224_fcmae.pt ckpt/base_fcmae --variant base\n"
-             "  python -m models.convert path/to/hf_dir ckpt/tiny\n"
-             "  python -m models.convert --export ckpt/atto hf/atto\n"
-             "Load with models.convert.load(OUT, **build_options) -> (apply_fn, params).",
-      formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("src", metavar="SRC", help="checkpoint to read: file or Hugging Face directory "
-                      "(with --export: also a converted OUT directory)")
-  parser.add_argument("out", metavar="OUT", help="output directory (with --export: the Hugging Face directory)")
-  parser.add_argument("--export", action="store_true",
-                      help="export SRC to OUT as transformers ConvNextV2 (model.safetensors + config.json)")
-  parser.add_argument("--variant", choices=list(cv.VARIANTS), default=None,
-                      help="expected variant; inferred from the shapes when omitted, an error when it disagrees")
-  parser.add_argument("--key", default=None,
-                      help="entry of a torch checkpoint holding the state dict (default: model, state_dict, "
-                           "model_ema, module, else the top level)")
+    prog="python -m models.convert",
+    description="Convert ConvNeXt V2 checkpoints (official .pt, FCMAE, Hugging Face, timm) to this "
+    "project's orbax format, or export one to a Hugging Face directory.",
+    epilog="Examples:\n"
+    "  python -m models.convert convnextv2_atto_1k_224_ema.pt ckpt/atto\n"
+    "  python -m models.convert convnextv2_base_1k_224_fcmae.pt ckpt/base_fcmae --variant base\n"
+    "  python -m models.convert path/to/hf_dir ckpt/tiny\n"
+    "  python -m models.convert --export ckpt/atto hf/atto\n"
+    "Load with models.convert.load(OUT, **build_options) -> (apply_fn, params).",
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
+  parser.add_argument(
+    "src",
+    metavar="SRC",
+    help="checkpoint to read: file or Hugging Face directory "
+    "(with --export: also a converted OUT directory)",
+  )
+  parser.add_argument(
+    "out", metavar="OUT", help="output directory (with --export: the Hugging Face directory)"
+  )
+  parser.add_argument(
+    "--export",
+    action="store_true",
+    help="export SRC to OUT as transformers ConvNextV2 (model.safetensors + config.json)",
+  )
+  parser.add_argument(
+    "--variant",
+    choices=list(cv.VARIANTS),
+    default=None,
+    help="expected variant; inferred from the shapes when omitted, an error when it disagrees",
+  )
+  parser.add_argument(
+    "--key",
+    default=None,
+    help="entry of a torch checkpoint holding the state dict (default: model, state_dict, "
+    "model_ema, module, else the top level)",
+  )
   parser.add_argument("--force", action="store_true", help="replace a non-empty output directory")
   return parser
 
@@ -445,9 +559,16 @@ def _export(src: Path, out: Path, variant: str | None, force: bool, key: str | N
   if is_converted_checkpoint(src):
     params, config = load_params(src)
     if variant is not None and variant != config["variant"]:
-      raise ConversionError(f"--variant {variant} disagrees with {src}, which is {config['variant']}.")
-    info = dict(format=CHECKPOINT_FORMAT, variant=config["variant"], num_classes=config["num_classes"],
-                skipped=[], labels=config.get("labels"))
+      raise ConversionError(
+        f"--variant {variant} disagrees with {src}, which is {config['variant']}."
+      )
+    info = dict(
+      format=CHECKPOINT_FORMAT,
+      variant=config["variant"],
+      num_classes=config["num_classes"],
+      skipped=[],
+      labels=config.get("labels"),
+    )
   else:
     params, info = to_params(read_state_dict(src, key=key), variant)
     hf = _read_hf_config(src)

@@ -17,25 +17,26 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
-import numpy as np
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from models import layers
 
 # docs/reference.md, section 1: depths, dims, and the published size and cost figures.
 VARIANTS: dict[str, dict[str, Any]] = {
-    "atto": dict(depths=(2, 2, 6, 2), dims=(40, 80, 160, 320), params_m=3.71, gmacs=0.55),
-    "femto": dict(depths=(2, 2, 6, 2), dims=(48, 96, 192, 384), params_m=5.23, gmacs=0.79),
-    "pico": dict(depths=(2, 2, 6, 2), dims=(64, 128, 256, 512), params_m=9.07, gmacs=1.37),
-    "nano": dict(depths=(2, 2, 8, 2), dims=(80, 160, 320, 640), params_m=15.62, gmacs=2.46),
-    "tiny": dict(depths=(3, 3, 9, 3), dims=(96, 192, 384, 768), params_m=28.64, gmacs=4.47),
-    "base": dict(depths=(3, 3, 27, 3), dims=(128, 256, 512, 1024), params_m=88.72, gmacs=15.38),
-    "large": dict(depths=(3, 3, 27, 3), dims=(192, 384, 768, 1536), params_m=197.96, gmacs=34.40),
-    "huge": dict(depths=(3, 3, 27, 3), dims=(352, 704, 1408, 2816), params_m=660.29, gmacs=115.0),
+  "atto": dict(depths=(2, 2, 6, 2), dims=(40, 80, 160, 320), params_m=3.71, gmacs=0.55),
+  "femto": dict(depths=(2, 2, 6, 2), dims=(48, 96, 192, 384), params_m=5.23, gmacs=0.79),
+  "pico": dict(depths=(2, 2, 6, 2), dims=(64, 128, 256, 512), params_m=9.07, gmacs=1.37),
+  "nano": dict(depths=(2, 2, 8, 2), dims=(80, 160, 320, 640), params_m=15.62, gmacs=2.46),
+  "tiny": dict(depths=(3, 3, 9, 3), dims=(96, 192, 384, 768), params_m=28.64, gmacs=4.47),
+  "base": dict(depths=(3, 3, 27, 3), dims=(128, 256, 512, 1024), params_m=88.72, gmacs=15.38),
+  "large": dict(depths=(3, 3, 27, 3), dims=(192, 384, 768, 1536), params_m=197.96, gmacs=34.40),
+  "huge": dict(depths=(3, 3, 27, 3), dims=(352, 704, 1408, 2816), params_m=660.29, gmacs=115.0),
 }
 
 STEM_PATCH = 4
@@ -63,21 +64,26 @@ def check_images(images: jax.Array, stride: int = TOTAL_STRIDE) -> None:
   """Fail early, with what was given and what is expected, on a wrong layout or size."""
   shape = tuple(images.shape)
   if len(shape) != 4:
-    raise ValueError(f"Expected images of shape (batch, height, width, 3) (NHWC); got shape {shape}.")
+    raise ValueError(
+      f"Expected images of shape (batch, height, width, 3) (NHWC); got shape {shape}."
+    )
   if shape[-1] != 3:
     hint = " (this looks like NCHW; transpose to NHWC)" if shape[1] == 3 else ""
     raise ValueError(f"Expected 3 channels last (NHWC); got shape {shape}{hint}.")
   if shape[1] % stride or shape[2] % stride:
-    raise ValueError(f"Image height and width must be multiples of {stride}; got {shape[1]}x{shape[2]}.")
+    raise ValueError(
+      f"Image height and width must be multiples of {stride}; got {shape[1]}x{shape[2]}."
+    )
 
 
 @dataclasses.dataclass(frozen=True)
 class Options:
   """Everything about how the network is run, beyond its variant."""
-  dtype: Any = jnp.float32                 # compute dtype; params stay float32
-  depthwise_impl: str | None = None        # None: layers.default_depthwise_impl()
-  scan: bool = False                        # lax.scan over the identical blocks of a stage
-  remat: bool = False                       # recompute each block in the backward pass
+
+  dtype: Any = jnp.float32  # compute dtype; params stay float32
+  depthwise_impl: str | None = None  # None: layers.default_depthwise_impl()
+  scan: bool = False  # lax.scan over the identical blocks of a stage
+  remat: bool = False  # recompute each block in the backward pass
   drop_path_rate: float = 0.0
   head_init_scale: float = 1.0
   head_norm_eps: float = 1e-6
@@ -93,7 +99,9 @@ class Block(nnx.Module):
     self.grn = layers.GRN(4 * dim, dtype=dtype)
     self.pwconv2 = layers.Dense(4 * dim, dim, dtype=dtype, rngs=rngs)
 
-  def mlp(self, x: jax.Array, *, spatial_axes=(1, 2), visible: jax.Array | None = None) -> jax.Array:
+  def mlp(
+    self, x: jax.Array, *, spatial_axes=(1, 2), visible: jax.Array | None = None
+  ) -> jax.Array:
     """Everything after the depthwise conv; per position except GRN's norm over spatial_axes."""
     x = self.norm(x)
     x = layers.gelu(self.pwconv1(x))
@@ -115,8 +123,19 @@ class Block(nnx.Module):
 class Stage(nnx.Module):
   """`depth` Blocks whose parameters are stacked along a leading axis."""
 
-  def __init__(self, dim: int, depth: int, drop_rates: Sequence[float], first_index: int, *,
-               impl: str, dtype, scan: bool, remat: bool, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    dim: int,
+    depth: int,
+    drop_rates: Sequence[float],
+    first_index: int,
+    *,
+    impl: str,
+    dtype,
+    scan: bool,
+    remat: bool,
+    rngs: nnx.Rngs,
+  ):
     keys = jax.random.split(rngs.params(), depth)
     make = lambda key: Block(dim, impl=impl, dtype=dtype, rngs=nnx.Rngs(params=key))
     self.blocks = nnx.vmap(make, in_axes=0, out_axes=0)(keys)
@@ -147,14 +166,16 @@ class Stage(nnx.Module):
     # One split per leaf (its gradient is one concatenation), not depth separate slices.
     per_block = jax.tree.map(lambda a: [p[0] for p in jnp.split(a, self.depth)], state)
     for j in range(self.depth):
-      block_state = jax.tree.map(lambda parts: parts[j], per_block,
-                                 is_leaf=lambda node: isinstance(node, list))
+      block_state = jax.tree.map(
+        lambda parts: parts[j], per_block, is_leaf=lambda node: isinstance(node, list)
+      )
       x, _ = body(x, (block_state, index[j], self.drop_rates[j]))
     return x
 
   def __call__(self, x, *, rng=None, visible=None):
     return self.for_each_block(
-        x, lambda block, x, rate, key: block(x, drop_rate=rate, rng=key, visible=visible), rng=rng)
+      x, lambda block, x, rate, key: block(x, drop_rate=rate, rng=key, visible=visible), rng=rng
+    )
 
 
 class Downsample(nnx.Module):
@@ -182,8 +203,9 @@ class Stem(nnx.Module):
 class ConvNeXtV2(nnx.Module):
   """The encoder (stem, 3 downsamplings, 4 stages) and, with num_classes > 0, the head."""
 
-  def __init__(self, variant: str, num_classes: int = 1000, options: Options = Options(), *,
-               rngs: nnx.Rngs):
+  def __init__(
+    self, variant: str, num_classes: int = 1000, options: Options = Options(), *, rngs: nnx.Rngs
+  ):
     spec = variant_spec(variant)
     depths, dims = spec["depths"], spec["dims"]
     impl = options.depthwise_impl or layers.default_depthwise_impl()
@@ -199,8 +221,21 @@ class ConvNeXtV2(nnx.Module):
     for i, (dim, depth) in enumerate(zip(dims, depths)):
       if i > 0:
         setattr(self, f"downsample{i}", Downsample(dims[i - 1], dim, dtype=dtype, rngs=rngs))
-      setattr(self, f"stage{i}", Stage(dim, depth, rates[start:start + depth], start, impl=impl,
-                                       dtype=dtype, scan=options.scan, remat=options.remat, rngs=rngs))
+      setattr(
+        self,
+        f"stage{i}",
+        Stage(
+          dim,
+          depth,
+          rates[start : start + depth],
+          start,
+          impl=impl,
+          dtype=dtype,
+          scan=options.scan,
+          remat=options.remat,
+          rngs=rngs,
+        ),
+      )
       start += depth
     if num_classes > 0:
       self.norm = layers.LayerNorm(dims[-1], eps=options.head_norm_eps, dtype=jnp.float32)
@@ -294,8 +329,15 @@ def merge(graphdef, params) -> nnx.Module:
   return nnx.merge(graphdef, nnx.State(params))
 
 
-def build(variant: str, num_classes: int = 1000, seed: int = 0, *, output: str = "logits",
-          abstract: bool = False, **options) -> tuple[Callable, dict]:
+def build(
+  variant: str,
+  num_classes: int = 1000,
+  seed: int = 0,
+  *,
+  output: str = "logits",
+  abstract: bool = False,
+  **options,
+) -> tuple[Callable, dict]:
   """Returns (apply_fn, params).
 
   apply_fn(params, images, *, rng=None): images (B, H, W, 3) NHWC float32, ImageNet-normalized;
@@ -342,10 +384,10 @@ def gmacs(variant: str, image_size: int = 224, num_classes: int = 1000) -> float
   macs = side * side * (STEM_PATCH * STEM_PATCH * 3 * dims[0] + 5 * dims[0])  # stem conv + norm
   for i, (dim, depth) in enumerate(zip(dims, depths)):
     if i > 0:
-      macs += side * side * 5 * dims[i - 1]                     # downsampling norm
+      macs += side * side * 5 * dims[i - 1]  # downsampling norm
       side //= 2
-      macs += side * side * 4 * dims[i - 1] * dim               # 2x2 conv
-    per_position = 49 * dim + 5 * dim + 2 * dim * 4 * dim       # dwconv, norm, pwconv1, pwconv2
+      macs += side * side * 4 * dims[i - 1] * dim  # 2x2 conv
+    per_position = 49 * dim + 5 * dim + 2 * dim * 4 * dim  # dwconv, norm, pwconv1, pwconv2
     macs += depth * side * side * per_position
   if num_classes > 0:
     macs += side * side * dims[-1] + 5 * dims[-1] + dims[-1] * num_classes  # pool, norm, head

@@ -38,7 +38,7 @@ def _shifted_sum(xp: jax.Array, w: jax.Array, height: int, width: int) -> jax.Ar
   out = None
   for i in range(k):
     for j in range(k):
-      term = xp[:, i:i + height, j:j + width, :].astype(acc_dtype) * w[i, j].astype(acc_dtype)
+      term = xp[:, i : i + height, j : j + width, :].astype(acc_dtype) * w[i, j].astype(acc_dtype)
       out = term if out is None else out + term
   return _fusion_fence(out.astype(xp.dtype))
 
@@ -52,7 +52,7 @@ def _column_windows(xp: jax.Array, width: int, k: int) -> jax.Array:
   """
   batch, rows, length, channels = xp.shape
   y = jnp.broadcast_to(xp[:, :, None], (batch, rows, width + 1, length, channels))
-  y = y.reshape(batch, rows, (width + 1) * length, channels)[:, :, :width * (length + 1)]
+  y = y.reshape(batch, rows, (width + 1) * length, channels)[:, :, : width * (length + 1)]
   return y.reshape(batch, rows, width, length + 1, channels)[:, :, :, :k]
 
 
@@ -95,7 +95,7 @@ def _kernel_gradient(x: jax.Array, g: jax.Array, k: int) -> jax.Array:
   g = jnp.pad(g.astype(acc_dtype), ((0, 0), (0, extra), (0, 0), (0, 0)))[:, :, :, None, :]
   dw = []
   for i in range(k):
-    windows = _column_windows(xp[:, i:i + groups * rows], width, k).astype(acc_dtype)
+    windows = _column_windows(xp[:, i : i + groups * rows], width, k).astype(acc_dtype)
     product = (windows * g).reshape(batch, groups, rows, width, k, channels)
     partial = product[:, :, 0]
     for r in range(1, rows):
@@ -110,7 +110,7 @@ def _pad(x: jax.Array, p: int) -> jax.Array:
 
 @jax.custom_vjp
 def depthwise_shift(x: jax.Array, w: jax.Array) -> jax.Array:
-  """"Same"-padded stride-1 depthwise correlation of x (B, H, W, C) with w (k, k, C), k odd."""
+  """ "Same"-padded stride-1 depthwise correlation of x (B, H, W, C) with w (k, k, C), k odd."""
   k = w.shape[0]
   return _shifted_sum(_pad(x, k // 2), w, x.shape[1], x.shape[2])
 
@@ -129,6 +129,7 @@ def _depthwise_shift_bwd(residuals, g):
 
 
 depthwise_shift.defvjp(_depthwise_shift_fwd, _depthwise_shift_bwd)
+
 
 @jax.custom_vjp
 def dense(x: jax.Array, kernel: jax.Array) -> jax.Array:

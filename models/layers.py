@@ -29,7 +29,9 @@ from models import cpu_kernels
 
 DEPTHWISE_IMPLS = ("shift", "xla")
 
-trunc_normal_02 = nnx.initializers.truncated_normal(stddev=0.02, lower=-2.0 / 0.02, upper=2.0 / 0.02)
+trunc_normal_02 = nnx.initializers.truncated_normal(
+  stddev=0.02, lower=-2.0 / 0.02, upper=2.0 / 0.02
+)
 
 _TARGET_PLATFORM = contextvars.ContextVar("target_platform", default=None)
 
@@ -66,6 +68,8 @@ def default_depthwise_impl(backend: str | None = None) -> str:
 def matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
   """x @ kernel over the last axis of x; on CPU with `cpu_kernels.dense`'s gradient."""
   return cpu_kernels.dense(x, kernel) if platform() == "cpu" else jnp.dot(x, kernel)
+
+
 def depthwise_conv(x: jax.Array, kernel: jax.Array, impl: str = "shift") -> jax.Array:
   """'Same'-padded stride-1 depthwise convolution, no bias.
 
@@ -81,8 +85,13 @@ def depthwise_conv(x: jax.Array, kernel: jax.Array, impl: str = "shift") -> jax.
   if impl == "xla":
     p = kernel.shape[0] // 2
     return jax.lax.conv_general_dilated(
-        x, kernel, window_strides=(1, 1), padding=((p, p), (p, p)),
-        dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=x.shape[-1])
+      x,
+      kernel,
+      window_strides=(1, 1),
+      padding=((p, p), (p, p)),
+      dimension_numbers=("NHWC", "HWIO", "NHWC"),
+      feature_group_count=x.shape[-1],
+    )
   raise ValueError(f"Unknown depthwise impl {impl!r}; expected one of {DEPTHWISE_IMPLS}.")
 
 
@@ -103,7 +112,9 @@ class DepthwiseConv(nnx.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     x = x.astype(self.dtype)
-    return depthwise_conv(x, self.kernel[...].astype(self.dtype), self.impl) + self.bias[...].astype(self.dtype)
+    return depthwise_conv(x, self.kernel[...].astype(self.dtype), self.impl) + self.bias[
+      ...
+    ].astype(self.dtype)
 
 
 class Dense(nnx.Module):
@@ -166,8 +177,14 @@ def _safe_sqrt(s: jax.Array) -> jax.Array:
   return jnp.where(positive, jnp.sqrt(jnp.where(positive, s, 1.0)), 0.0)
 
 
-def grn(x: jax.Array, gamma: jax.Array, beta: jax.Array, visible: jax.Array | None = None,
-        spatial_axes: tuple[int, ...] = (1, 2), out_dtype=None) -> jax.Array:
+def grn(
+  x: jax.Array,
+  gamma: jax.Array,
+  beta: jax.Array,
+  visible: jax.Array | None = None,
+  spatial_axes: tuple[int, ...] = (1, 2),
+  out_dtype=None,
+) -> jax.Array:
   """Global Response Normalization, out = gamma * (x * Nx) + beta + x, with its own gradient.
 
   Gx is the L2 norm of each channel over `spatial_axes` of one sample (only where `visible`, if
@@ -243,7 +260,9 @@ class GRN(nnx.Module):
     self.beta = nnx.Param(jnp.zeros((dim,)))
     self.dtype = dtype
 
-  def __call__(self, x: jax.Array, *, spatial_axes=(1, 2), visible: jax.Array | None = None) -> jax.Array:
+  def __call__(
+    self, x: jax.Array, *, spatial_axes=(1, 2), visible: jax.Array | None = None
+  ) -> jax.Array:
     return grn(x, self.gamma[...], self.beta[...], visible, spatial_axes, self.dtype)
 
 
@@ -256,8 +275,9 @@ def example_keys(rng: jax.Array, batch_size: int) -> jax.Array:
   if rng.ndim == 0:
     return jax.random.split(rng, batch_size)
   if rng.shape != (batch_size,):
-    raise ValueError(f"Expected one PRNG key or {batch_size} (one per example); got keys of "
-                     f"shape {rng.shape}.")
+    raise ValueError(
+      f"Expected one PRNG key or {batch_size} (one per example); got keys of shape {rng.shape}."
+    )
   return rng
 
 

@@ -29,7 +29,8 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import numpy as np
 from flax import traverse_util
@@ -44,8 +45,8 @@ _MAX_LISTED = 20
 
 class ConversionError(ValueError):
   """A checkpoint that cannot be converted: unknown format, wrong keys or shapes, bad variant."""
-  user_error = True
 
+  user_error = True
 
 
 # ----------------------------------------------------------------------------------------------
@@ -56,51 +57,59 @@ _FIELDS = {"i": r"\d+", "j": r"\d+", "d": r"[1-3]", "k": r"[01]", "p": r"weight|
 
 # (official template, other template); the first rule that matches wins.
 _RULES: dict[str, list[tuple[str, str]]] = {
-    "hf": [  # names after the `convnextv2.` prefix is removed; the classifier never has it.
-        ("downsample_layers.0.0.{p}", "embeddings.patch_embeddings.{p}"),
-        ("downsample_layers.0.1.{p}", "embeddings.layernorm.{p}"),
-        ("downsample_layers.{d}.{k}.{p}", "encoder.stages.{d}.downsampling_layer.{k}.{p}"),
-        ("stages.{i}.{j}.dwconv.{p}", "encoder.stages.{i}.layers.{j}.dwconv.{p}"),
-        ("stages.{i}.{j}.norm.{p}", "encoder.stages.{i}.layers.{j}.layernorm.{p}"),
-        ("stages.{i}.{j}.pwconv1.{p}", "encoder.stages.{i}.layers.{j}.pwconv1.{p}"),
-        ("stages.{i}.{j}.pwconv2.{p}", "encoder.stages.{i}.layers.{j}.pwconv2.{p}"),
-        ("stages.{i}.{j}.grn.gamma", "encoder.stages.{i}.layers.{j}.grn.weight"),
-        ("stages.{i}.{j}.grn.beta", "encoder.stages.{i}.layers.{j}.grn.bias"),
-        ("norm.{p}", "layernorm.{p}"),
-        ("head.{p}", "classifier.{p}"),
-    ],
-    "timm": [
-        ("downsample_layers.0.0.{p}", "stem.0.{p}"),
-        ("downsample_layers.0.1.{p}", "stem.1.{p}"),
-        ("downsample_layers.{d}.{k}.{p}", "stages.{d}.downsample.{k}.{p}"),
-        ("stages.{i}.{j}.dwconv.{p}", "stages.{i}.blocks.{j}.conv_dw.{p}"),
-        ("stages.{i}.{j}.norm.{p}", "stages.{i}.blocks.{j}.norm.{p}"),
-        ("stages.{i}.{j}.pwconv1.{p}", "stages.{i}.blocks.{j}.mlp.fc1.{p}"),
-        ("stages.{i}.{j}.pwconv2.{p}", "stages.{i}.blocks.{j}.mlp.fc2.{p}"),
-        ("stages.{i}.{j}.grn.gamma", "stages.{i}.blocks.{j}.mlp.grn.weight"),
-        ("stages.{i}.{j}.grn.beta", "stages.{i}.blocks.{j}.mlp.grn.bias"),
-        ("norm.{p}", "head.norm.{p}"),
-        ("head.{p}", "head.fc.{p}"),
-    ],
+  "hf": [  # names after the `convnextv2.` prefix is removed; the classifier never has it.
+    ("downsample_layers.0.0.{p}", "embeddings.patch_embeddings.{p}"),
+    ("downsample_layers.0.1.{p}", "embeddings.layernorm.{p}"),
+    ("downsample_layers.{d}.{k}.{p}", "encoder.stages.{d}.downsampling_layer.{k}.{p}"),
+    ("stages.{i}.{j}.dwconv.{p}", "encoder.stages.{i}.layers.{j}.dwconv.{p}"),
+    ("stages.{i}.{j}.norm.{p}", "encoder.stages.{i}.layers.{j}.layernorm.{p}"),
+    ("stages.{i}.{j}.pwconv1.{p}", "encoder.stages.{i}.layers.{j}.pwconv1.{p}"),
+    ("stages.{i}.{j}.pwconv2.{p}", "encoder.stages.{i}.layers.{j}.pwconv2.{p}"),
+    ("stages.{i}.{j}.grn.gamma", "encoder.stages.{i}.layers.{j}.grn.weight"),
+    ("stages.{i}.{j}.grn.beta", "encoder.stages.{i}.layers.{j}.grn.bias"),
+    ("norm.{p}", "layernorm.{p}"),
+    ("head.{p}", "classifier.{p}"),
+  ],
+  "timm": [
+    ("downsample_layers.0.0.{p}", "stem.0.{p}"),
+    ("downsample_layers.0.1.{p}", "stem.1.{p}"),
+    ("downsample_layers.{d}.{k}.{p}", "stages.{d}.downsample.{k}.{p}"),
+    ("stages.{i}.{j}.dwconv.{p}", "stages.{i}.blocks.{j}.conv_dw.{p}"),
+    ("stages.{i}.{j}.norm.{p}", "stages.{i}.blocks.{j}.norm.{p}"),
+    ("stages.{i}.{j}.pwconv1.{p}", "stages.{i}.blocks.{j}.mlp.fc1.{p}"),
+    ("stages.{i}.{j}.pwconv2.{p}", "stages.{i}.blocks.{j}.mlp.fc2.{p}"),
+    ("stages.{i}.{j}.grn.gamma", "stages.{i}.blocks.{j}.mlp.grn.weight"),
+    ("stages.{i}.{j}.grn.beta", "stages.{i}.blocks.{j}.mlp.grn.bias"),
+    ("norm.{p}", "head.norm.{p}"),
+    ("head.{p}", "head.fc.{p}"),
+  ],
 }
 HF_PREFIX = "convnextv2."
 
 _MARKERS = {  # key patterns that identify each format, most distinctive first
-    "hf": re.compile(r"^(convnextv2\.)?(embeddings\.(patch_embeddings|layernorm)\."
-                     r"|encoder\.stages\.\d+\.(layers|downsampling_layer)\.)"),
-    "fcmae-sparse": re.compile(r"^encoder\.(downsample_layers|stages)\.|\.kernel$|\.(ln|linear)\.(weight|bias)$"),
-    "timm": re.compile(r"^(stem\.[01]\.|stages\.\d+\.(blocks|downsample)\.|head\.(fc|norm)\.)"),
-    "official": re.compile(r"^(downsample_layers\.\d+\.\d+|stages\.\d+\.\d+)\."),
+  "hf": re.compile(
+    r"^(convnextv2\.)?(embeddings\.(patch_embeddings|layernorm)\."
+    r"|encoder\.stages\.\d+\.(layers|downsampling_layer)\.)"
+  ),
+  "fcmae-sparse": re.compile(
+    r"^encoder\.(downsample_layers|stages)\.|\.kernel$|\.(ln|linear)\.(weight|bias)$"
+  ),
+  "timm": re.compile(r"^(stem\.[01]\.|stages\.\d+\.(blocks|downsample)\.|head\.(fc|norm)\.)"),
+  "official": re.compile(r"^(downsample_layers\.\d+\.\d+|stages\.\d+\.\d+)\."),
 }
 
 
 def _compile(template: str) -> re.Pattern:
   parts = re.split(r"\{([a-z])\}", template)
-  regex = "".join(re.escape(p) if n % 2 == 0 else f"(?P<{p}>{_FIELDS[p]})" for n, p in enumerate(parts))
+  regex = "".join(
+    re.escape(p) if n % 2 == 0 else f"(?P<{p}>{_FIELDS[p]})" for n, p in enumerate(parts)
+  )
   return re.compile(f"^{regex}$")
 
 
-_COMPILED = {fmt: [(_compile(a), a, _compile(b), b) for a, b in rules] for fmt, rules in _RULES.items()}
+_COMPILED = {
+  fmt: [(_compile(a), a, _compile(b), b) for a, b in rules] for fmt, rules in _RULES.items()
+}
 
 
 def _rename(name: str, fmt: str, *, to_official: bool) -> str | None:
@@ -123,15 +132,16 @@ def detect_format(keys: Iterable[str]) -> str:
       return fmt
   sample = ", ".join(sorted(keys)[:8]) or "(no keys)"
   raise ConversionError(
-      f"Unrecognised checkpoint format: {len(keys)} keys, e.g. {sample}. Expected ConvNeXt V2 keys "
-      f"in the official (downsample_layers.0.0.weight, stages.0.0.dwconv.weight), Hugging Face "
-      f"(convnextv2.embeddings.patch_embeddings.weight, ...layers.0.dwconv.weight) or timm "
-      f"(stem.0.weight, stages.0.blocks.0.conv_dw.weight) layout.")
+    f"Unrecognised checkpoint format: {len(keys)} keys, e.g. {sample}. Expected ConvNeXt V2 keys "
+    f"in the official (downsample_layers.0.0.weight, stages.0.0.dwconv.weight), Hugging Face "
+    f"(convnextv2.embeddings.patch_embeddings.weight, ...layers.0.dwconv.weight) or timm "
+    f"(stem.0.weight, stages.0.blocks.0.conv_dw.weight) layout."
+  )
 
 
 def _strip_common_prefix(keys: list[str], prefix: str) -> list[str]:
   if keys and all(k.startswith(prefix) for k in keys):
-    return [k[len(prefix):] for k in keys]
+    return [k[len(prefix) :] for k in keys]
   return keys
 
 
@@ -143,7 +153,9 @@ def _sparse_kernel(value: np.ndarray, name: str) -> np.ndarray:
   """
   k = math.isqrt(value.shape[0])
   if k * k != value.shape[0] or value.ndim not in (2, 3):
-    raise ConversionError(f"{name}: sparse kernel of shape {value.shape} is neither (k*k, in, out) nor (k*k, C).")
+    raise ConversionError(
+      f"{name}: sparse kernel of shape {value.shape} is neither (k*k, in, out) nor (k*k, C)."
+    )
   if value.ndim == 3:
     return value.reshape(k, k, *value.shape[1:]).transpose(3, 2, 1, 0)
   return value.reshape(k, k, value.shape[1]).transpose(2, 1, 0)[:, None]
@@ -161,7 +173,7 @@ def _to_official(state_dict: Mapping[str, np.ndarray], fmt: str):
     name = key
     if fmt in ("official", "fcmae-sparse"):
       if name.startswith("encoder."):
-        name = name[len("encoder."):]
+        name = name[len("encoder.") :]
       if name.split(".")[0] in FCMAE_EXTRA_PREFIXES:
         skipped.append((source, "FCMAE decoder / mask token (not part of the encoder)"))
         continue
@@ -169,11 +181,11 @@ def _to_official(state_dict: Mapping[str, np.ndarray], fmt: str):
       if len(parts) > 2 and parts[-2] in ("ln", "linear"):  # MinkowskiLayerNorm / MinkowskiLinear
         name = ".".join(parts[:-2] + parts[-1:])
       if name.endswith(".kernel"):
-        name = name[:-len("kernel")] + "weight"
+        name = name[: -len("kernel")] + "weight"
         value = _sparse_kernel(value, source)
     elif fmt == "hf":
       if name.startswith(HF_PREFIX):
-        name = name[len(HF_PREFIX):]
+        name = name[len(HF_PREFIX) :]
       if name.startswith("hidden_states_norms."):
         skipped.append((source, "ConvNextV2Backbone output norm"))
         continue
@@ -197,7 +209,9 @@ def _to_official(state_dict: Mapping[str, np.ndarray], fmt: str):
 # becomes (7,7,1,C) by the same transpose); linear: (out, in) -> (in, out); vector: flattened.
 
 
-def _slots(variant: str, num_classes: int) -> dict[str, tuple[tuple[str, ...], int | None, str, tuple]]:
+def _slots(
+  variant: str, num_classes: int
+) -> dict[str, tuple[tuple[str, ...], int | None, str, tuple]]:
   """{official name: (our param path, block index or None, kind, official shape)}."""
   spec = cv.variant_spec(variant)
   depths, dims = spec["depths"], spec["dims"]
@@ -265,20 +279,24 @@ def _from_ours(kind: str, value: np.ndarray, shape: tuple) -> np.ndarray:
   return np.ascontiguousarray(value.reshape(shape))
 
 
-def _mismatch_message(what: str, missing: list[str], unexpected: list[str],
-                      wrong: list[tuple[str, Any, Any]]) -> str:
+def _mismatch_message(
+  what: str, missing: list[str], unexpected: list[str], wrong: list[tuple[str, Any, Any]]
+) -> str:
   def listed(items):
     items = list(items)
     more = f" ... and {len(items) - _MAX_LISTED} more" if len(items) > _MAX_LISTED else ""
     return ", ".join(items[:_MAX_LISTED]) + more
+
   lines = [f"{what}:"]
   if missing:
     lines.append(f"  missing ({len(missing)}): {listed(missing)}")
   if unexpected:
     lines.append(f"  unexpected ({len(unexpected)}): {listed(unexpected)}")
   if wrong:
-    lines.append(f"  wrong shape ({len(wrong)}): " +
-                 listed(f"{k} expected {tuple(e)} got {tuple(g)}" for k, e, g in wrong))
+    lines.append(
+      f"  wrong shape ({len(wrong)}): "
+      + listed(f"{k} expected {tuple(e)} got {tuple(g)}" for k, e, g in wrong)
+    )
   return "\n".join(lines)
 
 
@@ -297,8 +315,12 @@ def infer_variant(canonical: Mapping[str, Any]) -> tuple[str | None, tuple[int, 
   count the block indices of each stage. The variant is the one with that C0 and those depths.
   """
   c0 = None
-  for name, axis in (("downsample_layers.0.0.weight", 0), ("downsample_layers.0.0.bias", 0),
-                     ("downsample_layers.0.1.weight", 0), ("stages.0.0.dwconv.bias", -1)):
+  for name, axis in (
+    ("downsample_layers.0.0.weight", 0),
+    ("downsample_layers.0.0.bias", 0),
+    ("downsample_layers.0.1.weight", 0),
+    ("stages.0.0.dwconv.bias", -1),
+  ):
     if name in canonical and np.ndim(canonical[name]) > 0:
       c0 = int(np.shape(canonical[name])[axis])
       break
@@ -315,36 +337,45 @@ def infer_variant(canonical: Mapping[str, Any]) -> tuple[str | None, tuple[int, 
 
 def _resolve_variant(canonical: Mapping[str, Any], variant: str | None) -> str:
   if variant is not None and variant not in cv.VARIANTS:
-    raise ConversionError(f"Unknown ConvNeXt V2 variant {variant!r}; valid: {', '.join(cv.VARIANTS)}.")
+    raise ConversionError(
+      f"Unknown ConvNeXt V2 variant {variant!r}; valid: {', '.join(cv.VARIANTS)}."
+    )
   inferred, depths, c0 = infer_variant(canonical)
   if inferred is not None:
     if variant is not None and variant != inferred:
       want = cv.VARIANTS[variant]
       raise ConversionError(
-          f"--variant {variant} ({_variant_label(want['depths'], want['dims'])}) disagrees with the "
-          f"checkpoint, which is {inferred} (stem width {c0}, depths {depths}).")
+        f"--variant {variant} ({_variant_label(want['depths'], want['dims'])}) disagrees with the "
+        f"checkpoint, which is {inferred} (stem width {c0}, depths {depths})."
+      )
     return inferred
   if variant is not None:
     want = cv.VARIANTS[variant]
     if c0 is not None and c0 != want["dims"][0]:
       raise ConversionError(
-          f"--variant {variant} ({_variant_label(want['depths'], want['dims'])}) disagrees with the "
-          f"checkpoint's stem width {c0} (depths counted: {depths}).")
+        f"--variant {variant} ({_variant_label(want['depths'], want['dims'])}) disagrees with the "
+        f"checkpoint's stem width {c0} (depths counted: {depths})."
+      )
     return variant  # the key check below lists what is missing or extra
   # No exact match: a unique stem width still names the variant; the key check reports the rest.
   same_width = [n for n, s in cv.VARIANTS.items() if s["dims"][0] == c0]
   if len(same_width) == 1:
     return same_width[0]
-  known = ", ".join(f"{n} (C0 {s['dims'][0]}, depths {s['depths']})" for n, s in cv.VARIANTS.items())
-  raise ConversionError(f"Cannot infer the variant: stem width {c0}, depths {depths} match none of {known}.")
+  known = ", ".join(
+    f"{n} (C0 {s['dims'][0]}, depths {s['depths']})" for n, s in cv.VARIANTS.items()
+  )
+  raise ConversionError(
+    f"Cannot infer the variant: stem width {c0}, depths {depths} match none of {known}."
+  )
 
 
 # ----------------------------------------------------------------------------------------------
 # Conversion in memory.
 
 
-def to_params(state_dict: Mapping[str, Any], variant: str | None = None, *,
-              fmt: str | None = None) -> tuple[dict, dict]:
+def to_params(
+  state_dict: Mapping[str, Any], variant: str | None = None, *, fmt: str | None = None
+) -> tuple[dict, dict]:
   """A state dict in any supported format -> (params, info).
 
   params: the nested dict of `models.convnextv2.build(variant, num_classes)`, numpy float32,
@@ -362,8 +393,13 @@ def to_params(state_dict: Mapping[str, Any], variant: str | None = None, *,
   if num_classes == 0:
     for name in ("norm.weight", "norm.bias"):
       if name in canonical:
-        skipped.append((source_of.pop(name), "final LayerNorm without a head (num_classes=0 "
-                                             "models return pooled features before any norm)"))
+        skipped.append(
+          (
+            source_of.pop(name),
+            "final LayerNorm without a head (num_classes=0 "
+            "models return pooled features before any norm)",
+          )
+        )
         del canonical[name]
 
   slots = _slots(variant, num_classes)
@@ -375,14 +411,22 @@ def to_params(state_dict: Mapping[str, Any], variant: str | None = None, *,
 
   missing = [to_source(n) for n in slots if n not in canonical]
   unexpected = [source_of[n] for n in canonical if n not in slots] + unmatched
-  wrong = [(source_of[n], slots[n][3], np.shape(v)) for n, v in canonical.items()
-           if n in slots and not _compatible(np.shape(v), slots[n][3])]
+  wrong = [
+    (source_of[n], slots[n][3], np.shape(v))
+    for n, v in canonical.items()
+    if n in slots and not _compatible(np.shape(v), slots[n][3])
+  ]
   if missing or unexpected or wrong:
     spec = cv.VARIANTS[variant]
-    raise ConversionError(_mismatch_message(
+    raise ConversionError(
+      _mismatch_message(
         f"{fmt} checkpoint does not match ConvNeXt V2 {variant} "
         f"({_variant_label(spec['depths'], spec['dims'])}, num_classes {num_classes})",
-        missing, unexpected, wrong))
+        missing,
+        unexpected,
+        wrong,
+      )
+    )
 
   params: dict = {}
   blocks: dict[tuple, dict[int, np.ndarray]] = {}
@@ -396,8 +440,15 @@ def to_params(state_dict: Mapping[str, Any], variant: str | None = None, *,
     _set(params, path, np.stack([per_block[j] for j in range(len(per_block))]))
   check_tree(cv.abstract_params(variant, num_classes), params, f"converted params ({variant})")
   spec = cv.VARIANTS[variant]
-  info = dict(format=fmt, variant=variant, num_classes=num_classes, depths=list(spec["depths"]),
-              dims=list(spec["dims"]), num_tensors=len(slots), skipped=skipped)
+  info = dict(
+    format=fmt,
+    variant=variant,
+    num_classes=num_classes,
+    depths=list(spec["depths"]),
+    dims=list(spec["dims"]),
+    num_tensors=len(slots),
+    skipped=skipped,
+  )
   return params, info
 
 
@@ -422,7 +473,9 @@ def from_params(params: Mapping, variant: str, fmt: str = "hf") -> dict[str, np.
   hf = {}
   for name, value in out.items():
     renamed = _rename(name, "hf", to_official=False)
-    hf[renamed if renamed.startswith("classifier.") or num_classes == 0 else HF_PREFIX + renamed] = value
+    hf[
+      renamed if renamed.startswith("classifier.") or num_classes == 0 else HF_PREFIX + renamed
+    ] = value
   if num_classes == 0:
     c3 = cv.VARIANTS[variant]["dims"][-1]
     hf["layernorm.weight"] = np.ones((c3,), np.float32)
@@ -457,6 +510,10 @@ def check_tree(expected: Mapping, got: Mapping, what: str) -> None:
   exp, have = _flatten(expected), _flatten(got)
   missing = [k for k in exp if k not in have]
   unexpected = [k for k in have if k not in exp]
-  wrong = [(k, shape(exp[k]), shape(have[k])) for k in exp if k in have and shape(have[k]) != shape(exp[k])]
+  wrong = [
+    (k, shape(exp[k]), shape(have[k])) for k in exp if k in have and shape(have[k]) != shape(exp[k])
+  ]
   if missing or unexpected or wrong:
-    raise ConversionError(_mismatch_message(f"{what} do not match the model", missing, unexpected, wrong))
+    raise ConversionError(
+      _mismatch_message(f"{what} do not match the model", missing, unexpected, wrong)
+    )

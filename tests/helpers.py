@@ -36,7 +36,19 @@ SCAN = {"model.scan": True}
 def finetune_config(**changes):
   """The finetuning demo, six steps on one device (8 fake devices on 2 cores are slow)."""
   from configs import finetune_demo
-  return override(finetune_demo.get_config(), {
-      "batch_size": 32, "total_steps": 6, "warmup_steps": 2, "log_every_steps": 3,
-      "checkpoint_every_steps": 6, "eval_every_steps": 6, "mesh.data": 1, "mesh.fsdp": 1,
-      **SCAN, **changes})
+
+  return override(
+    finetune_demo.get_config(),
+    {
+      "batch_size": 32,
+      "total_steps": 6,
+      "warmup_steps": 2,
+      "log_every_steps": 3,
+      "checkpoint_every_steps": 6,
+      "eval_every_steps": 6,
+      "mesh.data": 1,
+      "mesh.fsdp": 1,
+      **SCAN,
+      **changes,
+    },
+  )

@@ -16,22 +16,39 @@ from fcmae import pretrain
 from tests.helpers import SCAN, override
 from trainer import loop
 
-
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FAST = ["--config.batch_size=16", "--config.total_steps=2", "--config.warmup_steps=1",
-        "--config.checkpoint_every_steps=1", "--config.eval_every_steps=0",
-        "--config.mesh.data=1", "--config.data.image_size=64", "--config.model.scan=True"]
+FAST = [
+  "--config.batch_size=16",
+  "--config.total_steps=2",
+  "--config.warmup_steps=1",
+  "--config.checkpoint_every_steps=1",
+  "--config.eval_every_steps=0",
+  "--config.mesh.data=1",
+  "--config.data.image_size=64",
+  "--config.model.scan=True",
+]
 
 
 @pytest.fixture(scope="session")  # made once per worker, whatever the order
 def trained(tmp_path_factory):
   """A finished two-step pretraining workdir (checkpoints 1 and 2) to resume from."""
   workdir = tmp_path_factory.mktemp("trained") / "run"
-  config = override(fcmae_demo.get_config(), {
-      "batch_size": 16, "total_steps": 2, "warmup_steps": 1, "checkpoint_every_steps": 1,
-      "eval_every_steps": 0, "mesh.data": 1, "data.image_size": 64, **SCAN})
-  loop.train_and_evaluate(config, str(workdir), pretrain.make_task(config, str(workdir)),
-                          devices=jax.devices()[:1])
+  config = override(
+    fcmae_demo.get_config(),
+    {
+      "batch_size": 16,
+      "total_steps": 2,
+      "warmup_steps": 1,
+      "checkpoint_every_steps": 1,
+      "eval_every_steps": 0,
+      "mesh.data": 1,
+      "data.image_size": 64,
+      **SCAN,
+    },
+  )
+  loop.train_and_evaluate(
+    config, str(workdir), pretrain.make_task(config, str(workdir)), devices=jax.devices()[:1]
+  )
   return workdir
 
 
@@ -39,16 +56,19 @@ def _snapshot(path):
   """Every file under `path` with its bytes (empty when `path` does not exist)."""
   if not os.path.exists(path):
     return {}
-  return {os.path.relpath(os.path.join(root, name), path):
-          open(os.path.join(root, name), "rb").read()
-          for root, _, names in os.walk(path) for name in names}
+  return {
+    os.path.relpath(os.path.join(root, name), path): open(os.path.join(root, name), "rb").read()
+    for root, _, names in os.walk(path)
+    for name in names
+  }
 
 
 def _run(args, cwd=REPO):
   env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
   env.pop("FCMAE_TRACEBACK", None)
-  return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True,
-                        timeout=600)
+  return subprocess.run(
+    [sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+  )
 
 
 def _files(tmp_path):
@@ -65,49 +85,116 @@ FINETUNE = ["finetune.py", "--config", "configs/finetune_demo.py"]
 
 # (id, arguments with {tmp} and {run} placeholders, words the message must contain)
 CASES = [
-    ("typo_in_a_field", TRAIN + ["--workdir", "{tmp}/w", "--config.batchsize=3"],
-     ["no such config field", "batchsize", "batch_size", "configs/common.py"]),
-    ("unknown_variant", TRAIN + ["--workdir", "{tmp}/w", "--config.model.variant=medium"],
-     ["model.variant", "medium", "atto"]),
-    ("mask_ratio_out_of_range", TRAIN + ["--workdir", "{tmp}/w", "--config.fcmae.mask_ratio=1.5"],
-     ["fcmae.mask_ratio", "1.5", "[0, 1)"]),
-    ("value_of_the_wrong_type", TRAIN + ["--workdir", "{tmp}/w", "--config.batch_size=many"],
-     ["--config.batch_size", "many"]),
-    ("no_such_config_file", ["train.py", "--config", "configs/fcmae_giant.py", "--workdir", "{tmp}/w"],
-     ["no such config file", "configs/fcmae_giant.py"]),
-    ("argument_for_a_config_without_one", ["train.py", "--config", "configs/fcmae_demo.py:800",
-                                           "--workdir", "{tmp}/w"],
-     ["configs/fcmae_demo.py takes no argument", "800"]),
-    ("unknown_finetuning_stage", ["finetune.py", "--config", "configs/finetune_base.py:in21k",
-                                  "--workdir", "{tmp}/w"], ["in21k", "in22k_to_in1k"]),
-    ("no_workdir", TRAIN, ["--workdir is required"]),
-    ("cloud_workdir", TRAIN + ["--workdir", "gs://bucket/run"], ["gs://bucket/run", "gcsfuse"]),
-    ("missing_image_folder", TRAIN + ["--workdir", "{tmp}/w", "--config.data.name=folder:{tmp}/nope"],
-     ["{tmp}/nope", "does not exist"]),
-    ("imagenet_not_prepared", TRAIN + ["--workdir", "{tmp}/w", "--config.data.name=imagenet2012",
-                                       "--config.data.data_dir={tmp}/tfds"],
-     ["imagenet2012", "not prepared", "downloads/manual", "tfds build"]),
-    ("unknown_topology", TRAIN + ["--compile_only=v9:2x2"], ["unknown topology", "v9:2x2", "v5e"]),
-    ("missing_init_from", FINETUNE + ["--workdir", "{tmp}/w", "--config.init_from={tmp}/nothing"],
-     ["init_from", "{tmp}/nothing", "does not exist"]),
-    ("random_bytes_as_init_from", FINETUNE + ["--workdir", "{tmp}/w",
-                                              "--config.init_from={tmp}/random.pt"],
-     ["{tmp}/random.pt", "not a PyTorch checkpoint"]),
-    ("random_bytes_to_convert", ["-m", "models.convert", "{tmp}/random.pt", "{tmp}/out"],
-     ["{tmp}/random.pt", "not a PyTorch checkpoint"]),
-    ("cut_safetensors_to_convert", ["-m", "models.convert", "{tmp}/cut.safetensors", "{tmp}/out"],
-     ["{tmp}/cut.safetensors", "not a readable safetensors file"]),
-    ("pictures_of_a_directory_without_a_run", ["-m", "fcmae.visualize", "--checkpoint", "{tmp}"],
-     ["config.json", "{tmp}", "--checkpoint takes a train.py workdir"]),
-    ("pictures_of_a_file_that_is_no_image", ["-m", "fcmae.visualize", "--checkpoint", "{run}",
-                                             "--images", "{tmp}/not_an_image.jpg",
-                                             "--out", "{tmp}/r.png"],
-     ["Cannot read image", "{tmp}/not_an_image.jpg"]),
-    ("resume_with_another_variant", TRAIN + FAST + ["--workdir", "{run}", "--config.model.variant=femto"],
-     ["{run}", "model.variant: 'atto' -> 'femto'", "--allow_config_change"]),
-    ("resume_with_another_batch", TRAIN + ["--workdir", "{run}", "--config.batch_size=32",
-                                           "--config.total_steps=2", "--config.mesh.data=1"],
-     ["batch_size: 16 -> 32", "warmup_steps: 1 -> 20"]),
+  (
+    "typo_in_a_field",
+    TRAIN + ["--workdir", "{tmp}/w", "--config.batchsize=3"],
+    ["no such config field", "batchsize", "batch_size", "configs/common.py"],
+  ),
+  (
+    "unknown_variant",
+    TRAIN + ["--workdir", "{tmp}/w", "--config.model.variant=medium"],
+    ["model.variant", "medium", "atto"],
+  ),
+  (
+    "mask_ratio_out_of_range",
+    TRAIN + ["--workdir", "{tmp}/w", "--config.fcmae.mask_ratio=1.5"],
+    ["fcmae.mask_ratio", "1.5", "[0, 1)"],
+  ),
+  (
+    "value_of_the_wrong_type",
+    TRAIN + ["--workdir", "{tmp}/w", "--config.batch_size=many"],
+    ["--config.batch_size", "many"],
+  ),
+  (
+    "no_such_config_file",
+    ["train.py", "--config", "configs/fcmae_giant.py", "--workdir", "{tmp}/w"],
+    ["no such config file", "configs/fcmae_giant.py"],
+  ),
+  (
+    "argument_for_a_config_without_one",
+    ["train.py", "--config", "configs/fcmae_demo.py:800", "--workdir", "{tmp}/w"],
+    ["configs/fcmae_demo.py takes no argument", "800"],
+  ),
+  (
+    "unknown_finetuning_stage",
+    ["finetune.py", "--config", "configs/finetune_base.py:in21k", "--workdir", "{tmp}/w"],
+    ["in21k", "in22k_to_in1k"],
+  ),
+  ("no_workdir", TRAIN, ["--workdir is required"]),
+  ("cloud_workdir", TRAIN + ["--workdir", "gs://bucket/run"], ["gs://bucket/run", "gcsfuse"]),
+  (
+    "missing_image_folder",
+    TRAIN + ["--workdir", "{tmp}/w", "--config.data.name=folder:{tmp}/nope"],
+    ["{tmp}/nope", "does not exist"],
+  ),
+  (
+    "imagenet_not_prepared",
+    TRAIN
+    + [
+      "--workdir",
+      "{tmp}/w",
+      "--config.data.name=imagenet2012",
+      "--config.data.data_dir={tmp}/tfds",
+    ],
+    ["imagenet2012", "not prepared", "downloads/manual", "tfds build"],
+  ),
+  ("unknown_topology", TRAIN + ["--compile_only=v9:2x2"], ["unknown topology", "v9:2x2", "v5e"]),
+  (
+    "missing_init_from",
+    FINETUNE + ["--workdir", "{tmp}/w", "--config.init_from={tmp}/nothing"],
+    ["init_from", "{tmp}/nothing", "does not exist"],
+  ),
+  (
+    "random_bytes_as_init_from",
+    FINETUNE + ["--workdir", "{tmp}/w", "--config.init_from={tmp}/random.pt"],
+    ["{tmp}/random.pt", "not a PyTorch checkpoint"],
+  ),
+  (
+    "random_bytes_to_convert",
+    ["-m", "models.convert", "{tmp}/random.pt", "{tmp}/out"],
+    ["{tmp}/random.pt", "not a PyTorch checkpoint"],
+  ),
+  (
+    "cut_safetensors_to_convert",
+    ["-m", "models.convert", "{tmp}/cut.safetensors", "{tmp}/out"],
+    ["{tmp}/cut.safetensors", "not a readable safetensors file"],
+  ),
+  (
+    "pictures_of_a_directory_without_a_run",
+    ["-m", "fcmae.visualize", "--checkpoint", "{tmp}"],
+    ["config.json", "{tmp}", "--checkpoint takes a train.py workdir"],
+  ),
+  (
+    "pictures_of_a_file_that_is_no_image",
+    [
+      "-m",
+      "fcmae.visualize",
+      "--checkpoint",
+      "{run}",
+      "--images",
+      "{tmp}/not_an_image.jpg",
+      "--out",
+      "{tmp}/r.png",
+    ],
+    ["Cannot read image", "{tmp}/not_an_image.jpg"],
+  ),
+  (
+    "resume_with_another_variant",
+    TRAIN + FAST + ["--workdir", "{run}", "--config.model.variant=femto"],
+    ["{run}", "model.variant: 'atto' -> 'femto'", "--allow_config_change"],
+  ),
+  (
+    "resume_with_another_batch",
+    TRAIN
+    + [
+      "--workdir",
+      "{run}",
+      "--config.batch_size=32",
+      "--config.total_steps=2",
+      "--config.mesh.data=1",
+    ],
+    ["batch_size: 16 -> 32", "warmup_steps: 1 -> 20"],
+  ),
 ]
 
 
@@ -115,8 +202,10 @@ CASES = [
 _RUN = pytest.mark.xdist_group("trained_workdir")
 
 
-@pytest.mark.parametrize("case, args, words", [
-    pytest.param(*c, id=c[0], marks=[_RUN] if "{run}" in " ".join(c[1]) else []) for c in CASES])
+@pytest.mark.parametrize(
+  "case, args, words",
+  [pytest.param(*c, id=c[0], marks=[_RUN] if "{run}" in " ".join(c[1]) else []) for c in CASES],
+)
 def test_a_bad_input_is_one_message_and_changes_nothing(case, args, words, tmp_path, request):
   run = ""
   if "{run}" in " ".join(args):
@@ -149,13 +238,23 @@ def test_a_finished_run_says_so_and_how_to_extend_it(trained, tmp_path):
 
 
 @_RUN
-def test_a_changed_config_is_taken_with_allow_config_change_and_kept_in_the_history(trained,
-                                                                                   tmp_path):
+def test_a_changed_config_is_taken_with_allow_config_change_and_kept_in_the_history(
+  trained, tmp_path
+):
   run = tmp_path / "run"
   shutil.copytree(trained, run)
   old = (run / "config.json").read_text()
-  result = _run(TRAIN + FAST + ["--workdir", str(run), "--config.optim.base_lr=0.001",
-                                "--config.log_every_steps=1", "--allow_config_change"])
+  result = _run(
+    TRAIN
+    + FAST
+    + [
+      "--workdir",
+      str(run),
+      "--config.optim.base_lr=0.001",
+      "--config.log_every_steps=1",
+      "--allow_config_change",
+    ]
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   assert "optim.base_lr: 0.006 -> 0.001" in result.stdout
   assert "log_every_steps: 20 -> 1" in result.stdout  # said, and allowed anyway

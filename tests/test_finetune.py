@@ -23,8 +23,7 @@ def test_finetuning_runs_evaluates_and_resumes(tmp_path):
   assert all(np.isfinite(r["loss"]) for r in rows if "loss" in r)
   # Asking for more steps resumes from the checkpoint of step 6.
   config.total_steps = 9
-  state = loop.train_and_evaluate(config, workdir, task.make_task(config, workdir),
-                                  devices=ONE)
+  state = loop.train_and_evaluate(config, workdir, task.make_task(config, workdir), devices=ONE)
   assert int(state["step"]) == 9
   with open(tmp_path / "config.json") as f:
     assert json.load(f)["total_steps"] == 9

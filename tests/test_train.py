@@ -20,13 +20,19 @@ from fcmae import pretrain
 from tests.helpers import SCAN, override
 from trainer import checkpoint, logs, loop
 
-
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 12
-OVERRIDES = {"batch_size": 16, "total_steps": STEPS, "warmup_steps": 4, "log_every_steps": 1,
-             "checkpoint_every_steps": 4, "eval_every_steps": 0, "optim.base_lr": 0.024,
-             "data.image_size": 64,  # a 2x2 patch grid: a quarter of the demo's pixels
-             **SCAN}
+OVERRIDES = {
+  "batch_size": 16,
+  "total_steps": STEPS,
+  "warmup_steps": 4,
+  "log_every_steps": 1,
+  "checkpoint_every_steps": 4,
+  "eval_every_steps": 0,
+  "optim.base_lr": 0.024,
+  "data.image_size": 64,  # a 2x2 patch grid: a quarter of the demo's pixels
+  **SCAN,
+}
 ONE_DEVICE = {"mesh.data": 1, "mesh.fsdp": 1}
 
 
@@ -38,7 +44,8 @@ def _config(**changes):
 
 def _flags(**changes):
   return [f"--config.{k}={v}" for k, v in {**OVERRIDES, **changes}.items()] + [
-      "--config.sharding.min_size=1024"]
+    "--config.sharding.min_size=1024"
+  ]
 
 
 def _train(workdir, devices=None, **changes):
@@ -47,8 +54,9 @@ def _train(workdir, devices=None, **changes):
     devices = jax.devices()[:1]
     changes = {**ONE_DEVICE, **changes}
   config = _config(**changes)
-  loop.train_and_evaluate(config, str(workdir), pretrain.make_task(config, str(workdir)),
-                          devices=devices)
+  loop.train_and_evaluate(
+    config, str(workdir), pretrain.make_task(config, str(workdir)), devices=devices
+  )
   return _losses(workdir)
 
 
@@ -57,12 +65,23 @@ def _losses(workdir):
 
 
 def _run_train_py(workdir, *extra, env_devices=8, **popen):
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={env_devices}",
-             JAX_PLATFORMS="cpu")
-  cmd = [sys.executable, os.path.join(REPO, "train.py"), "--config",
-         os.path.join(REPO, "configs", "fcmae_demo.py"), "--workdir", str(workdir), *extra]
-  return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, **popen)
+  env = dict(
+    os.environ,
+    XLA_FLAGS=f"--xla_force_host_platform_device_count={env_devices}",
+    JAX_PLATFORMS="cpu",
+  )
+  cmd = [
+    sys.executable,
+    os.path.join(REPO, "train.py"),
+    "--config",
+    os.path.join(REPO, "configs", "fcmae_demo.py"),
+    "--workdir",
+    str(workdir),
+    *extra,
+  ]
+  return subprocess.Popen(
+    cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen
+  )
 
 
 @pytest.fixture(scope="session")  # made once per worker, whatever the order
@@ -75,8 +94,15 @@ def reference(tmp_path_factory):
 
 def test_demo_config_learns(tmp_path):
   """The README's demo, shortened: the masked-patch loss falls clearly within 100 steps."""
-  losses = _train(tmp_path, batch_size=32, total_steps=100, warmup_steps=10, log_every_steps=5,
-                  checkpoint_every_steps=100, **{"optim.base_lr": fcmae_demo.get_config().optim.base_lr})
+  losses = _train(
+    tmp_path,
+    batch_size=32,
+    total_steps=100,
+    warmup_steps=10,
+    log_every_steps=5,
+    checkpoint_every_steps=100,
+    **{"optim.base_lr": fcmae_demo.get_config().optim.base_lr},
+  )
   first = np.mean([losses[s] for s in (5, 10, 15)])
   last = np.mean([losses[s] for s in (90, 95, 100)])
   assert last < first - 0.1, (first, last)
@@ -88,19 +114,27 @@ def test_run_writes_metrics_checkpoints_and_tensorboard(reference):
   assert checkpoint.Checkpointer(str(workdir / "checkpoints")).all_steps() == [4, 8, 12]
   assert os.listdir(workdir / "tensorboard")
   records = logs.read_metrics(str(workdir))
-  assert {"lr", "grad_norm", "images_per_sec", "epoch", "skipped_images",
-          "tflops_per_device"} <= set(records[-1])
+  assert {
+    "lr",
+    "grad_norm",
+    "images_per_sec",
+    "epoch",
+    "skipped_images",
+    "tflops_per_device",
+  } <= set(records[-1])
   # What the train step costs, from its compiled program, once at the start.
   compiled = records[0]
   assert compiled["step"] == 0 and compiled["compile_seconds"] > 0
   assert compiled["gflop_per_example"] > 0 and compiled["total_gib_per_device"] > 0
   # The profile of steps 2..3, for TensorBoard.
-  assert any(name.endswith(".xplane.pb") for _, _, names in os.walk(workdir / "profile")
-             for name in names)
+  assert any(
+    name.endswith(".xplane.pb") for _, _, names in os.walk(workdir / "profile") for name in names
+  )
 
 
 def test_reconstruction_pictures_from_a_run(reference, tmp_path):
   from fcmae import visualize
+
   _, workdir = reference
   out = tmp_path / "recon.png"
   visualize.main(["--checkpoint", str(workdir), "--out", str(out)])
@@ -112,8 +146,9 @@ def test_reconstruction_pictures_from_a_run(reference, tmp_path):
 def test_one_device_and_eight_devices_give_the_same_losses(reference, tmp_path):
   losses, _ = reference
   sharded = _train(tmp_path, devices=jax.devices(), **{"mesh.data": 2, "mesh.fsdp": 4})
-  np.testing.assert_allclose([sharded[s] for s in sorted(sharded)],
-                             [losses[s] for s in sorted(losses)], rtol=2e-4)
+  np.testing.assert_allclose(
+    [sharded[s] for s in sorted(sharded)], [losses[s] for s in sorted(losses)], rtol=2e-4
+  )
 
 
 def test_two_processes_match_the_single_process_run(reference, tmp_path):
@@ -122,16 +157,25 @@ def test_two_processes_match_the_single_process_run(reference, tmp_path):
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
   # 2 processes x 2 devices, data=2 x fsdp=2: batch and parameters both cross processes.
-  procs = [_run_train_py(tmp_path, *_flags(**{"mesh.data": 2, "mesh.fsdp": 2}),
-                         f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
-                         f"--process_id={i}", env_devices=2) for i in range(2)]
+  procs = [
+    _run_train_py(
+      tmp_path,
+      *_flags(**{"mesh.data": 2, "mesh.fsdp": 2}),
+      f"--coordinator_address=127.0.0.1:{port}",
+      "--num_processes=2",
+      f"--process_id={i}",
+      env_devices=2,
+    )
+    for i in range(2)
+  ]
   outputs = [p.communicate(timeout=600)[0] for p in procs]
   for p, out in zip(procs, outputs):
     assert p.returncode == 0, out[-3000:]
   two = _losses(tmp_path)
   assert sorted(two) == sorted(losses)
-  np.testing.assert_allclose([two[s] for s in sorted(two)], [losses[s] for s in sorted(losses)],
-                             rtol=2e-4)
+  np.testing.assert_allclose(
+    [two[s] for s in sorted(two)], [losses[s] for s in sorted(losses)], rtol=2e-4
+  )
 
 
 def _stop_after(proc, workdir, rows, signum):
@@ -159,10 +203,13 @@ def test_preemption_and_ctrl_c_save_and_the_resumed_run_is_exact(reference, tmp_
   assert checkpoint.Checkpointer(str(tmp_path / "checkpoints")).latest_step() == first
   assert f"compilation cache {cache}" in out and os.listdir(cache)  # the resumed runs read it
 
-  out = _stop_after(_run_train_py(tmp_path, *flags, env_devices=2), tmp_path, first + 2,
-                    signal.SIGINT)
+  out = _stop_after(
+    _run_train_py(tmp_path, *flags, env_devices=2), tmp_path, first + 2, signal.SIGINT
+  )
   assert f"Resumed from {tmp_path / 'checkpoints'} at step {first}" in out
-  assert "interrupted (Ctrl-C); the checkpoint is saved" in out and "Traceback" not in out, out[-3000:]
+  assert "interrupted (Ctrl-C); the checkpoint is saved" in out and "Traceback" not in out, out[
+    -3000:
+  ]
   second = max(_losses(tmp_path))
   assert first < second < STEPS
   assert checkpoint.Checkpointer(str(tmp_path / "checkpoints")).latest_step() == second
@@ -173,16 +220,21 @@ def test_preemption_and_ctrl_c_save_and_the_resumed_run_is_exact(reference, tmp_
   assert f"Resumed from {tmp_path / 'checkpoints'} at step {second}" in out
   resumed = _losses(tmp_path)
   assert sorted(resumed) == list(range(1, STEPS + 1))
-  np.testing.assert_allclose([resumed[s] for s in sorted(resumed)],
-                             [losses[s] for s in sorted(losses)], rtol=2e-4)
+  np.testing.assert_allclose(
+    [resumed[s] for s in sorted(resumed)], [losses[s] for s in sorted(losses)], rtol=2e-4
+  )
 
 
 def _damage(path, how):
   """A checkpoint's step directory, damaged the ways disks and killed copies damage files."""
   state = os.path.join(path, "state")
   if how == "truncated array file":
-    arrays = [os.path.join(root, n) for root, _, names in os.walk(state) for n in names
-              if os.sep + "d" + os.sep in os.path.join(root, n)]
+    arrays = [
+      os.path.join(root, n)
+      for root, _, names in os.walk(state)
+      for n in names
+      if os.sep + "d" + os.sep in os.path.join(root, n)
+    ]
     with open(max(arrays, key=os.path.getsize), "r+b") as f:
       f.truncate(100)
   elif how == "empty metadata":
@@ -191,8 +243,9 @@ def _damage(path, how):
     os.remove(os.path.join(state, "manifest.ocdbt"))
 
 
-def test_damaged_checkpoints_are_set_aside_and_the_run_resumes_from_an_intact_one(reference,
-                                                                                 tmp_path):
+def test_damaged_checkpoints_are_set_aside_and_the_run_resumes_from_an_intact_one(
+  reference, tmp_path
+):
   """The newest two checkpoints of a finished run are damaged: resuming moves them aside (never
   deletes them), restores step 4, redoes steps 5..12 exactly, and keeps one metrics row a step."""
   losses, done = reference
@@ -201,23 +254,34 @@ def test_damaged_checkpoints_are_set_aside_and_the_run_resumes_from_an_intact_on
   _damage(workdir / "checkpoints" / "12", "truncated array file")
   _damage(workdir / "checkpoints" / "8", "empty metadata")
   config = _config(**ONE_DEVICE)
-  loop.train_and_evaluate(config, str(workdir), pretrain.make_task(config, str(workdir)),
-                          devices=jax.devices()[:1])
-  assert sorted(os.listdir(workdir / "checkpoints")) == ["12", "12.unreadable", "4", "8",
-                                                         "8.unreadable"]
+  loop.train_and_evaluate(
+    config, str(workdir), pretrain.make_task(config, str(workdir)), devices=jax.devices()[:1]
+  )
+  assert sorted(os.listdir(workdir / "checkpoints")) == [
+    "12",
+    "12.unreadable",
+    "4",
+    "8",
+    "8.unreadable",
+  ]
   rows = [r["step"] for r in logs.read_metrics(str(workdir)) if "loss" in r]
   assert rows == list(range(1, STEPS + 1))  # the rows of steps 5..12 were moved, then redone
   assert (workdir / "metrics.discarded.jsonl").read_text().count('"loss"') == 8
   redone = _losses(workdir)
-  np.testing.assert_allclose([redone[s] for s in sorted(redone)],
-                             [losses[s] for s in sorted(losses)], rtol=2e-4)
+  np.testing.assert_allclose(
+    [redone[s] for s in sorted(redone)], [losses[s] for s in sorted(losses)], rtol=2e-4
+  )
 
   for step in ("4", "8", "12"):  # now every checkpoint is unreadable: a message lists them
     _damage(workdir / "checkpoints" / step, "missing member")
-  with pytest.raises(checkpoint.CheckpointError, match=r"No checkpoint .* can be restored: 12 "
-                     r"\(NOT_FOUND.*8 \(NOT_FOUND.*4 \(NOT_FOUND"):
-    loop.train_and_evaluate(config, str(workdir), pretrain.make_task(config, str(workdir)),
-                            devices=jax.devices()[:1])
+  with pytest.raises(
+    checkpoint.CheckpointError,
+    match=r"No checkpoint .* can be restored: 12 "
+    r"\(NOT_FOUND.*8 \(NOT_FOUND.*4 \(NOT_FOUND",
+  ):
+    loop.train_and_evaluate(
+      config, str(workdir), pretrain.make_task(config, str(workdir)), devices=jax.devices()[:1]
+    )
 
 
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tmp_path):
@@ -255,8 +319,15 @@ def test_corrupt_images_are_skipped_and_counted(tmp_path):
         Image.fromarray(pixels).save(folder / f"{i}.png")
   (root / "train" / "a" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
   workdir = tmp_path / "run"
-  _train(workdir, **{"data.name": f"folder:{root}", "batch_size": 8, "total_steps": 8,
-                     "checkpoint_every_steps": 8})
+  _train(
+    workdir,
+    **{
+      "data.name": f"folder:{root}",
+      "batch_size": 8,
+      "total_steps": 8,
+      "checkpoint_every_steps": 8,
+    },
+  )
   records = logs.read_metrics(str(workdir))
   assert len(_losses(workdir)) == 8
   assert max(r.get("skipped_images", 0) for r in records) >= 1

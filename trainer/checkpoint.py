@@ -28,6 +28,7 @@ import orbax.checkpoint as ocp
 
 class CheckpointError(ValueError):
   """No checkpoint can be restored, or one belongs to another model."""
+
   user_error = True
 
 
@@ -37,12 +38,17 @@ class Checkpointer:
   def __init__(self, directory: str, *, keep: int = 3, async_save: bool = True):
     self.directory = os.path.abspath(directory)
     self._options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, create=True, enable_async_checkpointing=async_save)
+      max_to_keep=keep, create=True, enable_async_checkpointing=async_save
+    )
     self._manager = self._open()
 
   def _open(self) -> ocp.CheckpointManager:
-    return ocp.CheckpointManager(self.directory, options=self._options, item_names=("state",),
-                                 item_handlers={"state": ocp.StandardCheckpointHandler()})
+    return ocp.CheckpointManager(
+      self.directory,
+      options=self._options,
+      item_names=("state",),
+      item_handlers={"state": ocp.StandardCheckpointHandler()},
+    )
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -52,16 +58,18 @@ class Checkpointer:
 
   def save(self, step: int, state) -> None:
     """Starts an asynchronous save of `state` (a pytree of jax.Arrays)."""
-    self._manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)),
-                       force=True)
+    self._manager.save(
+      step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)), force=True
+    )
 
   def restore(self, abstract_state, step: int | None = None):
     """The state of `step` (default: the latest), placed as abstract_state's shardings say."""
     step = self.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"No checkpoint in {self.directory}.")
-    restored = self._manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state)))
+    restored = self._manager.restore(
+      step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
+    )
     return restored["state"]
 
   def restore_latest(self, abstract_state, say=logging.warning):
@@ -86,8 +94,11 @@ class Checkpointer:
       except Exception as e:  # noqa: BLE001
         failed.append(self._set_aside(step, e, say))
     if failed:
-      raise CheckpointError(f"No checkpoint in {self.directory} can be restored: "
-                            + "; ".join(failed) + ". Each was moved aside, not deleted.")
+      raise CheckpointError(
+        f"No checkpoint in {self.directory} can be restored: "
+        + "; ".join(failed)
+        + ". Each was moved aside, not deleted."
+      )
     return None
 
   def _set_aside(self, step: int, error: Exception, say) -> str:
@@ -103,11 +114,13 @@ class Checkpointer:
       os.rename(source, target)
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils
+
       multihost_utils.sync_global_devices(f"set aside checkpoint {step}")
     self._manager.close()
     self._manager = self._open()
-    say(f"Checkpoint {step} cannot be restored ({reason}); moved to {target}, trying the one "
-        "before.")
+    say(
+      f"Checkpoint {step} cannot be restored ({reason}); moved to {target}, trying the one before."
+    )
     return f"{step} ({reason})"
 
   def wait(self) -> None:
@@ -148,8 +161,11 @@ def error_summary(error: Exception) -> str:
     texts.append(f"{type(error).__name__}: {error}")
     error = error.__cause__ or error.__context__
   for text in texts:
-    found = re.search(r"\b(OUT_OF_RANGE|DATA_LOSS|NOT_FOUND|INVALID_ARGUMENT|FAILED_PRECONDITION|"
-                      r"UNKNOWN|INTERNAL): [^\[\n]{0,200}", text)
+    found = re.search(
+      r"\b(OUT_OF_RANGE|DATA_LOSS|NOT_FOUND|INVALID_ARGUMENT|FAILED_PRECONDITION|"
+      r"UNKNOWN|INTERNAL): [^\[\n]{0,200}",
+      text,
+    )
     if found:
       return found.group(0).strip()
   first = texts[0].strip().splitlines()[0] if texts else "unknown error"
@@ -158,24 +174,30 @@ def error_summary(error: Exception) -> str:
 
 def _check_matches(stored, abstract_state, where: str) -> None:
   """CheckpointError when the stored tensors' names or shapes are not those of the model."""
+
   def name(path):  # orbax's metadata has dicts where the state has optax's named tuples
     return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
 
-  have = {name(p): tuple(getattr(leaf, "shape", ())) for p, leaf in
-          jax.tree_util.tree_leaves_with_path(dict(stored))}
-  want = {name(p): tuple(leaf.shape) for p, leaf in
-          jax.tree_util.tree_leaves_with_path(abstract_state)}
+  have = {
+    name(p): tuple(getattr(leaf, "shape", ()))
+    for p, leaf in jax.tree_util.tree_leaves_with_path(dict(stored))
+  }
+  want = {
+    name(p): tuple(leaf.shape) for p, leaf in jax.tree_util.tree_leaves_with_path(abstract_state)
+  }
   if have == want:
     return
   missing = sorted(set(want) - set(have))
   extra = sorted(set(have) - set(want))
-  shapes = [f"{k} {have[k]} (model {want[k]})" for k in sorted(set(have) & set(want))
-            if have[k] != want[k]]
+  shapes = [
+    f"{k} {have[k]} (model {want[k]})" for k in sorted(set(have) & set(want)) if have[k] != want[k]
+  ]
   parts = [f"{len(shapes)} of other shapes, e.g. " + ", ".join(shapes[:3])] if shapes else []
   parts += [f"{len(missing)} missing, e.g. {', '.join(missing[:3])}"] if missing else []
   parts += [f"{len(extra)} not in the model, e.g. {', '.join(extra[:3])}"] if extra else []
-  raise CheckpointError(f"The checkpoint {where} was written by another model: "
-                        + "; ".join(parts) + ".")
+  raise CheckpointError(
+    f"The checkpoint {where} was written by another model: " + "; ".join(parts) + "."
+  )
 
 
 def restore_params(path: str) -> dict:
@@ -220,8 +242,10 @@ class PreemptionWatch:
     if signum == signal.SIGINT:
       self.reason = "interrupted (Ctrl-C)"
       signal.signal(signal.SIGINT, self._previous.pop(signal.SIGINT))  # a second one stops now
-      logging.warning("Ctrl-C: saving a checkpoint at the next step, then stopping. Ctrl-C again "
-                      "stops at once, without saving.")
+      logging.warning(
+        "Ctrl-C: saving a checkpoint at the next step, then stopping. Ctrl-C again "
+        "stops at once, without saving."
+      )
     else:
       self.reason = "preemption notice (SIGTERM)"
       logging.warning("SIGTERM received: saving a checkpoint and stopping.")
@@ -230,6 +254,7 @@ class PreemptionWatch:
   def should_stop(self, step: int) -> bool:
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils
+
       if multihost_utils.reached_preemption_sync_point(step):
         self.reason = "preemption notice"
         return True

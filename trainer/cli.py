@@ -12,34 +12,49 @@ from __future__ import annotations
 import os
 import re
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 from absl import flags
 
 from trainer import sharding
 
-CONFIG_HELP = ("The config fields, their meaning and defaults are listed in configs/common.py; "
-               "override any with --config.FIELD=VALUE (a mistyped field is an error).")
+CONFIG_HELP = (
+  "The config fields, their meaning and defaults are listed in configs/common.py; "
+  "override any with --config.FIELD=VALUE (a mistyped field is an error)."
+)
 
 
 def define_flags(config_help: str) -> None:
   """--config (locked ml_collections file, overridable field by field), --workdir, --compile_only
   and the multi-process flags."""
   from ml_collections import config_flags
-  config_flags.DEFINE_config_file("config", None, f"{config_help} {CONFIG_HELP}",
-                                  lock_config=True)
-  flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and pictures go (required "
-                      "unless --compile_only).")
-  flags.DEFINE_string("compile_only", "", "TOPOLOGY: build the run for a TPU slice (v4:2x2x2, "
-                      "v5e:4x4, v5p:4x4x4, v6e:8x8) or GPU nodes (h100:8, h100:2x8), compile it "
-                      "on this machine, print its memory per device, FLOPs and compile time, and "
-                      "exit (1 if it does not fit). Reads no data, writes nothing.")
-  flags.DEFINE_bool("allow_config_change", False, "Resume a workdir with a config that changes "
-                    "what is computed (variant, batch, schedule, ...); the workdir keeps each "
-                    "config it ran with (config.<step>.json).")
+
+  config_flags.DEFINE_config_file("config", None, f"{config_help} {CONFIG_HELP}", lock_config=True)
+  flags.DEFINE_string(
+    "workdir", None, "Where checkpoints, metrics and pictures go (required unless --compile_only)."
+  )
+  flags.DEFINE_string(
+    "compile_only",
+    "",
+    "TOPOLOGY: build the run for a TPU slice (v4:2x2x2, "
+    "v5e:4x4, v5p:4x4x4, v6e:8x8) or GPU nodes (h100:8, h100:2x8), compile it "
+    "on this machine, print its memory per device, FLOPs and compile time, and "
+    "exit (1 if it does not fit). Reads no data, writes nothing.",
+  )
+  flags.DEFINE_bool(
+    "allow_config_change",
+    False,
+    "Resume a workdir with a config that changes "
+    "what is computed (variant, batch, schedule, ...); the workdir keeps each "
+    "config it ran with (config.<step>.json).",
+  )
   flags.mark_flag_as_required("config")
-  flags.DEFINE_string("coordinator_address", "", "HOST:PORT of process 0, for multi-process "
-                      "runs outside TPU pods and SLURM (where it is detected).")
+  flags.DEFINE_string(
+    "coordinator_address",
+    "",
+    "HOST:PORT of process 0, for multi-process "
+    "runs outside TPU pods and SLURM (where it is detected).",
+  )
   flags.DEFINE_integer("num_processes", 0, "Number of processes (with --coordinator_address).")
   flags.DEFINE_integer("process_id", -1, "This process's index (with --coordinator_address).")
 
@@ -70,7 +85,9 @@ def flag_error(error: Exception) -> str:
   lines = [line.strip() for line in text.splitlines() if line.strip()]
   if "No such file or directory" in text:
     missing = re.search(r"No such file or directory: '([^']+)'", text)
-    return f"--config: no such config file {missing.group(1) if missing else ''}.".replace(" .", ".")
+    return f"--config: no such config file {missing.group(1) if missing else ''}.".replace(
+      " .", "."
+    )
   if "Traceback (most recent call last)" in text:
     head = lines[0].split(": Error whilst parsing")[0]
     last = re.sub(r"^[A-Za-z_][\w.]*(Error|Exception): ", "", lines[-1])
@@ -94,16 +111,21 @@ def _innermost(error: BaseException) -> str:
 def guarded(main: Callable) -> Callable:
   """main(argv) whose user errors end in one message and exit status 2, and whose Ctrl-C (the
   second one, after the first asked for a checkpoint) ends without a traceback."""
+
   def wrapper(argv):
     try:
       return main(argv)
     except KeyboardInterrupt:
-      fail("interrupted; the run stopped without saving (the checkpoints saved before are "
-           "intact: run the same command again to resume).", status=130)
+      fail(
+        "interrupted; the run stopped without saving (the checkpoints saved before are "
+        "intact: run the same command again to resume).",
+        status=130,
+      )
     except Exception as e:  # noqa: BLE001
       if getattr(e, "user_error", False) and not os.environ.get("FCMAE_TRACEBACK"):
         fail(str(e))
       raise
+
   return wrapper
 
 
@@ -111,6 +133,7 @@ def load_config(flag_values):
   """The --config of the command line, read and checked (configs/common.py: validate), before
   anything heavy is imported or built: a bad one is one message and exit status 2."""
   from configs import common
+
   try:
     config = flag_values.config
     config.keys()  # a config file is read when first asked for
@@ -122,9 +145,11 @@ def load_config(flag_values):
   init_from = config.get("init_from", "")
   for name, path in (("--workdir", flag_values.workdir), ("--config.init_from", init_from)):
     if path and "://" in path:
-      fail(f"{name}={path!r}: workdirs and weights are read and written as files; mount the "
-           f"bucket on every host (gcsfuse) and pass the mounted path. Datasets may be read "
-           f"from gs:// (--config.data.data_dir).")
+      fail(
+        f"{name}={path!r}: workdirs and weights are read and written as files; mount the "
+        f"bucket on every host (gcsfuse) and pass the mounted path. Datasets may be read "
+        f"from gs:// (--config.data.data_dir)."
+      )
   if init_from and not os.path.exists(init_from):  # before anything is built
     fail(f"--config.init_from={init_from!r} does not exist.")
   return config
@@ -135,9 +160,11 @@ def run(flag_values, config, make_task: Callable, job: Callable[..., object]) ->
   exits; otherwise the process joins the distributed runtime and runs `job(config, workdir,
   allow_config_change)`."""
   import jax
+
   if flag_values.compile_only:
     jax.config.update("jax_platforms", "cpu")  # the host compiles; no accelerator is looked for
     from trainer import compile_only
+
     sys.exit(compile_only.run(config, make_task, flag_values.compile_only))
   start(flag_values, config)
   job(config, flag_values.workdir, flag_values.allow_config_change)
@@ -146,18 +173,23 @@ def run(flag_values, config, make_task: Callable, job: Callable[..., object]) ->
 def start(flag_values, config) -> None:
   """Joins the distributed runtime if asked to, turns on the persistent compilation cache, and
   sets up readable logs on process 0."""
-  sharding.maybe_initialize_distributed(flag_values.coordinator_address,
-                                        flag_values.num_processes, flag_values.process_id)
+  sharding.maybe_initialize_distributed(
+    flag_values.coordinator_address, flag_values.num_processes, flag_values.process_id
+  )
   import jax
   from absl import logging as absl_logging
+
   from trainer.logs import say
+
   # Library INFO logs (orbax writes several lines per save) drown the progress lines.
   absl_logging.set_verbosity(absl_logging.WARNING)
   cache = compilation_cache_dir(config.get("compilation_cache", "off"), flag_values.workdir)
   if cache:
     jax.config.update("jax_compilation_cache_dir", cache)
-  say(f"JAX {jax.__version__} on {jax.default_backend()}: {jax.device_count()} devices over "
-      f"{jax.process_count()} processes" + (f"; compilation cache {cache}." if cache else "."))
+  say(
+    f"JAX {jax.__version__} on {jax.default_backend()}: {jax.device_count()} devices over "
+    f"{jax.process_count()} processes" + (f"; compilation cache {cache}." if cache else ".")
+  )
 
 
 def compilation_cache_dir(setting: str, workdir: str | None) -> str | None:

@@ -24,7 +24,7 @@ import json
 import os
 import re
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 from data import sources
 from models import layers
@@ -36,32 +36,40 @@ TPU_GENERATIONS = ("v4", "v5e", "v5p", "v6e")
 
 class TopologyError(ValueError):
   """A topology that cannot be compiled for here (unknown, or its compiler not installed)."""
+
   user_error = True
 
 
 def topology_devices(topology: str) -> tuple[str, list]:
   """(platform, devices) of a topology name: 'v5e:4x4', 'v5p:4x4x4', 'h100:8', 'h100:2x8'."""
   from jax.experimental import topologies
+
   generation, _, shape = topology.partition(":")
   if generation in TPU_GENERATIONS:
-    os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")        # no metadata server to ask
+    os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")  # no metadata server to ask
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # no TPU to hold: no lock needed
     if importlib.util.find_spec("libtpu") is None:
-      raise TopologyError(f"--compile_only={topology} needs the TPU runtime: "
-                          "pip install -r requirements-tpu.txt")
+      raise TopologyError(
+        f"--compile_only={topology} needs the TPU runtime: pip install -r requirements-tpu.txt"
+      )
     try:
       desc = topologies.get_topology_desc(platform="tpu", topology_name=topology)
     except Exception as e:  # noqa: BLE001 (libtpu's error types are not public)
-      raise TopologyError(f"--compile_only={topology}: the TPU runtime does not know this topology "
-                      f"({_first_line(e)}). Use GENERATION:SHAPE, e.g. v4:2x2x2, v5e:4x4, "
-                      "v5p:4x4x4, v6e:8x8.") from None
+      raise TopologyError(
+        f"--compile_only={topology}: the TPU runtime does not know this topology "
+        f"({_first_line(e)}). Use GENERATION:SHAPE, e.g. v4:2x2x2, v5e:4x4, "
+        "v5p:4x4x4, v6e:8x8."
+      ) from None
     return "tpu", list(desc.devices)
   from trainer import gpu_targets
+
   if generation in gpu_targets.TARGETS:
     return "gpu", gpu_targets.devices(generation, shape, topology)
-  raise TopologyError(f"--compile_only={topology}: unknown topology. TPU: {', '.join(TPU_GENERATIONS)} "
-                  f"with a shape (v5e:4x4, v5p:4x4x4); GPU: {', '.join(gpu_targets.TARGETS)} with "
-                  "GPUs per node or NODESxGPUS (h100:8, h100:2x8).")
+  raise TopologyError(
+    f"--compile_only={topology}: unknown topology. TPU: {', '.join(TPU_GENERATIONS)} "
+    f"with a shape (v5e:4x4, v5p:4x4x4); GPU: {', '.join(gpu_targets.TARGETS)} with "
+    "GPUs per node or NODESxGPUS (h100:8, h100:2x8)."
+  )
 
 
 def _first_line(error: Exception) -> str:
@@ -74,8 +82,10 @@ def _out_of_memory(error: Exception) -> str | None:
   text = str(error)
   if "RESOURCE_EXHAUSTED" not in text and "Ran out of memory" not in text:
     return None
-  for pattern in (r"Used [\d.]+[KMGT]? of [\d.]+[KMGT]? \S+\.( Exceeded [^.]+\.)?",
-                  r"total memory required for [^(]*\([\d.]+[KMGT]\) exceeds available \S+ \([\d.]+[KMGT]\)"):
+  for pattern in (
+    r"Used [\d.]+[KMGT]? of [\d.]+[KMGT]? \S+\.( Exceeded [^.]+\.)?",
+    r"total memory required for [^(]*\([\d.]+[KMGT]\) exceeds available \S+ \([\d.]+[KMGT]\)",
+  ):
     found = re.search(pattern, text)
     if found:
       return found.group(0)
@@ -87,12 +97,17 @@ def run(config, make_task: Callable, topology: str, *, out=sys.stdout) -> int:
   platform, devices = topology_devices(topology)
   info = sources.IMAGENET_1K
   if config.get("data") and config.data.get("num_classes", 0) > 0:
-    info = sources.DatasetInfo(int(config.data.num_classes), info.num_train_examples,
-                               info.num_eval_examples)
-  result = {"topology": topology, "device_kind": devices[0].device_kind,
-            "num_devices": len(devices), "global_batch": int(config.batch_size),
-            "per_device_batch": config.batch_size / len(devices),
-            "grad_accum_steps": int(config.get("grad_accum_steps", 1))}
+    info = sources.DatasetInfo(
+      int(config.data.num_classes), info.num_train_examples, info.num_eval_examples
+    )
+  result = {
+    "topology": topology,
+    "device_kind": devices[0].device_kind,
+    "num_devices": len(devices),
+    "global_batch": int(config.batch_size),
+    "per_device_batch": config.batch_size / len(devices),
+    "grad_accum_steps": int(config.get("grad_accum_steps", 1)),
+  }
   with layers.compiling_for(platform):
     task = make_task(config, None, info=info)
     run_ = loop.setup(config, task, devices=devices)
@@ -101,6 +116,7 @@ def run(config, make_task: Callable, topology: str, *, out=sys.stdout) -> int:
     options = None
     if platform == "gpu":
       from trainer import gpu_targets
+
       options = gpu_targets.COMPILER_OPTIONS
     try:
       step = run_.compile_train_step(options)
@@ -118,33 +134,45 @@ def run(config, make_task: Callable, topology: str, *, out=sys.stdout) -> int:
       result["eval_total_gib_per_device"] = round(eval_cost.total_bytes / cost_lib.GIB, 3)
   if result["fits"] is False:
     need, have = result["total_gib_per_device"], result["hbm_gib_per_device"]
-    _print(result, out, f"does not fit: needs {need:.2f} GiB per device, "
-           f"{need - (1 - cost_lib.HEADROOM) * have:.2f} GiB more than {1 - cost_lib.HEADROOM:.0%} "
-           f"of the {have:.1f} GiB of HBM.", config)
+    _print(
+      result,
+      out,
+      f"does not fit: needs {need:.2f} GiB per device, "
+      f"{need - (1 - cost_lib.HEADROOM) * have:.2f} GiB more than {1 - cost_lib.HEADROOM:.0%} "
+      f"of the {have:.1f} GiB of HBM.",
+      config,
+    )
     return 1
   _print(result, out, "fits." if result["fits"] else "compiled (device memory unknown).", config)
   return 0
 
 
 def _print(result: dict, out, verdict: str, config) -> None:
-  lines = [f"{result['topology']}: {result['num_devices']} x {result['device_kind']}, mesh "
-           f"{result.get('mesh')}, global batch {result['global_batch']} "
-           f"({result['per_device_batch']:g} per device"
-           + (f", {result['grad_accum_steps']} micro-batches" if result["grad_accum_steps"] > 1 else "")
-           + ")"]
+  lines = [
+    f"{result['topology']}: {result['num_devices']} x {result['device_kind']}, mesh "
+    f"{result.get('mesh')}, global batch {result['global_batch']} "
+    f"({result['per_device_batch']:g} per device"
+    + (f", {result['grad_accum_steps']} micro-batches" if result["grad_accum_steps"] > 1 else "")
+    + ")"
+  ]
   if "compile_seconds" in result:
     lines.append(
-        f"  train step: compiled in {result['compile_seconds']:.0f} s, "
-        f"{result['gflop_per_example']:.2f} GFLOP per example; per device: state "
-        f"{result['state_gib_per_device']:.2f} GiB, temporaries {result['temp_gib_per_device']:.2f} "
-        f"GiB, total {result['total_gib_per_device']:.2f} of {result['hbm_gib_per_device']} GiB")
+      f"  train step: compiled in {result['compile_seconds']:.0f} s, "
+      f"{result['gflop_per_example']:.2f} GFLOP per example; per device: state "
+      f"{result['state_gib_per_device']:.2f} GiB, temporaries {result['temp_gib_per_device']:.2f} "
+      f"GiB, total {result['total_gib_per_device']:.2f} of {result['hbm_gib_per_device']} GiB"
+    )
   if "eval_compile_seconds" in result:
-    lines.append(f"  eval step: compiled in {result['eval_compile_seconds']:.0f} s, "
-                 f"{result['eval_total_gib_per_device']:.2f} GiB per device")
+    lines.append(
+      f"  eval step: compiled in {result['eval_compile_seconds']:.0f} s, "
+      f"{result['eval_total_gib_per_device']:.2f} GiB per device"
+    )
   lines.append(f"  {verdict}")
   if result.get("fits") is False:
-    lines.append("  To fit: shard the state over more devices (--config.mesh.fsdp=N), recompute "
-                 "activations (--config.model.remat=True), or lower the per-device batch "
-                 "(--config.grad_accum_steps=K, or a larger slice).")
+    lines.append(
+      "  To fit: shard the state over more devices (--config.mesh.fsdp=N), recompute "
+      "activations (--config.model.remat=True), or lower the per-device batch "
+      "(--config.grad_accum_steps=K, or a larger slice)."
+    )
   print("\n".join(lines), file=out)
   print(json.dumps(result), file=out, flush=True)

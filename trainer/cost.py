@@ -24,28 +24,29 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import numpy as np
 
-GIB = 2 ** 30
+GIB = 2**30
 HEADROOM = 0.10  # of HBM left free for the runtime, fragmentation and the input pipeline
 
 # Dense bf16 peak TFLOP/s and HBM GiB per chip (docs/reference.md, section 6), by device_kind.
 # First match wins, so the more specific names come first.
 DEVICE_SPECS: tuple[tuple[str, float, float], ...] = (
-    ("TPU v5 lite", 197.0, 16.0),    # v5e
-    ("TPU v5e", 197.0, 16.0),
-    ("TPU v5p", 459.0, 95.0),
-    ("TPU v5", 459.0, 95.0),         # v5p reports "TPU v5"
-    ("TPU v6 lite", 918.0, 32.0),    # v6e (Trillium)
-    ("TPU v6e", 918.0, 32.0),
-    ("TPU v4", 275.0, 32.0),
-    ("H200", 989.0, 143_771 / 1024),               # MiB as CUDA reports them
-    ("H100", 989.0, 84_942_979_072 / GIB),
-    ("A100-SXM4-40GB", 312.0, 40_536 / 1024),
-    ("A100", 312.0, 81_920 / 1024),
+  ("TPU v5 lite", 197.0, 16.0),  # v5e
+  ("TPU v5e", 197.0, 16.0),
+  ("TPU v5p", 459.0, 95.0),
+  ("TPU v5", 459.0, 95.0),  # v5p reports "TPU v5"
+  ("TPU v6 lite", 918.0, 32.0),  # v6e (Trillium)
+  ("TPU v6e", 918.0, 32.0),
+  ("TPU v4", 275.0, 32.0),
+  ("H200", 989.0, 143_771 / 1024),  # MiB as CUDA reports them
+  ("H100", 989.0, 84_942_979_072 / GIB),
+  ("A100-SXM4-40GB", 312.0, 40_536 / 1024),
+  ("A100", 312.0, 81_920 / 1024),
 )
 
 
@@ -115,8 +116,9 @@ def jaxpr_flops(jaxpr, *, count_loops: bool = True) -> float:
   total = 0.0
   for eqn in jaxpr.eqns:
     total += _eqn_flops(eqn)
-    inner = [jaxpr_flops(j, count_loops=count_loops)
-             for v in eqn.params.values() for j in _subjaxprs(v)]
+    inner = [
+      jaxpr_flops(j, count_loops=count_loops) for v in eqn.params.values() for j in _subjaxprs(v)
+    ]
     if not inner:
       continue
     if eqn.primitive.name == "cond":
@@ -135,12 +137,13 @@ def jaxpr_flops(jaxpr, *, count_loops: bool = True) -> float:
 @dataclasses.dataclass
 class StepCost:
   """A compiled train step with what XLA says it costs. Byte counts are per device."""
+
   executable: Callable
   compile_seconds: float
   num_devices: int
   global_batch: int
-  flops: float                 # global, per step
-  flops_source: str            # "xla+jaxpr" (XLA's count, loops added back) or "jaxpr"
+  flops: float  # global, per step
+  flops_source: str  # "xla+jaxpr" (XLA's count, loops added back) or "jaxpr"
   argument_bytes: int
   output_bytes: int
   alias_bytes: int
@@ -168,14 +171,14 @@ class StepCost:
     """The figures as a flat dict (GiB per device, GFLOP per example of the global batch)."""
     hbm = self.hbm_bytes()
     return {
-        "compile_seconds": round(self.compile_seconds, 1),
-        "gflop_per_example": round(self.gflop_per_example, 2),
-        "flops_source": self.flops_source,
-        "state_gib_per_device": round(self.state_bytes / GIB, 3),
-        "temp_gib_per_device": round(self.temp_bytes / GIB, 3),
-        "total_gib_per_device": round(self.total_bytes / GIB, 3),
-        "hbm_gib_per_device": None if hbm is None else round(hbm / GIB, 2),
-        "fits": self.fits(),
+      "compile_seconds": round(self.compile_seconds, 1),
+      "gflop_per_example": round(self.gflop_per_example, 2),
+      "flops_source": self.flops_source,
+      "state_gib_per_device": round(self.state_bytes / GIB, 3),
+      "temp_gib_per_device": round(self.temp_bytes / GIB, 3),
+      "total_gib_per_device": round(self.total_bytes / GIB, 3),
+      "hbm_gib_per_device": None if hbm is None else round(hbm / GIB, 2),
+      "fits": self.fits(),
     }
 
   def tflops_per_device(self, examples_per_second: float) -> float:
@@ -196,8 +199,9 @@ def _bytes_per_device(abstract_tree) -> int:
   return total
 
 
-def compile_step(step, *abstract_args, global_batch: int, state=None,
-                 compiler_options: dict | None = None) -> StepCost:
+def compile_step(
+  step, *abstract_args, global_batch: int, state=None, compiler_options: dict | None = None
+) -> StepCost:
   """Traces, lowers and compiles a jitted step for abstract (sharded) arguments.
 
   state: the part of the arguments that is the train state, for `state_gib_per_device`.
@@ -208,21 +212,31 @@ def compile_step(step, *abstract_args, global_batch: int, state=None,
   seconds = time.perf_counter() - start
 
   memory = compiled.memory_analysis()
-  shardings = [leaf.sharding for leaf in jax.tree.leaves(abstract_args)
-               if getattr(leaf, "sharding", None) is not None]
+  shardings = [
+    leaf.sharding
+    for leaf in jax.tree.leaves(abstract_args)
+    if getattr(leaf, "sharding", None) is not None
+  ]
   devices = sorted(shardings[0].device_set, key=lambda d: d.id) if shardings else jax.devices()[:1]
   device, num_devices = devices[0], len(devices)
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  loops_added = (jaxpr_flops(traced.jaxpr) - jaxpr_flops(traced.jaxpr, count_loops=False))
+  loops_added = jaxpr_flops(traced.jaxpr) - jaxpr_flops(traced.jaxpr, count_loops=False)
   if cost and cost.get("flops", -1) >= 0:
     flops, source = float(cost["flops"]) * num_devices + loops_added, "xla+jaxpr"
   else:
     flops, source = jaxpr_flops(traced.jaxpr), "jaxpr"
   return StepCost(
-      executable=compiled, compile_seconds=seconds, num_devices=num_devices,
-      global_batch=global_batch, flops=flops, flops_source=source,
-      argument_bytes=int(memory.argument_size_in_bytes),
-      output_bytes=int(memory.output_size_in_bytes),
-      alias_bytes=int(memory.alias_size_in_bytes), temp_bytes=int(memory.temp_size_in_bytes),
-      state_bytes=_bytes_per_device(state) if state is not None else 0, device=device)
+    executable=compiled,
+    compile_seconds=seconds,
+    num_devices=num_devices,
+    global_batch=global_batch,
+    flops=flops,
+    flops_source=source,
+    argument_bytes=int(memory.argument_size_in_bytes),
+    output_bytes=int(memory.output_size_in_bytes),
+    alias_bytes=int(memory.alias_size_in_bytes),
+    temp_bytes=int(memory.temp_size_in_bytes),
+    state_bytes=_bytes_per_device(state) if state is not None else 0,
+    device=device,
+  )

@@ -18,15 +18,42 @@ import importlib.util
 # shared memory per SM and the most one block may opt into (bytes), FP32 units per SM, compute
 # capability. Sources: NVIDIA's H100 / H200 / A100 datasheets and CUDA's device properties.
 TARGETS = {
-    "h100": dict(name="NVIDIA H100 80GB HBM3", sms=132, ghz=1.98, memory=84_942_979_072,
-                 bandwidth=3_352_320_000_000, l2=50 * 2 ** 20, smem_sm=228 * 1024,
-                 smem_block=227 * 1024, fpus=128, cc=(9, 0)),
-    "h200": dict(name="NVIDIA H200", sms=132, ghz=1.98, memory=143_771 * 2 ** 20,
-                 bandwidth=4_800_000_000_000, l2=50 * 2 ** 20, smem_sm=228 * 1024,
-                 smem_block=227 * 1024, fpus=128, cc=(9, 0)),
-    "a100": dict(name="NVIDIA A100-SXM4-80GB", sms=108, ghz=1.41, memory=81_920 * 2 ** 20,
-                 bandwidth=2_039_000_000_000, l2=40 * 2 ** 20, smem_sm=164 * 1024,
-                 smem_block=163 * 1024, fpus=64, cc=(8, 0)),
+  "h100": dict(
+    name="NVIDIA H100 80GB HBM3",
+    sms=132,
+    ghz=1.98,
+    memory=84_942_979_072,
+    bandwidth=3_352_320_000_000,
+    l2=50 * 2**20,
+    smem_sm=228 * 1024,
+    smem_block=227 * 1024,
+    fpus=128,
+    cc=(9, 0),
+  ),
+  "h200": dict(
+    name="NVIDIA H200",
+    sms=132,
+    ghz=1.98,
+    memory=143_771 * 2**20,
+    bandwidth=4_800_000_000_000,
+    l2=50 * 2**20,
+    smem_sm=228 * 1024,
+    smem_block=227 * 1024,
+    fpus=128,
+    cc=(9, 0),
+  ),
+  "a100": dict(
+    name="NVIDIA A100-SXM4-80GB",
+    sms=108,
+    ghz=1.41,
+    memory=81_920 * 2**20,
+    bandwidth=2_039_000_000_000,
+    l2=40 * 2**20,
+    smem_sm=164 * 1024,
+    smem_block=163 * 1024,
+    fpus=64,
+    cc=(8, 0),
+  ),
 }
 
 
@@ -42,44 +69,50 @@ def target_config(gpu: str) -> str:
   threads_per_block_limit: 1024
   threads_per_warp: 32
   shared_memory_per_block: 49152
-  shared_memory_per_core: {t['smem_sm']}
+  shared_memory_per_core: {t["smem_sm"]}
   threads_per_core_limit: 2048
-  core_count: {t['sms']}
-  fpus_per_core: {t['fpus']}
+  core_count: {t["sms"]}
+  fpus_per_core: {t["fpus"]}
   block_dim_limit_x: 2147483647
   block_dim_limit_y: 65535
   block_dim_limit_z: 65535
-  memory_bandwidth: {t['bandwidth']}
-  l2_cache_size: {t['l2']}
-  clock_rate_ghz: {t['ghz']}
-  device_memory_size: {t['memory']}
-  shared_memory_per_block_optin: {t['smem_block']}
-  cuda_compute_capability {{ major: {t['cc'][0]} minor: {t['cc'][1]} }}
+  memory_bandwidth: {t["bandwidth"]}
+  l2_cache_size: {t["l2"]}
+  clock_rate_ghz: {t["ghz"]}
+  device_memory_size: {t["memory"]}
+  shared_memory_per_block_optin: {t["smem_block"]}
+  cuda_compute_capability {{ major: {t["cc"][0]} minor: {t["cc"][1]} }}
   registers_per_core_limit: 65536
   registers_per_block_limit: 65536
 }}
 platform_name: "CUDA"
 dnn_version_info {{ major: 9 minor: 8 patch: 0 }}
-device_description_str: "{t['name']}"
+device_description_str: "{t["name"]}"
 """
 
 
 def devices(gpu: str, shape: str, topology: str) -> list:
   """The devices of `shape` ('8': one node of 8 GPUs; '2x8': two nodes of 8) of a GPU type."""
   from jax.experimental import topologies
+
   from trainer.compile_only import TopologyError
+
   parts = shape.split("x")
   if not all(p.isdigit() and int(p) > 0 for p in parts) or len(parts) > 2:
-    raise TopologyError(f"--compile_only={topology}: a GPU shape is GPUS or NODESxGPUS "
-                        "(h100:8, h100:2x8).")
+    raise TopologyError(
+      f"--compile_only={topology}: a GPU shape is GPUS or NODESxGPUS (h100:8, h100:2x8)."
+    )
   nodes, per_node = (1, int(parts[0])) if len(parts) == 1 else (int(parts[0]), int(parts[1]))
   try:
     plugin = importlib.util.find_spec("jax_plugins.xla_cuda12")
   except ModuleNotFoundError:  # no jax_plugins package at all
     plugin = None
   if plugin is None:
-    raise TopologyError(f"--compile_only={topology} needs JAX's CUDA plugin: "
-                        "pip install -r requirements-gpu-compile.txt")
-  desc = topologies.get_topology_desc(platform="cuda", target_config=target_config(gpu),
-                                      topology=f"1x{nodes}x{per_node}")
+    raise TopologyError(
+      f"--compile_only={topology} needs JAX's CUDA plugin: "
+      "pip install -r requirements-gpu-compile.txt"
+    )
+  desc = topologies.get_topology_desc(
+    platform="cuda", target_config=target_config(gpu), topology=f"1x{nodes}x{per_node}"
+  )
   return list(desc.devices)

@@ -27,6 +27,7 @@ class MetricWriter:
       os.makedirs(workdir, exist_ok=True)
       self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", buffering=1)
       import tensorflow as tf  # TensorBoard event files, CPU only
+
       self._tb = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
 
   def start(self, step: int) -> None:
@@ -39,6 +40,7 @@ class MetricWriter:
       return
     self._jsonl.write(json.dumps(record) + "\n")
     import tensorflow as tf
+
     with self._tb.as_default(step=int(step)):
       for key, value in record.items():
         if key != "step" and isinstance(value, (int, float)):
@@ -49,8 +51,18 @@ class MetricWriter:
 
   def _progress_line(self, step: int, record: dict) -> str:
     parts = [f"step {step}/{self.total_steps}"]
-    for key in ("loss", "lr", "images_per_sec", "reconstruction_loss", "top1", "top5",
-                "ema_top1", "knn_top1", "linear_top1", "skipped_images"):
+    for key in (
+      "loss",
+      "lr",
+      "images_per_sec",
+      "reconstruction_loss",
+      "top1",
+      "top5",
+      "ema_top1",
+      "knn_top1",
+      "linear_top1",
+      "skipped_images",
+    ):
       if key in record:
         value = record[key]
         parts.append(f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}")

@@ -21,7 +21,8 @@ import math
 import os
 import shutil
 import time
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -36,6 +37,7 @@ from trainer import workdir as workdir_lib
 
 class NonFiniteLossError(FloatingPointError):
   """The loss became NaN or Inf; the run stopped without saving the bad state."""
+
   user_error = True  # the message says what to do; the traceback would not help
 
 
@@ -58,6 +60,7 @@ class Task:
   evaluate_at_start: evaluate before the first step of a fresh run too (pretraining's monitors:
     the figures at initialisation).
   """
+
   init_params: Callable[[], Any]
   loss_fn: Callable[..., tuple[jax.Array, dict]]
   train_batches: Callable[[int], Iterator[dict]]
@@ -72,14 +75,21 @@ class Task:
 def train_stream(config, augment: str, **augment_options) -> Callable[[int], Iterator[dict]]:
   """The Task.train_batches of a config: this process's share of each global batch, from step
   `start_step` on, with RandomResizedCrop(config.data.crop_scale_min..1) and `augment`."""
+
   def batches(start_step):
     return pipeline.train_iterator(
-        config.data.name, data_dir=config.data.data_dir or None,
-        image_size=config.data.image_size,
-        local_batch_size=config.batch_size // jax.process_count(), seed=config.seed,
-        start_step=start_step, process_index=jax.process_index(),
-        process_count=jax.process_count(), augment=augment,
-        augment_options={"scale": (config.data.crop_scale_min, 1.0), **augment_options})
+      config.data.name,
+      data_dir=config.data.data_dir or None,
+      image_size=config.data.image_size,
+      local_batch_size=config.batch_size // jax.process_count(),
+      seed=config.seed,
+      start_step=start_step,
+      process_index=jax.process_index(),
+      process_count=jax.process_count(),
+      augment=augment,
+      augment_options={"scale": (config.data.crop_scale_min, 1.0), **augment_options},
+    )
+
   return batches
 
 
@@ -88,37 +98,47 @@ def steps_per_epoch(config, info: sources.DatasetInfo, *, training: bool = True)
   split is an error when training."""
   steps = info.num_train_examples // config.batch_size
   if steps < 1 and training:
-    raise sources.DatasetError(f"batch_size {config.batch_size} is larger than the "
-                               f"{info.num_train_examples} training images of "
-                               f"{config.data.name!r}.")
+    raise sources.DatasetError(
+      f"batch_size {config.batch_size} is larger than the "
+      f"{info.num_train_examples} training images of "
+      f"{config.data.name!r}."
+    )
   return max(steps, 1)
 
 
 @dataclasses.dataclass
 class Run:
   """A run's pieces, for the loop and for tools (--compile_only, eval-only)."""
+
   mesh: Any
   state_shardings: Any
   batch_sharding: Any
   init_state: Callable[[], dict]
-  train_step: Callable              # jitted: (state, batch) -> (state, metrics), donates state
-  abstract_state: Any               # ShapeDtypeStructs with their shardings
+  train_step: Callable  # jitted: (state, batch) -> (state, metrics), donates state
+  abstract_state: Any  # ShapeDtypeStructs with their shardings
   abstract_batch: dict
   total_steps: int
 
   def compile_train_step(self, compiler_options: dict | None = None) -> cost_lib.StepCost:
     """The train step compiled ahead of time for the run's devices, with what it costs."""
     batch_size = jax.tree.leaves(self.abstract_batch)[0].shape[0]
-    return cost_lib.compile_step(self.train_step, self.abstract_state, self.abstract_batch,
-                                 global_batch=batch_size, state=self.abstract_state,
-                                 compiler_options=compiler_options)
+    return cost_lib.compile_step(
+      self.train_step,
+      self.abstract_state,
+      self.abstract_batch,
+      global_batch=batch_size,
+      state=self.abstract_state,
+      compiler_options=compiler_options,
+    )
 
 
 def abstract_batch(config, batch_sharding, batch_size: int | None = None) -> dict:
   """A global batch of the config as sharded ShapeDtypeStructs (pipeline.batch_spec's layout)."""
   spec = pipeline.batch_spec(batch_size or config.batch_size, config.data.image_size)
-  return {name: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharding)
-          for name, (shape, dtype) in spec.items()}
+  return {
+    name: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharding)
+    for name, (shape, dtype) in spec.items()
+  }
 
 
 def setup(config, task: Task, *, devices=None) -> Run:
@@ -131,9 +151,11 @@ def setup(config, task: Task, *, devices=None) -> Run:
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, devices)
   accum = int(config.get("grad_accum_steps", 1))
   if accum < 1 or config.batch_size % (mesh.size * accum):
-    raise sharding.MeshError(f"batch_size {config.batch_size} is not divisible by the {mesh.size} "
-                             f"devices of the mesh {dict(mesh.shape)} times grad_accum_steps "
-                             f"{accum}.")
+    raise sharding.MeshError(
+      f"batch_size {config.batch_size} is not divisible by the {mesh.size} "
+      f"devices of the mesh {dict(mesh.shape)} times grad_accum_steps "
+      f"{accum}."
+    )
   abstract_params = jax.eval_shape(task.init_params)
   tx, schedule = optim.make_optimizer(config, abstract_params, task.steps_per_epoch)
   ema_decay = config.optim.get("ema_decay", 0.0)
@@ -166,8 +188,12 @@ def setup(config, task: Task, *, devices=None) -> Run:
         one = loss_and_grads(state["params"], micro_batch, rng, index)
         return jax.tree.map(jnp.add, total, one), None
 
-      zeros = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), jax.eval_shape(
-          loss_and_grads, state["params"], jax.tree.map(lambda x: x[0], micro), rng, 0))
+      zeros = jax.tree.map(
+        lambda a: jnp.zeros(a.shape, a.dtype),
+        jax.eval_shape(
+          loss_and_grads, state["params"], jax.tree.map(lambda x: x[0], micro), rng, 0
+        ),
+      )
       total, _ = jax.lax.scan(add, zeros, (jnp.arange(accum), micro))
       (loss, aux), grads = jax.tree.map(lambda x: x / accum, total)
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
@@ -175,23 +201,33 @@ def setup(config, task: Task, *, devices=None) -> Run:
     new_state = {"step": state["step"] + 1, "params": params, "opt_state": opt_state}
     if ema_decay:
       new_state["ema_params"] = optim.ema_update(state["ema_params"], params, ema_decay)
-    step_metrics = {"loss": loss, "lr": schedule(state["step"]), "grad_norm": optax.tree.norm(grads),
-                    "param_norm": optax.tree.norm(params), **aux}
+    step_metrics = {
+      "loss": loss,
+      "lr": schedule(state["step"]),
+      "grad_norm": optax.tree.norm(grads),
+      "param_norm": optax.tree.norm(params),
+      **aux,
+    }
     return new_state, step_metrics
 
   return Run(
-      mesh=mesh,
-      state_shardings=state_shardings,
-      batch_sharding=batch_sharding,
-      init_state=jax.jit(init_state, out_shardings=state_shardings),
-      train_step=jax.jit(train_step, in_shardings=(state_shardings, batch_sharding),
-                         out_shardings=(state_shardings, sharding.replicated(mesh)),
-                         donate_argnums=0),
-      abstract_state=jax.tree.map(
-          lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state,
-          state_shardings),
-      abstract_batch=abstract_batch(config, batch_sharding),
-      total_steps=optim.total_steps(config, task.steps_per_epoch),
+    mesh=mesh,
+    state_shardings=state_shardings,
+    batch_sharding=batch_sharding,
+    init_state=jax.jit(init_state, out_shardings=state_shardings),
+    train_step=jax.jit(
+      train_step,
+      in_shardings=(state_shardings, batch_sharding),
+      out_shardings=(state_shardings, sharding.replicated(mesh)),
+      donate_argnums=0,
+    ),
+    abstract_state=jax.tree.map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+      abstract_state,
+      state_shardings,
+    ),
+    abstract_batch=abstract_batch(config, batch_sharding),
+    total_steps=optim.total_steps(config, task.steps_per_epoch),
   )
 
 
@@ -212,8 +248,9 @@ def restore_or_init(run: Run, task: Task, ckpt: checkpoint.Checkpointer) -> dict
   return state
 
 
-def train_and_evaluate(config, workdir: str, task: Task, *, devices=None,
-                       allow_config_change: bool = False) -> dict:
+def train_and_evaluate(
+  config, workdir: str, task: Task, *, devices=None, allow_config_change: bool = False
+) -> dict:
   """Runs (or resumes) the job in `workdir` to config's total steps; returns the final state.
 
   devices: the devices of the mesh (default: all). allow_config_change: resume with a config
@@ -224,8 +261,9 @@ def train_and_evaluate(config, workdir: str, task: Task, *, devices=None,
   ckpt = writer = watch = batches = profiler = None
   started = failed_start = False
   try:
-    ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
-                                   keep=config.keep_checkpoints)
+    ckpt = checkpoint.Checkpointer(
+      os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints
+    )
     changed = False
     if ckpt.latest_step() is not None:  # before anything is restored: a new shape never gets there
       changed = workdir_lib.check(workdir, config, allow_change=allow_config_change, say=logs.say)
@@ -235,13 +273,17 @@ def train_and_evaluate(config, workdir: str, task: Task, *, devices=None,
       workdir_lib.save(workdir, config, step, changed=changed)
       dropped = workdir_lib.discard_metrics_after(workdir, step)
       if dropped:
-        logs.say(f"Moved {dropped} metrics row(s) of the steps after {step} (to be done again) to "
-                 "metrics.discarded.jsonl.")
+        logs.say(
+          f"Moved {dropped} metrics row(s) of the steps after {step} (to be done again) to "
+          "metrics.discarded.jsonl."
+        )
     writer = logs.MetricWriter(workdir, run.total_steps)
     if step >= run.total_steps:
-      logs.say(f"The run in {workdir} is finished: step {step} of {run.total_steps}. To train "
-               "longer, raise --config.total_steps (or --config.num_epochs) and run again; it "
-               f"goes on from step {step}.")
+      logs.say(
+        f"The run in {workdir} is finished: step {step} of {run.total_steps}. To train "
+        "longer, raise --config.total_steps (or --config.num_epochs) and run again; it "
+        f"goes on from step {step}."
+      )
       return state
     step_cost = run.compile_train_step()
     logs.say(describe_cost(step_cost))
@@ -271,8 +313,11 @@ def train_and_evaluate(config, workdir: str, task: Task, *, devices=None,
         host = jax.device_get(step_metrics)
         _check_finite(host["loss"], step, ckpt)
         rate = images_seen / max(time.time() - window_start, 1e-9)
-        host.update(images_per_sec=rate, epoch=step / task.steps_per_epoch,
-                    tflops_per_device=step_cost.tflops_per_device(rate))
+        host.update(
+          images_per_sec=rate,
+          epoch=step / task.steps_per_epoch,
+          tflops_per_device=step_cost.tflops_per_device(rate),
+        )
         if step_cost.mfu(rate) is not None:
           host["mfu"] = step_cost.mfu(rate)
         if task.skipped_images is not None:
@@ -286,8 +331,10 @@ def train_and_evaluate(config, workdir: str, task: Task, *, devices=None,
         writer.write(step, task.evaluate(state, step), progress=True)
       if stop:
         ckpt.wait()
-        logs.say(f"Stopped at step {step}: {watch.reason}; the checkpoint is saved. Run the "
-                 "same command again to resume.")
+        logs.say(
+          f"Stopped at step {step}: {watch.reason}; the checkpoint is saved. Run the "
+          "same command again to resume."
+        )
         break
     ckpt.wait()
     return state
@@ -309,8 +356,7 @@ def evaluate_only(config, workdir: str, task: Task, *, devices=None) -> dict:
     raise ValueError("This task has no evaluation.")
   made_workdir = not os.path.exists(workdir)
   run = setup(config, task, devices=devices)
-  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
-                                 keep=config.keep_checkpoints)
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
   writer = None
   failed = False
   try:
@@ -337,20 +383,24 @@ def _check_finite(loss, step: int, ckpt: checkpoint.Checkpointer) -> None:
     ckpt.wait()
     last = ckpt.latest_step()
     raise NonFiniteLossError(
-        f"The loss is {loss} at step {step}; stopping without saving. The last good checkpoint "
-        f"is step {last} in {ckpt.directory}." if last is not None else
-        f"The loss is {loss} at step {step}, before any checkpoint was saved. Lower the learning "
-        "rate or check the input data.")
+      f"The loss is {loss} at step {step}; stopping without saving. The last good checkpoint "
+      f"is step {last} in {ckpt.directory}."
+      if last is not None
+      else f"The loss is {loss} at step {step}, before any checkpoint was saved. Lower the learning "
+      "rate or check the input data."
+    )
 
 
 def describe_cost(step_cost: cost_lib.StepCost) -> str:
   """One line on the compiled train step: compile time, FLOPs, memory per device."""
   r = step_cost.report()
   hbm = f" of {r['hbm_gib_per_device']:.1f}" if r["hbm_gib_per_device"] else ""
-  return (f"Train step compiled in {r['compile_seconds']:.1f} s: {r['gflop_per_example']:.2f} "
-          f"GFLOP per example; per device {r['state_gib_per_device']:.2f} GiB of state, "
-          f"{r['temp_gib_per_device']:.2f} GiB of temporaries, {r['total_gib_per_device']:.2f}"
-          f"{hbm} GiB in all.")
+  return (
+    f"Train step compiled in {r['compile_seconds']:.1f} s: {r['gflop_per_example']:.2f} "
+    f"GFLOP per example; per device {r['state_gib_per_device']:.2f} GiB of state, "
+    f"{r['temp_gib_per_device']:.2f} GiB of temporaries, {r['total_gib_per_device']:.2f}"
+    f"{hbm} GiB in all."
+  )
 
 
 class Profiler:

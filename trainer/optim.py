@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -63,8 +64,11 @@ def learning_rate(config, steps_per_epoch: int) -> optax.Schedule:
   if total <= 0:
     raise ValueError(f"The run has {total} steps; set num_epochs or total_steps.")
   if warmup >= total:
-    logging.warning("Warmup (%d steps) is not shorter than the run (%d steps): the lr only warms "
-                    "up.", warmup, total)
+    logging.warning(
+      "Warmup (%d steps) is not shorter than the run (%d steps): the lr only warms up.",
+      warmup,
+      total,
+    )
     return optax.linear_schedule(0.0, peak, warmup)
   if warmup == 0:
     return optax.cosine_decay_schedule(peak, total, alpha=min_lr / peak if peak else 0.0)
@@ -102,8 +106,10 @@ def _check_scheme(depths, scheme):
   if scheme not in SCHEMES:
     raise ValueError(f"Unknown layer-decay scheme {scheme!r}; valid: {SCHEMES}.")
   if scheme == "group" and tuple(depths) != GROUP_DEPTHS:
-    raise ValueError(f"The 'group' layer-decay scheme is defined for depths {GROUP_DEPTHS} "
-                     f"(base/large/huge) only; got {tuple(depths)}. Use 'single'.")
+    raise ValueError(
+      f"The 'group' layer-decay scheme is defined for depths {GROUP_DEPTHS} "
+      f"(base/large/huge) only; got {tuple(depths)}. Use 'single'."
+    )
 
 
 def _module_ids(name: str, depths: Sequence[int], scheme: str):
@@ -114,13 +120,17 @@ def _module_ids(name: str, depths: Sequence[int], scheme: str):
   if name == "stem":
     return 0 if scheme == "group" else 1
   if name == "encoder":
-    raise ValueError("Layer ids are defined for the classifier tree; for an FCMAE tree pass its "
-                     "params['encoder'] (the decoder has no layer-wise lr decay).")
+    raise ValueError(
+      "Layer ids are defined for the classifier tree; for an FCMAE tree pass its "
+      "params['encoder'] (the decoder has no layer-wise lr decay)."
+    )
   m = re.fullmatch(r"(downsample|stage)(\d)", name)
   if not m or int(m.group(2)) >= len(depths) or name == "downsample0":
-    raise ValueError(f"No layer id for top-level parameter {name!r}; expected the ConvNeXt V2 "
-                     "classifier tree (or an FCMAE 'encoder' subtree): stem, downsample1..3, "
-                     "stage0..3, norm, head.")
+    raise ValueError(
+      f"No layer id for top-level parameter {name!r}; expected the ConvNeXt V2 "
+      "classifier tree (or an FCMAE 'encoder' subtree): stem, downsample1..3, "
+      "stage0..3, norm, head."
+    )
   kind, i = m.group(1), int(m.group(2))
   if scheme == "single":
     first = sum(depths[:i]) + 1
@@ -142,8 +152,10 @@ def layer_ids(params, depths: Sequence[int], scheme: str = "single") -> Any:
     names = _names(path)
     ids = np.asarray(_module_ids(names[0], depths, scheme), np.int32)
     if ids.ndim and (len(leaf.shape) == 0 or leaf.shape[0] != ids.shape[0]):
-      raise ValueError(f"{'/'.join(names)} has shape {tuple(leaf.shape)}; expected a leading axis "
-                       f"of {ids.shape[0]} stacked blocks.")
+      raise ValueError(
+        f"{'/'.join(names)} has shape {tuple(leaf.shape)}; expected a leading axis "
+        f"of {ids.shape[0]} stacked blocks."
+      )
     return ids
 
   return jax.tree_util.tree_map_with_path(leaf_ids, params)
@@ -188,13 +200,19 @@ def make_optimizer(config, params, steps_per_epoch: int):
   parts = []
   if o.grad_clip > 0:
     parts.append(optax.clip_by_global_norm(o.grad_clip))
-  parts.append(optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay,
-                           mask=weight_decay_mask))
+  parts.append(
+    optax.adamw(
+      schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay, mask=weight_decay_mask
+    )
+  )
   layer_decay = o.get("layer_decay", 1.0)
   if layer_decay != 1.0:
     depths = convnextv2.variant_spec(config.model.variant)["depths"]
-    parts.append(scale_by_tree(layer_decay_scales(
-        params, depths, layer_decay, o.get("layer_decay_scheme", "single"))))
+    parts.append(
+      scale_by_tree(
+        layer_decay_scales(params, depths, layer_decay, o.get("layer_decay_scheme", "single"))
+      )
+    )
   return optax.chain(*parts), schedule
 
 

@@ -17,13 +17,15 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 DATA_AXES = ("data", "fsdp")
 
 
 class MeshError(ValueError):
   """A mesh or batch that does not fit the devices there are."""
+
   user_error = True
 
 
@@ -40,8 +42,10 @@ def mesh_shape(data: int, fsdp: int, num_devices: int) -> tuple[int, int]:
       raise MeshError(f"mesh.data={data} does not divide the {num_devices} devices.")
     fsdp = num_devices // data
   if data * fsdp != num_devices:
-    raise MeshError(f"mesh.data={data} x mesh.fsdp={fsdp} = {data * fsdp} devices, but "
-                     f"{num_devices} are available; use -1 for one axis to take the rest.")
+    raise MeshError(
+      f"mesh.data={data} x mesh.fsdp={fsdp} = {data * fsdp} devices, but "
+      f"{num_devices} are available; use -1 for one axis to take the rest."
+    )
   return data, fsdp
 
 
@@ -49,8 +53,9 @@ def make_mesh(data: int = -1, fsdp: int = 1, devices=None) -> Mesh:
   """The ("data", "fsdp") mesh; axes are Auto (XLA's sharding propagation inside the step)."""
   devices = jax.devices() if devices is None else list(devices)
   shape = mesh_shape(data, fsdp, len(devices))
-  return jax.make_mesh(shape, DATA_AXES, devices=devices,
-                       axis_types=(jax.sharding.AxisType.Auto,) * len(DATA_AXES))
+  return jax.make_mesh(
+    shape, DATA_AXES, devices=devices, axis_types=(jax.sharding.AxisType.Auto,) * len(DATA_AXES)
+  )
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
@@ -84,8 +89,9 @@ def tree_shardings(tree, mesh: Mesh, min_size: int):
   """NamedShardings for every leaf of a (possibly abstract) pytree: params, optimizer state."""
   fsdp_size = mesh.shape["fsdp"]
   return jax.tree_util.tree_map_with_path(
-      lambda path, leaf: NamedSharding(mesh, leaf_spec(path, np.shape(leaf), fsdp_size, min_size)),
-      tree)
+    lambda path, leaf: NamedSharding(mesh, leaf_spec(path, np.shape(leaf), fsdp_size, min_size)),
+    tree,
+  )
 
 
 def make_global_batch(local_batch: dict, sharding: NamedSharding) -> dict:
@@ -108,8 +114,9 @@ def micro_batches(batch: dict, k: int, mesh: Mesh) -> dict:
   return jax.tree.map(split, batch)
 
 
-def maybe_initialize_distributed(coordinator_address: str = "", num_processes: int = 0,
-                                 process_id: int = -1) -> None:
+def maybe_initialize_distributed(
+  coordinator_address: str = "", num_processes: int = 0, process_id: int = -1
+) -> None:
   """Starts JAX's distributed runtime when the run spans several processes.
 
   Explicit flags (coordinator address, process count and id) win; otherwise a TPU pod or a
@@ -119,12 +126,20 @@ def maybe_initialize_distributed(coordinator_address: str = "", num_processes: i
   if coordinator_address:
     if num_processes < 1 or process_id < 0:
       raise ValueError("--coordinator_address needs --num_processes and --process_id too.")
-    jax.distributed.initialize(coordinator_address, num_processes=num_processes,
-                               process_id=process_id)
-  elif int(os.environ.get("SLURM_NTASKS", "1")) > 1 or os.environ.get("TPU_WORKER_HOSTNAMES",
-                                                                      "").count(",") > 0:
+    jax.distributed.initialize(
+      coordinator_address, num_processes=num_processes, process_id=process_id
+    )
+  elif (
+    int(os.environ.get("SLURM_NTASKS", "1")) > 1
+    or os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",") > 0
+  ):
     jax.distributed.initialize()
   else:
     return
-  logging.info("Process %d of %d, %d local / %d global devices.", jax.process_index(),
-               jax.process_count(), jax.local_device_count(), jax.device_count())
+  logging.info(
+    "Process %d of %d, %d local / %d global devices.",
+    jax.process_index(),
+    jax.process_count(),
+    jax.local_device_count(),
+    jax.device_count(),
+  )

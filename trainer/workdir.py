@@ -19,22 +19,39 @@ from typing import Any
 # cadence of logs, checkpoints and evaluations; the compiler and profiler; how the same global
 # batch is laid out over devices and micro-batches; how the same network is computed; where the
 # same data is read from; and what happens only at a run's start (init_from) or outside it.
-FREE_FIELDS = ("log_every_steps", "checkpoint_every_steps", "keep_checkpoints", "eval_every_steps",
-               "compilation_cache", "profile_steps", "mesh.", "sharding.", "grad_accum_steps",
-               "model.scan", "model.remat", "model.depthwise_impl", "data.data_dir", "init_from",
-               "eval_only", "probe.")
+FREE_FIELDS = (
+  "log_every_steps",
+  "checkpoint_every_steps",
+  "keep_checkpoints",
+  "eval_every_steps",
+  "compilation_cache",
+  "profile_steps",
+  "mesh.",
+  "sharding.",
+  "grad_accum_steps",
+  "model.scan",
+  "model.remat",
+  "model.depthwise_impl",
+  "data.data_dir",
+  "init_from",
+  "eval_only",
+  "probe.",
+)
 # Fields that make the run longer or shorter: allowed, and said.
 LENGTH_FIELDS = ("total_steps", "num_epochs")
 
 
 class ConfigChangeError(ValueError):
   """The new config would change what the workdir's steps so far computed."""
+
   user_error = True
 
 
 def flat(config) -> dict[str, Any]:
   """{'optim.base_lr': 0.0015, ...} of a ConfigDict or of a dict read from config.json."""
-  tree = json.loads(config.to_json_best_effort()) if hasattr(config, "to_json_best_effort") else config
+  tree = (
+    json.loads(config.to_json_best_effort()) if hasattr(config, "to_json_best_effort") else config
+  )
   out = {}
 
   def walk(prefix, node):
@@ -54,8 +71,9 @@ def _is(field: str, names: tuple[str, ...]) -> bool:
 
 def differences(old: dict, new: dict) -> list[tuple[str, Any, Any]]:
   """(field, old, new) of every field whose value differs (missing on one side: None)."""
-  return [(k, old.get(k), new.get(k)) for k in sorted(set(old) | set(new))
-          if old.get(k) != new.get(k)]
+  return [
+    (k, old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)
+  ]
 
 
 def describe(changes) -> str:
@@ -73,20 +91,25 @@ def check(workdir: str, config, *, allow_change: bool, say) -> bool:
     try:
       old = flat(json.load(f))
     except ValueError as e:
-      raise ConfigChangeError(f"{path} is not readable JSON ({e}); it records how the steps in "
-                              f"{workdir} were trained. Restore it or start a new workdir.") from None
+      raise ConfigChangeError(
+        f"{path} is not readable JSON ({e}); it records how the steps in "
+        f"{workdir} were trained. Restore it or start a new workdir."
+      ) from None
   changes = differences(old, flat(config))
   computed = [c for c in changes if not _is(c[0], FREE_FIELDS + LENGTH_FIELDS)]
   if computed and not allow_change:
     raise ConfigChangeError(
-        f"{workdir} was trained with another config; these changes would change what is "
-        f"computed: {describe(computed)}. Resume with the stored config ({path}), start a new "
-        "--workdir, or pass --allow_config_change to go on with the new one (config.json then "
-        "keeps its history).")
+      f"{workdir} was trained with another config; these changes would change what is "
+      f"computed: {describe(computed)}. Resume with the stored config ({path}), start a new "
+      "--workdir, or pass --allow_config_change to go on with the new one (config.json then "
+      "keeps its history)."
+    )
   length = [c for c in changes if _is(c[0], LENGTH_FIELDS)]
   if length:
-    say(f"The run's length changes ({describe(length)}): the learning-rate schedule follows the "
-        "new length from here on.")
+    say(
+      f"The run's length changes ({describe(length)}): the learning-rate schedule follows the "
+      "new length from here on."
+    )
   if computed:
     say(f"Config changes (--allow_config_change): {describe(computed)}.")
   free = [c for c in changes if _is(c[0], FREE_FIELDS)]

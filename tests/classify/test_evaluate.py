@@ -18,9 +18,11 @@ ONE = jax.devices()[:1]
 def _hf_checkpoint(path):
   import torch
   from transformers import ConvNextV2Config, ConvNextV2ForImageClassification
+
   torch.manual_seed(0)
-  model = ConvNextV2ForImageClassification(ConvNextV2Config(
-      hidden_sizes=[40, 80, 160, 320], depths=[2, 2, 6, 2], num_labels=DEMO_CLASSES))
+  model = ConvNextV2ForImageClassification(
+    ConvNextV2Config(hidden_sizes=[40, 80, 160, 320], depths=[2, 2, 6, 2], num_labels=DEMO_CLASSES)
+  )
   with torch.no_grad():
     for name, p in model.named_parameters():
       if "grn" in name or "layernorm" in name:

@@ -43,8 +43,9 @@ def test_init_from_reports_what_it_skipped(tmp_path):
   _fcmae_checkpoint(tmp_path / "pretrain" / "checkpoints")
   config = finetune_config(init_from=str(tmp_path / "pretrain"))
   _, report = pretrained.merge_pretrained(
-      jax.device_get(jax.jit(finetune_task.make_task(config, str(tmp_path)).init_params)()),
-      {"extra": {"kernel": np.zeros(3)}, **pretrained.read_pretrained(config.init_from)["encoder"]})
+    jax.device_get(jax.jit(finetune_task.make_task(config, str(tmp_path)).init_params)()),
+    {"extra": {"kernel": np.zeros(3)}, **pretrained.read_pretrained(config.init_from)["encoder"]},
+  )
   assert report["skipped"] == ["extra/kernel"]
 
 

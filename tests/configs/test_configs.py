@@ -40,21 +40,54 @@ def test_every_config_file_loads_locked_with_the_shared_schema():
   files = sorted(os.path.basename(f)[:-3] for f in glob.glob(os.path.join(ROOT, "configs", "*.py")))
   runs = [f for f in files if f.startswith(("fcmae_", "finetune_"))]
   assert len(runs) == 2 * len(SIZES) + 2, runs
-  shared = {"model", "data", "batch_size", "grad_accum_steps", "num_epochs", "total_steps", "warmup_epochs",
-            "warmup_steps", "seed", "log_every_steps", "checkpoint_every_steps", "keep_checkpoints",
-            "eval_every_steps", "compilation_cache", "profile_steps", "mesh", "sharding", "optim"}
+  shared = {
+    "model",
+    "data",
+    "batch_size",
+    "grad_accum_steps",
+    "num_epochs",
+    "total_steps",
+    "warmup_epochs",
+    "warmup_steps",
+    "seed",
+    "log_every_steps",
+    "checkpoint_every_steps",
+    "keep_checkpoints",
+    "eval_every_steps",
+    "compilation_cache",
+    "profile_steps",
+    "mesh",
+    "sharding",
+    "optim",
+  }
   for name in runs:
     c = load(name)
     assert c.is_locked, name
     extra = {"fcmae", "probe"} if name.startswith("fcmae_") else {"aug", "init_from", "eval_only"}
     assert set(c.keys()) == shared | extra, name
-    assert set(c.optim.keys()) == {"base_lr", "min_lr", "b1", "b2", "eps", "weight_decay",
-                                   "grad_clip", "layer_decay", "layer_decay_scheme", "ema_decay"}
-    assert set(c.model.keys()) >= {"variant", "dtype", "depthwise_impl", "scan", "remat",
-                                   "drop_path_rate"}
+    assert set(c.optim.keys()) == {
+      "base_lr",
+      "min_lr",
+      "b1",
+      "b2",
+      "eps",
+      "weight_decay",
+      "grad_clip",
+      "layer_decay",
+      "layer_decay_scheme",
+      "ema_decay",
+    }
+    assert set(c.model.keys()) >= {
+      "variant",
+      "dtype",
+      "depthwise_impl",
+      "scan",
+      "remat",
+      "drop_path_rate",
+    }
     full_fsdp = name.endswith("huge")  # the state sharded over every device
     assert (c.mesh.data, c.mesh.fsdp) == ((1, -1) if full_fsdp else (-1, 1)), name
-    assert c.sharding.min_size == 2 ** 18
+    assert c.sharding.min_size == 2**18
     assert c.model.depthwise_impl == "" and c.optim.grad_clip == 0.0
     variant = name.split("_")[1]
     if variant != "demo":
@@ -65,7 +98,12 @@ def test_every_config_file_loads_locked_with_the_shared_schema():
 @pytest.mark.parametrize("size", SIZES)
 def test_pretraining_recipe_is_table_8_for_every_size(size):
   c = load(f"fcmae_{size}")
-  assert (c.optim.b1, c.optim.b2, c.optim.base_lr, c.optim.weight_decay) == (0.9, 0.95, 1.5e-4, 0.05)
+  assert (c.optim.b1, c.optim.b2, c.optim.base_lr, c.optim.weight_decay) == (
+    0.9,
+    0.95,
+    1.5e-4,
+    0.05,
+  )
   assert (c.batch_size, c.num_epochs, c.warmup_epochs, c.optim.min_lr) == (4096, 1600, 40, 0.0)
   assert c.total_steps == 0 and c.warmup_steps == 0
   assert c.optim.layer_decay == 1.0 and c.optim.ema_decay == 0.0
@@ -84,29 +122,41 @@ def test_pretraining_800_epoch_option_and_nothing_else():
 # docs/reference.md section 3, Tables 9-11, by hand:
 #          epochs warmup blr      layer decay  wd   drop path mixup cutmix smoothing
 IN1K = {
-    "atto":  (600, 0,  2e-4,    .9, "single", .3,  .1, 0.,  0., .2),
-    "femto": (600, 0,  2e-4,    .9, "single", .05, 0., .3,  .3, .2),
-    "pico":  (600, 0,  2e-4,    .9, "single", .3,  0., .3,  .3, .2),
-    "nano":  (600, 0,  2e-4,    .9, "single", .3,  .1, .5,  .5, .2),
-    "tiny":  (300, 40, 8e-4,    .9, "single", .05, .2, .8,  1., .1),
-    "base":  (100, 20, 6.25e-4, .6, "group",  .05, .1, .8,  1., .1),
-    "large": (100, 20, 6.25e-4, .6, "group",  .05, .2, .8,  1., .1),
-    "huge":  (50,  10, 1.25e-3, .75, "single", .05, .3, .8, 1., .1),
+  "atto": (600, 0, 2e-4, 0.9, "single", 0.3, 0.1, 0.0, 0.0, 0.2),
+  "femto": (600, 0, 2e-4, 0.9, "single", 0.05, 0.0, 0.3, 0.3, 0.2),
+  "pico": (600, 0, 2e-4, 0.9, "single", 0.3, 0.0, 0.3, 0.3, 0.2),
+  "nano": (600, 0, 2e-4, 0.9, "single", 0.3, 0.1, 0.5, 0.5, 0.2),
+  "tiny": (300, 40, 8e-4, 0.9, "single", 0.05, 0.2, 0.8, 1.0, 0.1),
+  "base": (100, 20, 6.25e-4, 0.6, "group", 0.05, 0.1, 0.8, 1.0, 0.1),
+  "large": (100, 20, 6.25e-4, 0.6, "group", 0.05, 0.2, 0.8, 1.0, 0.1),
+  "huge": (50, 10, 1.25e-3, 0.75, "single", 0.05, 0.3, 0.8, 1.0, 0.1),
 }
 
 
 @pytest.mark.parametrize("size", SIZES)
 def test_in1k_finetuning_matches_tables_9_to_11(size):
   c = load(f"finetune_{size}")
-  got = (c.num_epochs, c.warmup_epochs, c.optim.base_lr, c.optim.layer_decay,
-         c.optim.layer_decay_scheme, c.optim.weight_decay, c.model.drop_path_rate, c.aug.mixup,
-         c.aug.cutmix, c.aug.label_smoothing)
+  got = (
+    c.num_epochs,
+    c.warmup_epochs,
+    c.optim.base_lr,
+    c.optim.layer_decay,
+    c.optim.layer_decay_scheme,
+    c.optim.weight_decay,
+    c.model.drop_path_rate,
+    c.aug.mixup,
+    c.aug.cutmix,
+    c.aug.label_smoothing,
+  )
   assert got == IN1K[size]
   # Shared finetuning values.
   assert (c.optim.b1, c.optim.b2, c.optim.eps, c.batch_size) == (0.9, 0.999, 1e-8, 1024)
   assert (c.model.head_init_scale, c.optim.ema_decay, c.optim.min_lr) == (0.001, 0.9999, 1e-6)
   assert (c.aug.randaugment, c.aug.reprob, c.aug.mixup_switch_prob) == (
-      "rand-m9-mstd0.5-inc1", 0.25, 0.5)
+    "rand-m9-mstd0.5-inc1",
+    0.25,
+    0.5,
+  )
   assert (c.data.image_size, c.data.crop_scale_min, c.data.crop_pct) == (224, 0.08, 0.875)
   assert (c.data.num_classes, c.init_from, c.eval_only) == (0, "", False)
   assert c.data.name == "imagenet2012"
@@ -115,12 +165,25 @@ def test_in1k_finetuning_matches_tables_9_to_11(size):
 def test_22k_intermediate_stage_is_table_12():
   b = load("finetune_base", "in22k")
   assert (b.optim.base_lr, b.optim.weight_decay, b.optim.layer_decay, b.batch_size) == (
-      2.5e-4, 0.05, 0.8, 4096)
-  assert (b.num_epochs, b.warmup_epochs, b.optim.ema_decay, b.model.drop_path_rate) == (90, 5, 0.0, 0.1)
+    2.5e-4,
+    0.05,
+    0.8,
+    4096,
+  )
+  assert (b.num_epochs, b.warmup_epochs, b.optim.ema_decay, b.model.drop_path_rate) == (
+    90,
+    5,
+    0.0,
+    0.1,
+  )
   assert (b.aug.mixup, b.aug.cutmix, b.aug.label_smoothing) == (0.8, 1.0, 0.1)
   assert b.data.name.startswith("folder:")
   t = load("finetune_tiny", "stage=in22k")
-  assert (t.optim.layer_decay, t.optim.layer_decay_scheme, t.model.drop_path_rate) == (0.9, "single", 0.0)
+  assert (t.optim.layer_decay, t.optim.layer_decay_scheme, t.model.drop_path_rate) == (
+    0.9,
+    "single",
+    0.0,
+  )
   h = load("finetune_huge", "in22k")
   assert (h.optim.layer_decay, h.model.drop_path_rate) == (0.8, 0.3)
 
@@ -128,18 +191,35 @@ def test_22k_intermediate_stage_is_table_12():
 def test_22k_to_1k_stage_is_table_13_at_224_and_384():
   b = load("finetune_base", "in22k_to_in1k,384")
   assert b.data.image_size == 384 and b.data.name == "imagenet2012"
-  assert (b.optim.base_lr, b.optim.weight_decay, b.batch_size, b.warmup_epochs) == (2.5e-5, 1e-8, 512, 0)
+  assert (b.optim.base_lr, b.optim.weight_decay, b.batch_size, b.warmup_epochs) == (
+    2.5e-5,
+    1e-8,
+    512,
+    0,
+  )
   assert (b.num_epochs, b.optim.layer_decay, b.model.drop_path_rate, b.optim.ema_decay) == (
-      30, 0.8, 0.2, 0.9999)
+    30,
+    0.8,
+    0.2,
+    0.9999,
+  )
   assert (b.aug.mixup, b.aug.cutmix) == (0.0, 0.0)
   assert load("finetune_base", "in22k_to_in1k").data.image_size == 224
   assert load("finetune_large", "in22k_to_in1k").model.drop_path_rate == 0.3
   h = load("finetune_huge", "in22k_to_in1k,384")
   assert (h.optim.ema_decay, h.optim.layer_decay, h.model.drop_path_rate, h.num_epochs) == (
-      0.0, 0.85, 0.5, 30)
+    0.0,
+    0.85,
+    0.5,
+    30,
+  )
   n = load("finetune_nano", "stage=in22k_to_in1k,resolution=384")
   assert (n.num_epochs, n.optim.layer_decay, n.model.drop_path_rate, n.data.image_size) == (
-      90, 0.9, 0.1, 384)
+    90,
+    0.9,
+    0.1,
+    384,
+  )
 
 
 def test_bad_stage_arguments_are_rejected():
@@ -165,11 +245,22 @@ def test_lr_scales_with_the_global_batch():
 
 
 def test_command_line_overrides_work_and_typos_raise():
-  c = load("finetune_base", "in22k_to_in1k,384", "--config.batch_size=64",
-           "--config.model.variant=tiny", "--config.warmup_epochs=5", "--config.optim.base_lr=1",
-           "--config.aug.mixup=0.2")
+  c = load(
+    "finetune_base",
+    "in22k_to_in1k,384",
+    "--config.batch_size=64",
+    "--config.model.variant=tiny",
+    "--config.warmup_epochs=5",
+    "--config.optim.base_lr=1",
+    "--config.aug.mixup=0.2",
+  )
   assert (c.batch_size, c.model.variant, c.warmup_epochs, c.optim.base_lr, c.aug.mixup) == (
-      64, "tiny", 5.0, 1.0, 0.2)
+    64,
+    "tiny",
+    5.0,
+    1.0,
+    0.2,
+  )
   assert c.data.image_size == 384
   with pytest.raises(Exception, match="bogus"):
     load("finetune_base", None, "--config.optim.bogus=1")
@@ -182,7 +273,12 @@ def test_command_line_overrides_work_and_typos_raise():
 
 def test_demo_configs_are_small_and_on_the_demo_data():
   p = load("fcmae_demo")
-  assert (p.data.name, p.model.variant, p.data.image_size, p.fcmae.mask_ratio) == ("demo", "atto", 128, 0.6)
+  assert (p.data.name, p.model.variant, p.data.image_size, p.fcmae.mask_ratio) == (
+    "demo",
+    "atto",
+    128,
+    0.6,
+  )
   assert p.probe.enabled and p.probe.train_examples >= 1200  # the monitors see the whole demo
   assert p.batch_size <= 128 and 0 < p.total_steps <= 400 and 0 < p.warmup_steps < p.total_steps
   assert p.checkpoint_every_steps <= p.total_steps and p.log_every_steps <= 25
@@ -227,6 +323,7 @@ def test_validation_names_what_the_models_name():
   from fcmae import masking
   from fcmae import model as fcmae_model
   from models import layers
+
   assert common.DEPTHWISE_IMPLS == ("",) + layers.DEPTHWISE_IMPLS
   assert common.FCMAE_IMPLS == fcmae_model.IMPLS
   assert common.STRIDE == convnextv2.TOTAL_STRIDE == masking.PATCH_SIZE

@@ -14,9 +14,10 @@ from data import pipeline
 S = 32  # image size used by most tests (small = fast)
 
 
-def photo_bytes(fmt: str = 'JPEG', name: str = 'astronaut') -> bytes:
+def photo_bytes(fmt: str = "JPEG", name: str = "astronaut") -> bytes:
   """A photograph that scikit-image ships (512x512), encoded as `fmt`."""
   from skimage import data as skdata
+
   buf = io.BytesIO()
   Image.fromarray(getattr(skdata, name)()).save(buf, format=fmt, quality=90)
   return buf.getvalue()
@@ -35,19 +36,19 @@ def assert_same_batches(a, b):
 
 
 GOOD_TRAIN = {  # file -> (class, colour); colours are far apart so JPEG noise is harmless
-    'cat/a.png': ('cat', (200, 30, 30)),
-    'cat/b.JPG': ('cat', (30, 200, 30)),
-    'cat/c.bmp': ('cat', (30, 30, 200)),
-    'dog/d.jpeg': ('dog', (200, 200, 30)),
-    'dog/e.gif': ('dog', (200, 30, 200)),
-    'dog/sub/f.webp': ('dog', (30, 200, 200)),
+  "cat/a.png": ("cat", (200, 30, 30)),
+  "cat/b.JPG": ("cat", (30, 200, 30)),
+  "cat/c.bmp": ("cat", (30, 30, 200)),
+  "dog/d.jpeg": ("dog", (200, 200, 30)),
+  "dog/e.gif": ("dog", (200, 30, 200)),
+  "dog/sub/f.webp": ("dog", (30, 200, 200)),
 }
 
 
 GOOD_VAL = {
-    'cat/g.png': ('cat', (120, 120, 120)),
-    'dog/h.png': ('dog', (250, 250, 250)),
-    'dog/i.jpg': ('dog', (10, 10, 10)),
+  "cat/g.png": ("cat", (120, 120, 120)),
+  "dog/h.png": ("dog", (250, 250, 250)),
+  "dog/i.jpg": ("dog", (10, 10, 10)),
 }
 
 
@@ -56,22 +57,30 @@ GOOD_TRAIN_CLASSES = [cls for cls, _ in GOOD_TRAIN.values()]
 
 def write_image(path, colour, size):
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  Image.new('RGB', size, colour).save(path, format={
-      '.jpg': 'JPEG', '.jpeg': 'JPEG', '.png': 'PNG', '.bmp': 'BMP', '.gif': 'GIF',
-      '.webp': 'WEBP'}[os.path.splitext(path)[1].lower()])
+  Image.new("RGB", size, colour).save(
+    path,
+    format={
+      ".jpg": "JPEG",
+      ".jpeg": "JPEG",
+      ".png": "PNG",
+      ".bmp": "BMP",
+      ".gif": "GIF",
+      ".webp": "WEBP",
+    }[os.path.splitext(path)[1].lower()],
+  )
 
 
 def make_image_folder(root):
   """ROOT/train (8 files: 6 good, 2 corrupt) and ROOT/val (3 good), varied formats and sizes."""
-  for split, files in (('train', GOOD_TRAIN), ('val', GOOD_VAL)):
+  for split, files in (("train", GOOD_TRAIN), ("val", GOOD_VAL)):
     for k, (rel, (_, colour)) in enumerate(files.items()):
       write_image(str(root / split / rel), colour, (24 + 5 * k, 40 - 3 * k))
-  (root / 'train' / 'cat' / 'bad.jpg').write_bytes(b'this is not an image at all' * 20)
+  (root / "train" / "cat" / "bad.jpg").write_bytes(b"this is not an image at all" * 20)
   buf = io.BytesIO()
   noise = np.random.default_rng(0).integers(0, 256, (48, 48, 3), np.uint8)
-  Image.fromarray(noise).save(buf, format='JPEG')
-  (root / 'train' / 'dog' / 'trunc.jpeg').write_bytes(buf.getvalue()[:len(buf.getvalue()) // 2])
-  (root / 'train' / 'dog' / 'notes.txt').write_text('not an image extension: ignored')
+  Image.fromarray(noise).save(buf, format="JPEG")
+  (root / "train" / "dog" / "trunc.jpeg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+  (root / "train" / "dog" / "notes.txt").write_text("not an image extension: ignored")
   return root
 
 
@@ -88,38 +97,45 @@ TFDS_TRAIN, TFDS_VAL, TFDS_CORRUPT_VAL = 40, 17, 5
 
 def tfds_colour(split, i):
   """A distinct solid colour per example (identifies it after preprocessing)."""
-  return (10 + 5 * i, 60 if split == 'train' else 200, 30 + 4 * (i % 7))
+  return (10 + 5 * i, 60 if split == "train" else 200, 30 + 4 * (i % 7))
 
 
 class FcmaeTinyTfds(tfds.core.GeneratorBasedBuilder):
   """40 train / 17 validation solid-colour images; validation #5 is corrupt bytes."""
 
-  VERSION = tfds.core.Version('1.0.0')
+  VERSION = tfds.core.Version("1.0.0")
   # No checksums file next to this module. Also avoids tfds's `code_path`,
   # which imports `importlib_resources` (not a declared dependency on 3.11).
   code_path = None
 
   def _info(self):
-    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
-        'image': tfds.features.Image(shape=(None, None, 3)),
-        'label': tfds.features.ClassLabel(num_classes=4)}))
+    return tfds.core.DatasetInfo(
+      builder=self,
+      features=tfds.features.FeaturesDict(
+        {
+          "image": tfds.features.Image(shape=(None, None, 3)),
+          "label": tfds.features.ClassLabel(num_classes=4),
+        }
+      ),
+    )
 
   def _split_generators(self, dl_manager):
-    return {'train': self._generate_examples('train', TFDS_TRAIN),
-            'validation': self._generate_examples('validation', TFDS_VAL)}
+    return {
+      "train": self._generate_examples("train", TFDS_TRAIN),
+      "validation": self._generate_examples("validation", TFDS_VAL),
+    }
 
   def _generate_examples(self, split, n):
     for i in range(n):
-      if split == 'validation' and i == TFDS_CORRUPT_VAL:
-        image = io.BytesIO(b'corrupt record' * 10)
+      if split == "validation" and i == TFDS_CORRUPT_VAL:
+        image = io.BytesIO(b"corrupt record" * 10)
       else:
-        image = np.zeros((20 + i % 3, 24, 3), np.uint8) + np.array(tfds_colour(split, i),
-                                                                    np.uint8)
-      yield f'{split}{i}', {'image': image, 'label': i % 4}
+        image = np.zeros((20 + i % 3, 24, 3), np.uint8) + np.array(tfds_colour(split, i), np.uint8)
+      yield f"{split}{i}", {"image": image, "label": i % 4}
 
 
 def tfds_ids(images, split):
-  n = TFDS_TRAIN if split == 'train' else TFDS_VAL
+  n = TFDS_TRAIN if split == "train" else TFDS_VAL
   return identify(images, [tfds_colour(split, i) for i in range(n)])
 
 
@@ -127,8 +143,8 @@ def real_examples(batches):
   """Multiset of (label, image bytes) of the real (mask=1) examples."""
   out = []
   for b in batches:
-    assert b['mask'].dtype == np.float32 and set(np.unique(b['mask'])) <= {0.0, 1.0}
-    for image, label, m in zip(b['image'], b['label'], b['mask']):
+    assert b["mask"].dtype == np.float32 and set(np.unique(b["mask"])) <= {0.0, 1.0}
+    for image, label, m in zip(b["image"], b["label"], b["mask"]):
       if m:
         out.append((int(label), image.tobytes()))
       else:
@@ -150,16 +166,25 @@ def process_count_invariant(name, *, runs, process_count, local_batch_size, **kw
   runs: (start_step, number of steps) pairs. Returns the steps per epoch."""
   global_batch = local_batch_size * process_count
   for start, steps in runs:
-    single_it = pipeline.train_iterator(name, local_batch_size=global_batch, start_step=start,
-                                        **kwargs)
+    single_it = pipeline.train_iterator(
+      name, local_batch_size=global_batch, start_step=start, **kwargs
+    )
     single = take(single_it, steps)
     per_process = []
     for index in range(process_count):
-      it = pipeline.train_iterator(name, local_batch_size=local_batch_size, start_step=start,
-                                   process_index=index, process_count=process_count, **kwargs)
+      it = pipeline.train_iterator(
+        name,
+        local_batch_size=local_batch_size,
+        start_step=start,
+        process_index=index,
+        process_count=process_count,
+        **kwargs,
+      )
       assert it.steps_per_epoch == single_it.steps_per_epoch
       per_process.append(take(it, steps))
-    merged = [{k: np.concatenate([p[step][k] for p in per_process]) for k in single[0]}
-              for step in range(steps)]
+    merged = [
+      {k: np.concatenate([p[step][k] for p in per_process]) for k in single[0]}
+      for step in range(steps)
+    ]
     assert_same_batches(merged, single)
   return single_it.steps_per_epoch

@@ -19,7 +19,7 @@ def test_eval_geometry():
   assert big.shape == (384, 384, 3)
 
 
-@pytest.mark.parametrize('shape', [(50, 80), (7, 5), (300, 10), (10, 300), (64, 64)])
+@pytest.mark.parametrize("shape", [(50, 80), (7, 5), (300, 10), (10, 300), (64, 64)])
 def test_crop_windows_lie_inside_the_image_and_resize_to_the_size(shape):
   image = rand_image(*shape)
   for i in range(5):

@@ -14,8 +14,8 @@ def _fft_features(images):
 
 
 def test_demo_data_is_deterministic_balanced_and_learnable():
-  train_x, train_y = demo.arrays('train')
-  val_x, val_y = demo.arrays('validation')
+  train_x, train_y = demo.arrays("train")
+  val_x, val_y = demo.arrays("validation")
   num_classes = len(demo.CLASSES)
   assert num_classes >= 10
   assert train_x.shape == (len(train_y), 64, 64, 3) and train_x.dtype == np.uint8
@@ -24,10 +24,10 @@ def test_demo_data_is_deterministic_balanced_and_learnable():
   assert np.bincount(val_y).tolist() == [len(val_y) // num_classes] * num_classes
   assert len(train_y) >= 1000
   # Same images on every call (bypassing the cache) and train != val.
-  again_x, again_y = demo.arrays.__wrapped__('train')
+  again_x, again_y = demo.arrays.__wrapped__("train")
   np.testing.assert_array_equal(again_x, train_x)
   np.testing.assert_array_equal(again_y, train_y)
-  assert not np.array_equal(train_x[:len(val_x)], val_x)
+  assert not np.array_equal(train_x[: len(val_x)], val_x)
   # Images have structure (not flat) ...
   assert train_x.reshape(len(train_x), -1).std(1).min() > 10
   # ... and the classes are visually distinct: a nearest-class-mean classifier

@@ -9,7 +9,6 @@ import pytest
 
 from data import mixup
 
-
 B, H, W, C, K = 8, 16, 12, 3, 10
 
 
@@ -56,18 +55,28 @@ def _mixed(mixup_alpha, cutmix_alpha, switch_prob=0.5, label_smoothing=0.0, prob
   """mix_batch on the standard batch for 16 keys. Returns numpy (outs (16, B, H, W, C),
   targets (16, B, K)). One compile per pair of alphas (static); the other settings are traced."""
   outs, targets = _mixer(mixup_alpha, cutmix_alpha)(
-      _keys(16), jnp.float32(switch_prob), jnp.float32(label_smoothing), jnp.float32(prob))
+    _keys(16), jnp.float32(switch_prob), jnp.float32(label_smoothing), jnp.float32(prob)
+  )
   return np.asarray(outs), np.asarray(targets)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _mixer(mixup_alpha, cutmix_alpha):
   x, y = _batch()
 
   def one(key, switch_prob, label_smoothing, prob):
-    return mixup.mix_batch(key, x, y, num_classes=K, mixup_alpha=mixup_alpha,
-                           cutmix_alpha=cutmix_alpha, switch_prob=switch_prob,
-                           label_smoothing=label_smoothing, prob=prob)
+    return mixup.mix_batch(
+      key,
+      x,
+      y,
+      num_classes=K,
+      mixup_alpha=mixup_alpha,
+      cutmix_alpha=cutmix_alpha,
+      switch_prob=switch_prob,
+      label_smoothing=label_smoothing,
+      prob=prob,
+    )
+
   return jax.jit(jax.vmap(one, in_axes=(0, None, None, None)))
 
 
@@ -94,8 +103,9 @@ def test_one_hot_smoothed_matches_timm_formula():
   assert np.isclose(got[0, 0], 0.9 + 0.01) and np.isclose(got[0, 1], 0.01)
 
 
-@pytest.mark.parametrize("cfg,smoothing", [(MIXUP, 0.0), (CUTMIX, 0.0), (BOTH, 0.0), (BOTH, 0.1),
-                                           (NONE, 0.1)])
+@pytest.mark.parametrize(
+  "cfg,smoothing", [(MIXUP, 0.0), (CUTMIX, 0.0), (BOTH, 0.0), (BOTH, 0.1), (NONE, 0.1)]
+)
 def test_targets_are_distributions_and_match_the_timm_mixture(cfg, smoothing):
   _, y = _batch()
   _, targets = _mixed(label_smoothing=smoothing, **cfg)
@@ -203,14 +213,17 @@ def test_rand_bbox_follows_timm():
   assert np.all(yl == yh) and np.all(xl == xh)
 
 
-@pytest.mark.parametrize("cfg,expected", [
+@pytest.mark.parametrize(
+  "cfg,expected",
+  [
     (dict(BOTH, switch_prob=0.0), {"mixup"}),
     (dict(BOTH, switch_prob=1.0), {"cutmix"}),
-    (BOTH, {"mixup", "cutmix"}),          # default switch_prob 0.5
-    (MIXUP, {"mixup"}),                   # a single alpha picks its mode
+    (BOTH, {"mixup", "cutmix"}),  # default switch_prob 0.5
+    (MIXUP, {"mixup"}),  # a single alpha picks its mode
     (CUTMIX, {"cutmix"}),
     (dict(BOTH, label_smoothing=0.1), {"mixup", "cutmix"}),
-])
+  ],
+)
 def test_mode_selection(cfg, expected):
   x, y = _batch()
   outs, targets = _mixed(**cfg)
@@ -221,8 +234,9 @@ def test_mode_selection(cfg, expected):
       _check_cutmix(out, x, t, y, cfg.get("label_smoothing", 0.0))
     if m == "mixup":
       lam = _lam_from_targets(t, y, cfg.get("label_smoothing", 0.0))
-      np.testing.assert_allclose(out, lam * np.asarray(x) + (1 - lam) * np.asarray(x)[::-1],
-                                 atol=1e-5)
+      np.testing.assert_allclose(
+        out, lam * np.asarray(x) + (1 - lam) * np.asarray(x)[::-1], atol=1e-5
+      )
     if m != "none":
       modes.add(m)
   assert modes == expected
@@ -260,7 +274,9 @@ def test_jit_directly_with_static_settings_keeps_dtype():
 
 
 def test_sharded_global_batch_matches_unsharded():
-  from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+  from jax.sharding import Mesh, NamedSharding
+  from jax.sharding import PartitionSpec as P
+
   devices = np.array(jax.devices()[:8])
   if len(devices) < 2 or B % len(devices):
     pytest.skip("needs several devices dividing the batch")

@@ -7,8 +7,10 @@ import pytest
 from fcmae import masking
 
 
-@pytest.mark.parametrize("num_patches, ratio, keep", [(49, 0.6, 19), (9, 0.6, 3), (4, 0.6, 1),
-                                                      (144, 0.75, 36), (49, 0.0, 49)])
+@pytest.mark.parametrize(
+  "num_patches, ratio, keep",
+  [(49, 0.6, 19), (9, 0.6, 3), (4, 0.6, 1), (144, 0.75, 36), (49, 0.0, 49)],
+)
 def test_mask_keeps_exactly_len_keep_per_sample(num_patches, ratio, keep):
   mask = np.asarray(masking.random_mask(jax.random.key(0), 64, num_patches, ratio))
   assert mask.shape == (64, num_patches) and set(np.unique(mask)) <= {0.0, 1.0}

@@ -14,7 +14,9 @@ from tests.helpers import perturb
 
 
 def _images(batch, size, seed=0):
-  return jnp.asarray(np.random.default_rng(seed).standard_normal((batch, size, size, 3)), jnp.float32)
+  return jnp.asarray(
+    np.random.default_rng(seed).standard_normal((batch, size, size, 3)), jnp.float32
+  )
 
 
 def _pixel_mask(mask, grid, patch=32):
@@ -63,8 +65,9 @@ def test_sparse_gradients_equal_dense_gradients():
 def test_sparse_equals_dense_with_drop_path_and_scan():
   size = 96
   dense_fn, params = fcmae_model.build("atto", impl="dense", image_size=size, drop_path_rate=0.4)
-  sparse_fn, _ = fcmae_model.build("atto", impl="sparse", image_size=size, drop_path_rate=0.4,
-                                   scan=True)
+  sparse_fn, _ = fcmae_model.build(
+    "atto", impl="sparse", image_size=size, drop_path_rate=0.4, scan=True
+  )
   images = _images(4, size)
   mask = masking.random_mask(jax.random.key(5), 4, 9, 0.6)
   rng = jax.random.key(6)
@@ -113,8 +116,12 @@ def test_loss_matches_numpy(norm_pix):
   mask = masking.random_mask(jax.random.key(8), 3, 4, 0.6)
   loss, pred = jax.jit(loss_fn)(params, images, mask)
   assert pred.shape == (3, 4, 3072)
-  expected = _numpy_loss(np.asarray(images, np.float64), np.asarray(pred, np.float64),
-                         np.asarray(mask, np.float64), norm_pix)
+  expected = _numpy_loss(
+    np.asarray(images, np.float64),
+    np.asarray(pred, np.float64),
+    np.asarray(mask, np.float64),
+    norm_pix,
+  )
   np.testing.assert_allclose(loss, expected, rtol=1e-5)
 
 
@@ -127,8 +134,12 @@ def test_encoder_params_load_into_the_classifier():
   # With nothing masked the FCMAE encoder is the plain network.
   encoder = params["encoder"]
   stages_fn, _ = convnextv2.build("atto", num_classes=0, output="stages", abstract=True)
-  graphdef, _ = convnextv2.init(lambda: fcmae_model.FCMAE(
-      "atto", fcmae_model.DecoderOptions(64), convnextv2.Options(), rngs=nnx.Rngs(0)), abstract=True)
+  graphdef, _ = convnextv2.init(
+    lambda: fcmae_model.FCMAE(
+      "atto", fcmae_model.DecoderOptions(64), convnextv2.Options(), rngs=nnx.Rngs(0)
+    ),
+    abstract=True,
+  )
   model = convnextv2.merge(graphdef, params)
   images = _images(2, size)
   out = jax.jit(lambda x: model.encode_dense(x, jnp.zeros((2, 4))))(images)

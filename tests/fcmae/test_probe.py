@@ -54,11 +54,19 @@ def test_ridge_probe_solves_the_regularised_least_squares_and_picks_l2_on_held_o
 
   grid = (1e-3, 1.0, 100.0)
   held = np.arange(250) % 5 == 0
-  scores = [np.mean((design(train_x[held]) @ fit(design(train_x[~held]), onehot[~held],
-                                                 l2 * (~held).sum())).argmax(1) == train_y[held])
-            for l2 in grid]
+  scores = [
+    np.mean(
+      (
+        design(train_x[held]) @ fit(design(train_x[~held]), onehot[~held], l2 * (~held).sum())
+      ).argmax(1)
+      == train_y[held]
+    )
+    for l2 in grid
+  ]
   l2 = grid[int(np.argmax(scores))]
-  expected = 100 * np.mean((design(val_x) @ fit(design(train_x), onehot, l2 * 250)).argmax(1) == val_y)
+  expected = 100 * np.mean(
+    (design(val_x) @ fit(design(train_x), onehot, l2 * 250)).argmax(1) == val_y
+  )
   got, chosen = probe.ridge_top1(train_x, train_y, val_x, val_y, 4, l2_grid=grid)
   assert chosen == l2 and got == pytest.approx(expected)
 
@@ -82,12 +90,23 @@ _RUN = pytest.mark.xdist_group("monitored_run")
 @pytest.fixture(scope="session")  # made once per worker, whatever the order
 def monitored_run(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("monitored")
-  config = override(fcmae_demo.get_config(), {
-      "data.image_size": 64, "batch_size": 16, "total_steps": 4, "warmup_steps": 1,
-      "checkpoint_every_steps": 4, "eval_every_steps": 4, "probe.train_examples": 240,
-      "mesh.data": 1, **SCAN})
-  loop.train_and_evaluate(config, str(workdir), pretrain.make_task(config, str(workdir)),
-                          devices=jax.devices()[:1])
+  config = override(
+    fcmae_demo.get_config(),
+    {
+      "data.image_size": 64,
+      "batch_size": 16,
+      "total_steps": 4,
+      "warmup_steps": 1,
+      "checkpoint_every_steps": 4,
+      "eval_every_steps": 4,
+      "probe.train_examples": 240,
+      "mesh.data": 1,
+      **SCAN,
+    },
+  )
+  loop.train_and_evaluate(
+    config, str(workdir), pretrain.make_task(config, str(workdir)), devices=jax.devices()[:1]
+  )
   return workdir
 
 
@@ -104,8 +123,20 @@ def test_pretraining_logs_the_monitors_at_the_start_and_at_each_evaluation(monit
 @_RUN
 def test_the_probe_command_on_the_run_gives_the_figures_it_logged(monitored_run, capsys):
   logged = [r for r in logs.read_metrics(str(monitored_run)) if "knn_top1" in r][-1]
-  result = probe.main(["--checkpoint", str(monitored_run), "--data", "demo", "--image_size", "64",
-                       "--train_examples", "240", "--batch_size", "64"])
+  result = probe.main(
+    [
+      "--checkpoint",
+      str(monitored_run),
+      "--data",
+      "demo",
+      "--image_size",
+      "64",
+      "--train_examples",
+      "240",
+      "--batch_size",
+      "64",
+    ]
+  )
   assert "knn_top1" in capsys.readouterr().out
   assert result["num_examples"] == 240
   assert result["knn_top1"] == pytest.approx(logged["knn_top1"], abs=0.5)

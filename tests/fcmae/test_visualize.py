@@ -22,7 +22,9 @@ def test_reconstruction_grid_undoes_the_per_patch_normalization():
   perfect = _numpy_loss_target(images)
   picture = visualize.reconstruction_grid(images, perfect, mask, norm_pix_loss=True)
   assert picture.shape == (2 * 64, 4 * 64, 3) and picture.dtype == np.uint8
-  original, masked, recon, pasted = (picture[:64, 64 * i:64 * (i + 1)].astype(int) for i in range(4))
+  original, masked, recon, pasted = (
+    picture[:64, 64 * i : 64 * (i + 1)].astype(int) for i in range(4)
+  )
   assert np.abs(recon - original).max() <= 1 and np.abs(pasted - original).max() <= 1
   pixel_mask = np.repeat(np.repeat(mask.reshape(2, 2, 2), 32, axis=1), 32, axis=2)[0]
   assert np.all(masked[pixel_mask > 0] == 128)

@@ -17,7 +17,9 @@ def hf_model(variant: str, num_labels: int, seed: int = 0):
   """A random transformers ConvNextV2ForImageClassification with non-trivial norms/GRN/biases."""
   spec = cv.VARIANTS[variant]
   torch.manual_seed(seed)
-  config = ConvNextV2Config(hidden_sizes=list(spec["dims"]), depths=list(spec["depths"]), num_labels=num_labels)
+  config = ConvNextV2Config(
+    hidden_sizes=list(spec["dims"]), depths=list(spec["depths"]), num_labels=num_labels
+  )
   model = ConvNextV2ForImageClassification(config).eval()
   gen = torch.Generator().manual_seed(seed + 1)
   with torch.no_grad():
@@ -25,9 +27,9 @@ def hf_model(variant: str, num_labels: int, seed: int = 0):
       noise = torch.randn(p.shape, generator=gen)
       if ".grn." in name:
         p.copy_(0.5 * noise)
-      elif p.ndim == 1 and name.endswith("weight"):   # LayerNorm scales
+      elif p.ndim == 1 and name.endswith("weight"):  # LayerNorm scales
         p.copy_(1.0 + 0.3 * noise)
-      elif p.ndim == 1:                                # every bias
+      elif p.ndim == 1:  # every bias
         p.copy_(0.3 * noise)
   return model
 
@@ -78,7 +80,9 @@ def official_to_timm(sd: dict) -> dict:
         out[f"{block}.norm.{param}"] = value
       elif module in ("pwconv1", "pwconv2"):
         fc = {"pwconv1": "fc1", "pwconv2": "fc2"}[module]
-        out[f"{block}.mlp.{fc}.{param}"] = value.reshape(*value.shape, 1, 1) if param == "weight" else value
+        out[f"{block}.mlp.{fc}.{param}"] = (
+          value.reshape(*value.shape, 1, 1) if param == "weight" else value
+        )
       elif module == "grn":
         out[f"{block}.mlp.grn.{ {'gamma': 'weight', 'beta': 'bias'}[param] }"] = value.reshape(-1)
     elif m := re.fullmatch(r"norm\.(\w+)", key):
@@ -96,14 +100,18 @@ def official_to_sparse_fcmae(sd: dict) -> dict:
   out = {}
   for key, value in sd.items():
     parts = key.split(".")
-    if key.startswith("downsample_layers.0."):            # the stem is dense in the sparse model
+    if key.startswith("downsample_layers.0."):  # the stem is dense in the sparse model
       out["encoder." + key] = value
     elif re.fullmatch(r"downsample_layers\.\d\.0\.\w+", key) or ".norm." in key:
       out["encoder." + ".".join(parts[:-1] + ["ln", parts[-1]])] = value
-    elif re.fullmatch(r"downsample_layers\.\d\.1\.weight", key):   # (O, I, 2, 2) -> (4, I, O)
-      out["encoder." + key[:-len("weight")] + "kernel"] = value.transpose(3, 2, 1, 0).reshape(4, value.shape[1], value.shape[0])
-    elif key.endswith("dwconv.weight"):                             # (C, 1, 7, 7) -> (49, C)
-      out["encoder." + key[:-len("weight")] + "kernel"] = value[:, 0].transpose(2, 1, 0).reshape(49, value.shape[0])
+    elif re.fullmatch(r"downsample_layers\.\d\.1\.weight", key):  # (O, I, 2, 2) -> (4, I, O)
+      out["encoder." + key[: -len("weight")] + "kernel"] = value.transpose(3, 2, 1, 0).reshape(
+        4, value.shape[1], value.shape[0]
+      )
+    elif key.endswith("dwconv.weight"):  # (C, 1, 7, 7) -> (49, C)
+      out["encoder." + key[: -len("weight")] + "kernel"] = (
+        value[:, 0].transpose(2, 1, 0).reshape(49, value.shape[0])
+      )
     elif re.fullmatch(r"downsample_layers\.\d\.1\.bias", key) or key.endswith("dwconv.bias"):
       out["encoder." + key] = value.reshape(1, -1)
     elif ".pwconv" in key:
@@ -116,12 +124,16 @@ def official_to_sparse_fcmae(sd: dict) -> dict:
 
 
 FCMAE_DECODER = {  # present in FCMAE pretraining state dicts; must be skipped, not converted
-    "proj.weight": np.zeros((512, 320, 1, 1), np.float32), "proj.bias": np.zeros((512,), np.float32),
-    "mask_token": np.zeros((1, 512, 1, 1), np.float32),
-    "decoder.0.dwconv.weight": np.zeros((512, 1, 7, 7), np.float32),
-    "pred.weight": np.zeros((3072, 512, 1, 1), np.float32), "pred.bias": np.zeros((3072,), np.float32),
+  "proj.weight": np.zeros((512, 320, 1, 1), np.float32),
+  "proj.bias": np.zeros((512,), np.float32),
+  "mask_token": np.zeros((1, 512, 1, 1), np.float32),
+  "decoder.0.dwconv.weight": np.zeros((512, 1, 7, 7), np.float32),
+  "pred.weight": np.zeros((3072, 512, 1, 1), np.float32),
+  "pred.bias": np.zeros((3072,), np.float32),
 }
 
 
 def torch_save(sd: dict, path, **extra):
-  torch.save({"model": {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in sd.items()}, **extra}, path)
+  torch.save(
+    {"model": {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in sd.items()}, **extra}, path
+  )

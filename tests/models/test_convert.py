@@ -21,8 +21,15 @@ from transformers import ConvNextV2ForImageClassification, ConvNextV2Model
 
 from models import convert
 from models import convnextv2 as cv
-from tests.models.reference import (FCMAE_DECODER, hf_model, hf_to_official, official_to_sparse_fcmae,
-                                    official_to_timm, state_dict_numpy, torch_save)
+from tests.models.reference import (
+  FCMAE_DECODER,
+  hf_model,
+  hf_to_official,
+  official_to_sparse_fcmae,
+  official_to_timm,
+  state_dict_numpy,
+  torch_save,
+)
 
 # Its tests share a module fixture: one worker runs them all (pytest-xdist --dist loadgroup).
 pytestmark = pytest.mark.xdist_group("convert")
@@ -91,8 +98,12 @@ def atto_default_logits(atto):
 def test_hf_directory_atto_default_impl(atto, atto_default_logits):
   """save_pretrained dir -> CLI -> load; the default depthwise conv."""
   config = json.loads((atto["ckpt"] / "config.json").read_text())
-  assert config["variant"] == "atto" and config["num_classes"] == 10 and config["source_format"] == "hf"
-  assert_parity("hf dir, atto, 64px, default impl", atto_default_logits, torch_logits(atto["model"], images(64)))
+  assert (
+    config["variant"] == "atto" and config["num_classes"] == 10 and config["source_format"] == "hf"
+  )
+  assert_parity(
+    "hf dir, atto, 64px, default impl", atto_default_logits, torch_logits(atto["model"], images(64))
+  )
 
 
 @pytest.mark.parametrize("variant,resolution,num_labels", [("femto", 96, 1000), ("nano", 64, 10)])
@@ -102,30 +113,52 @@ def test_hf_directory_parity(tmp_path, variant, resolution, num_labels):
   assert convert.main([str(tmp_path / "hf"), str(tmp_path / "ckpt")]) == 0
   apply_fn, params = convert.load(tmp_path / "ckpt", depthwise_impl="xla")
   x = images(resolution)
-  assert_parity(f"hf dir, {variant}, {resolution}px, {num_labels} classes", ours(apply_fn, params, x),
-                torch_logits(model, x))
+  assert_parity(
+    f"hf dir, {variant}, {resolution}px, {num_labels} classes",
+    ours(apply_fn, params, x),
+    torch_logits(model, x),
+  )
 
 
 def test_scan_model_loads_same_params(atto, atto_default_logits):
   x = images(64)
   scanned = ours(*convert.load(atto["ckpt"], depthwise_impl="xla", scan=True), x)
-  np.testing.assert_allclose(scanned, atto_default_logits, rtol=1e-5, atol=1e-6 * np.abs(scanned).max())
+  np.testing.assert_allclose(
+    scanned, atto_default_logits, rtol=1e-5, atol=1e-6 * np.abs(scanned).max()
+  )
   assert_parity("hf dir, atto, 64px, scan=True (xla impl)", scanned, torch_logits(atto["model"], x))
 
 
 def test_official_pt_parity(tmp_path):
   """An IN-1K-style official file: {'model': sd, 'epoch', 'args'} with official key names."""
   model = hf_model("femto", 1000, seed=2)
-  torch_save(hf_to_official(state_dict_numpy(model)), tmp_path / "convnextv2_femto_1k_224_ema.pt",
-             epoch=3, args=argparse.Namespace(model="convnextv2_femto"))
-  assert convert.main([str(tmp_path / "convnextv2_femto_1k_224_ema.pt"), str(tmp_path / "ckpt")]) == 0
+  torch_save(
+    hf_to_official(state_dict_numpy(model)),
+    tmp_path / "convnextv2_femto_1k_224_ema.pt",
+    epoch=3,
+    args=argparse.Namespace(model="convnextv2_femto"),
+  )
+  assert (
+    convert.main([str(tmp_path / "convnextv2_femto_1k_224_ema.pt"), str(tmp_path / "ckpt")]) == 0
+  )
   config = json.loads((tmp_path / "ckpt" / "config.json").read_text())
-  assert (config["source_format"], config["variant"], config["num_classes"]) == ("official", "femto", 1000)
+  assert (config["source_format"], config["variant"], config["num_classes"]) == (
+    "official",
+    "femto",
+    1000,
+  )
   apply_fn, params = convert.load(tmp_path / "ckpt", depthwise_impl="xla")
   x = images(64)
-  assert_parity("official .pt, femto, 64px, 1000 classes", ours(apply_fn, params, x), torch_logits(model, x))
+  assert_parity(
+    "official .pt, femto, 64px, 1000 classes", ours(apply_fn, params, x), torch_logits(model, x)
+  )
   # --export straight from the official file gives back the HF tensors exactly.
-  assert convert.main(["--export", str(tmp_path / "convnextv2_femto_1k_224_ema.pt"), str(tmp_path / "hf")]) == 0
+  assert (
+    convert.main(
+      ["--export", str(tmp_path / "convnextv2_femto_1k_224_ema.pt"), str(tmp_path / "hf")]
+    )
+    == 0
+  )
   exported, original = convert.read_state_dict(tmp_path / "hf"), state_dict_numpy(model)
   assert exported.keys() == original.keys()
   for key in original:
@@ -136,7 +169,9 @@ def test_fcmae_encoder_pt_parity(tmp_path, atto):
   """Encoder-only FCMAE files (no norm/head, decoder keys present), dense official names and the
   sparse (MinkowskiEngine) layout -> num_classes 0 -> the same params; pooled features == mean
   over H, W of HF's last_hidden_state (its pooler_output adds a layernorm)."""
-  dense = {k: v for k, v in hf_to_official(atto["sd"]).items() if not k.startswith(("norm.", "head."))}
+  dense = {
+    k: v for k, v in hf_to_official(atto["sd"]).items() if not k.startswith(("norm.", "head."))
+  }
   converted = {}
   for layout, sd in (("official", dense), ("fcmae-sparse", official_to_sparse_fcmae(dense))):
     torch_save({**sd, **FCMAE_DECODER}, tmp_path / f"{layout}_fcmae.pt")
@@ -147,9 +182,11 @@ def test_fcmae_encoder_pt_parity(tmp_path, atto):
     assert "head" not in converted[layout] and "norm" not in converted[layout]
   jax.tree.map(np.testing.assert_array_equal, converted["official"], converted["fcmae-sparse"])
   x = images(64)
-  assert_parity("FCMAE .pt (dense and sparse), atto, 64px, pooled features",
-                ours_cached("atto", 0, converted["official"], x, depthwise_impl="xla"),
-                torch_mean_features(atto["model"], x))
+  assert_parity(
+    "FCMAE .pt (dense and sparse), atto, 64px, pooled features",
+    ours_cached("atto", 0, converted["official"], x, depthwise_impl="xla"),
+    torch_mean_features(atto["model"], x),
+  )
 
 
 def test_timm_parity(tmp_path, atto):
@@ -158,8 +195,11 @@ def test_timm_parity(tmp_path, atto):
   assert sd["stages.0.blocks.0.mlp.fc1.weight"].shape == (160, 40, 1, 1)
   assert sd["stages.0.blocks.0.mlp.grn.weight"].shape == (160,)
   from safetensors.numpy import save_file
+
   save_file({k: np.ascontiguousarray(v) for k, v in sd.items()}, str(tmp_path / "timm.safetensors"))
-  torch.save({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in sd.items()}, tmp_path / "timm.pth")
+  torch.save(
+    {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in sd.items()}, tmp_path / "timm.pth"
+  )
   converted = []
   for name in ("timm.safetensors", "timm.pth"):
     info = convert.convert(tmp_path / name, tmp_path / f"ckpt_{name}")
@@ -167,13 +207,17 @@ def test_timm_parity(tmp_path, atto):
     converted.append(convert.load(tmp_path / f"ckpt_{name}")[1])
   jax.tree.map(np.testing.assert_array_equal, *converted)
   x = images(64)
-  assert_parity("timm .safetensors/.pth, atto, 64px", ours_cached("atto", 10, converted[0], x, depthwise_impl="xla"),
-                torch_logits(atto["model"], x))
+  assert_parity(
+    "timm .safetensors/.pth, atto, 64px",
+    ours_cached("atto", 10, converted[0], x, depthwise_impl="xla"),
+    torch_logits(atto["model"], x),
+  )
 
 
 def test_hf_single_file_and_base_model(tmp_path, atto):
   """A lone model.safetensors (prefixed) and a ConvNextV2Model (unprefixed, final norm skipped)."""
   from safetensors.numpy import save_file
+
   save_file(atto["sd"], str(tmp_path / "single.safetensors"))
   params, info = convert.to_params(convert.read_state_dict(tmp_path / "single.safetensors"))
   assert (info["format"], info["variant"], info["num_classes"]) == ("hf", "atto", 10)
@@ -187,16 +231,27 @@ def test_hf_single_file_and_base_model(tmp_path, atto):
   params, info = convert.to_params(convert.read_state_dict(tmp_path / "bin"))
   jax.tree.map(np.testing.assert_array_equal, params, reference)
 
-  base = {k.removeprefix("convnextv2."): v for k, v in atto["sd"].items() if not k.startswith("classifier.")}
+  base = {
+    k.removeprefix("convnextv2."): v
+    for k, v in atto["sd"].items()
+    if not k.startswith("classifier.")
+  }
   params, info = convert.to_params(base)
-  assert info["num_classes"] == 0 and [k for k, _ in info["skipped"]] == ["layernorm.weight", "layernorm.bias"]
+  assert info["num_classes"] == 0 and [k for k, _ in info["skipped"]] == [
+    "layernorm.weight",
+    "layernorm.bias",
+  ]
   assert "norm" not in params and "head" not in params
 
 
 def test_half_precision_files_read_as_float32(tmp_path):
   from safetensors.torch import save_file
-  tensors = {"a": torch.randn(5).to(torch.bfloat16), "b": torch.randn(2, 3).to(torch.float16),
-             "c": torch.arange(4)}
+
+  tensors = {
+    "a": torch.randn(5).to(torch.bfloat16),
+    "b": torch.randn(2, 3).to(torch.float16),
+    "c": torch.arange(4),
+  }
   save_file(tensors, str(tmp_path / "half.safetensors"))
   torch.save(tensors, tmp_path / "half.pt")
   for name in ("half.safetensors", "half.pt"):
@@ -219,6 +274,7 @@ def randomized_params(variant: str, num_classes: int, seed: int = 3) -> dict:
     else:
       value = 0.02 * rng.randn(*leaf.shape)
     return value.astype(np.float32)
+
   return jax.tree_util.tree_map_with_path(randomize, cv.abstract_params(variant, num_classes))
 
 
@@ -230,8 +286,11 @@ def test_export_hf_round_trip(tmp_path):
   assert config["depths"] == [2, 2, 6, 2] and config["hidden_sizes"] == [40, 80, 160, 320]
   model = ConvNextV2ForImageClassification.from_pretrained(tmp_path / "hf").eval()
   x = images(64)
-  assert_parity("export_hf -> from_pretrained, atto, 64px", torch_logits(model, x),
-                ours_cached("atto", 10, params, x, depthwise_impl="xla"))
+  assert_parity(
+    "export_hf -> from_pretrained, atto, 64px",
+    torch_logits(model, x),
+    ours_cached("atto", 10, params, x, depthwise_impl="xla"),
+  )
 
   # Back again (CLI), bit for bit; also through the official names.
   assert convert.main([str(tmp_path / "hf"), str(tmp_path / "ckpt")]) == 0
@@ -256,19 +315,26 @@ def test_export_hf_base_model(tmp_path):
   convert.export_hf(params, "atto", 0, tmp_path / "hf")
   model = ConvNextV2Model.from_pretrained(tmp_path / "hf").eval()
   x = images(64)
-  assert_parity("export_hf num_classes=0 -> ConvNextV2Model, atto, 64px", torch_mean_features(model, x),
-                ours_cached("atto", 0, params, x, depthwise_impl="xla"))
+  assert_parity(
+    "export_hf num_classes=0 -> ConvNextV2Model, atto, 64px",
+    torch_mean_features(model, x),
+    ours_cached("atto", 0, params, x, depthwise_impl="xla"),
+  )
   with pytest.raises(convert.ConversionError, match="10 but the params have a 0-class head"):
     convert.export_hf(params, "atto", 10, tmp_path / "other")
 
 
 def test_load_checks_shapes_against_config(tmp_path, atto):
   import shutil
+
   shutil.copytree(atto["ckpt"], tmp_path / "ckpt")
   config = json.loads((tmp_path / "ckpt" / "config.json").read_text())
   config["variant"] = "femto"
   (tmp_path / "ckpt" / "config.json").write_text(json.dumps(config))
-  with pytest.raises(convert.ConversionError, match=r"wrong shape \(59\): downsample1/conv/bias expected \(96,\) got \(80,\)"):
+  with pytest.raises(
+    convert.ConversionError,
+    match=r"wrong shape \(59\): downsample1/conv/bias expected \(96,\) got \(80,\)",
+  ):
     convert.load(tmp_path / "ckpt")
 
 
@@ -289,6 +355,7 @@ def test_refuses_overwrite_and_failures_keep_existing_output(tmp_path, atto, cap
   broken = dict(atto["sd"])
   del broken["classifier.bias"]
   from safetensors.numpy import save_file
+
   save_file(broken, str(tmp_path / "broken.safetensors"))
   assert convert.main([str(tmp_path / "broken.safetensors"), str(out), "--force"]) == 2
   assert "missing (1): classifier.bias" in capsys.readouterr().err
@@ -302,11 +369,15 @@ def test_refuses_overwrite_and_failures_keep_existing_output(tmp_path, atto, cap
 
   def failing_save(self, *args, **kwargs):
     raise OSError("disk full (simulated)")
+
   monkeypatch.setattr(ocp.StandardCheckpointer, "save", failing_save)
   with pytest.raises(OSError, match="simulated"):
     convert.convert(atto["hf"], out, force=True)
   assert _tree_snapshot(out) == before
-  assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.safetensors", "out"]  # no temp dirs left
+  assert sorted(p.name for p in tmp_path.iterdir()) == [
+    "broken.safetensors",
+    "out",
+  ]  # no temp dirs left
 
 
 class Payload:
@@ -323,7 +394,9 @@ def test_pt_loading_is_weights_only(tmp_path, atto):
   marker = tmp_path / "code_ran"
   sd = {k: torch.from_numpy(v) for k, v in hf_to_official(atto["sd"]).items()}
   torch.save({"model": sd, "payload": Payload(marker)}, tmp_path / "evil.pt")
-  with pytest.raises(convert.ConversionError, match=r"refused to unpickle.*references io\.open.*weights_only=True"):
+  with pytest.raises(
+    convert.ConversionError, match=r"refused to unpickle.*references io\.open.*weights_only=True"
+  ):
     convert.read_state_dict(tmp_path / "evil.pt")
   assert not marker.exists()
   assert convert.main([str(tmp_path / "evil.pt"), str(tmp_path / "out")]) == 2

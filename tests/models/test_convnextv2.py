@@ -10,7 +10,9 @@ from tests.helpers import perturb
 
 
 def _images(batch=2, size=64, seed=0):
-  return jnp.asarray(np.random.default_rng(seed).standard_normal((batch, size, size, 3)), jnp.float32)
+  return jnp.asarray(
+    np.random.default_rng(seed).standard_normal((batch, size, size, 3)), jnp.float32
+  )
 
 
 @pytest.mark.parametrize("variant", list(convnextv2.VARIANTS))
@@ -41,12 +43,15 @@ def test_unknown_variant_names_the_valid_ones():
     convnextv2.build("medium")
 
 
-@pytest.mark.parametrize("shape, message", [
+@pytest.mark.parametrize(
+  "shape, message",
+  [
     ((2, 3, 64, 64), "NCHW"),
     ((2, 64, 64, 1), "3 channels"),
     ((64, 64, 3), "batch, height, width, 3"),
     ((2, 70, 64, 3), "multiples of 32"),
-])
+  ],
+)
 def test_bad_image_layout_says_what_it_got(shape, message):
   apply_fn, params = convnextv2.build("atto", abstract=True)  # the check runs while tracing
   with pytest.raises(ValueError, match=message) as info:
@@ -66,7 +71,9 @@ def test_init_follows_the_reference():
   blocks = params["stage0"]["blocks"]
   assert np.all(blocks["grn"]["gamma"] == 0) and np.all(blocks["grn"]["beta"] == 0)
   assert np.all(blocks["norm"]["scale"] == 1) and np.all(blocks["pwconv1"]["bias"] == 0)
-  assert float(jnp.std(params["stage2"]["blocks"]["pwconv1"]["kernel"])) == pytest.approx(0.02, rel=0.05)
+  assert float(jnp.std(params["stage2"]["blocks"]["pwconv1"]["kernel"])) == pytest.approx(
+    0.02, rel=0.05
+  )
   assert float(jnp.std(params["head"]["kernel"])) == pytest.approx(0.02 * 0.001, rel=0.1)
   # Blocks of a stage are initialised independently.
   assert not np.allclose(blocks["dwconv"]["kernel"][0], blocks["dwconv"]["kernel"][1])
@@ -134,4 +141,6 @@ def test_features_and_stage_outputs():
   stages_fn, _ = convnextv2.build("atto", num_classes=0, output="stages")
   shapes = [o.shape for o in stages_fn(params, x)]
   assert shapes == [(2, 24, 24, 40), (2, 12, 12, 80), (2, 6, 6, 160), (2, 3, 3, 320)]
-  np.testing.assert_allclose(stages_fn(params, x)[-1].mean(axis=(1, 2)), apply_fn(params, x), rtol=1e-5)
+  np.testing.assert_allclose(
+    stages_fn(params, x)[-1].mean(axis=(1, 2)), apply_fn(params, x), rtol=1e-5
+  )

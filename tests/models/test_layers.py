@@ -17,7 +17,7 @@ def _dwconv_reference(x, kernel):
   out = np.zeros_like(x)
   for i in range(k):
     for j in range(k):
-      out += xp[:, i:i + x.shape[1], j:j + x.shape[2], :] * kernel[i, j, 0]
+      out += xp[:, i : i + x.shape[1], j : j + x.shape[2], :] * kernel[i, j, 0]
   return out
 
 
@@ -27,7 +27,9 @@ def test_depthwise_forms_equal_a_direct_convolution(impl):
   x = rng.standard_normal((2, 9, 11, 5)).astype(np.float32)
   kernel = rng.standard_normal((7, 7, 1, 5)).astype(np.float32)
   out = layers.depthwise_conv(jnp.asarray(x), jnp.asarray(kernel), impl)
-  np.testing.assert_allclose(out, _dwconv_reference(x.astype(np.float64), kernel), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+    out, _dwconv_reference(x.astype(np.float64), kernel), rtol=1e-5, atol=1e-5
+  )
 
 
 def test_drop_path_keeps_the_expectation():
@@ -52,15 +54,24 @@ def test_grn_matches_definition_and_has_finite_gradient_at_zero():
   assert np.all(np.isfinite(grad))
 
 
-@pytest.mark.parametrize("shape,spatial_axes,masked", [
-    ((2, 5, 4, 6), (1, 2), False), ((2, 5, 4, 6), (1, 2), True), ((2, 3, 2, 2, 6), (1, 2, 3), True)])
+@pytest.mark.parametrize(
+  "shape,spatial_axes,masked",
+  [((2, 5, 4, 6), (1, 2), False), ((2, 5, 4, 6), (1, 2), True), ((2, 3, 2, 2, 6), (1, 2, 3), True)],
+)
 def test_grn_gradient_equals_autodiff_of_the_definition(shape, spatial_axes, masked):
   """GRN's hand-written gradient against jax.grad of the formula as docs/reference.md states it."""
   rng = np.random.default_rng(1)
   x = rng.standard_normal(shape).astype(np.float32)
   x[0, ..., 2] = 0.0  # an all-zero channel: sqrt's gradient is taken as 0 there
-  x, g, gamma, beta = (jnp.asarray(a, jnp.float32) for a in (
-      x, rng.standard_normal(shape), rng.standard_normal(shape[-1]), rng.standard_normal(shape[-1])))
+  x, g, gamma, beta = (
+    jnp.asarray(a, jnp.float32)
+    for a in (
+      x,
+      rng.standard_normal(shape),
+      rng.standard_normal(shape[-1]),
+      rng.standard_normal(shape[-1]),
+    )
+  )
   visible = jnp.asarray(rng.random(shape[:-1] + (1,)) > 0.4) if masked else None
 
   def definition(x, gamma, beta):
@@ -74,6 +85,8 @@ def test_grn_gradient_equals_autodiff_of_the_definition(shape, spatial_axes, mas
     return jnp.sum(layers.grn(x, gamma, beta, visible, spatial_axes) * g)
 
   np.testing.assert_allclose(ours(x, gamma, beta), definition(x, gamma, beta), rtol=1e-5)
-  for got, want in zip(jax.grad(ours, argnums=(0, 1, 2))(x, gamma, beta),
-                       jax.grad(definition, argnums=(0, 1, 2))(x, gamma, beta)):
+  for got, want in zip(
+    jax.grad(ours, argnums=(0, 1, 2))(x, gamma, beta),
+    jax.grad(definition, argnums=(0, 1, 2))(x, gamma, beta),
+  ):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

@@ -24,13 +24,18 @@ def test_key_and_shape_mismatch_lists_keys(atto):
   print("\n" + message)
   assert "missing (1): convnextv2.encoder.stages.2.layers.3.pwconv1.weight" in message
   assert "unexpected (1): convnextv2.encoder.stages.1.layers.0.extra.weight" in message
-  assert ("wrong shape (1): convnextv2.encoder.stages.1.layers.0.dwconv.weight expected (80, 1, 7, 7) "
-          "got (80, 1, 5, 5)") in message
+  assert (
+    "wrong shape (1): convnextv2.encoder.stages.1.layers.0.dwconv.weight expected (80, 1, 7, 7) "
+    "got (80, 1, 5, 5)"
+  ) in message
 
 
 def test_unknown_format_names_keys():
-  with pytest.raises(state_dict.ConversionError, match=r"Unrecognised checkpoint format: 2 keys, e\.g\. "
-                     r"backbone\.conv1\.weight, fc\.weight"):
+  with pytest.raises(
+    state_dict.ConversionError,
+    match=r"Unrecognised checkpoint format: 2 keys, e\.g\. "
+    r"backbone\.conv1\.weight, fc\.weight",
+  ):
     state_dict.to_params({"backbone.conv1.weight": np.zeros((1,)), "fc.weight": np.zeros((1,))})
 
 

@@ -18,8 +18,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 def _state(value, size=1000):
-  return {"step": jnp.asarray(value, jnp.int32),
-          "params": {"w": jnp.full((size, 64), float(value)), "b": jnp.full((64,), float(value))}}
+  return {
+    "step": jnp.asarray(value, jnp.int32),
+    "params": {"w": jnp.full((size, 64), float(value)), "b": jnp.full((64,), float(value))},
+  }
 
 
 def test_save_restore_into_shardings_and_keep_last_n(tmp_path):
@@ -31,8 +33,9 @@ def test_save_restore_into_shardings_and_keep_last_n(tmp_path):
     ckpt.save(step, jax.device_put(_state(step), shardings))
   ckpt.wait()
   assert ckpt.all_steps() == [2, 3]
-  target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                        abstract, shardings)
+  target = jax.tree.map(
+    lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
+  )
   state = ckpt.restore(target)
   ckpt.close()
   assert int(state["step"]) == 3
@@ -86,8 +89,12 @@ def _kill_mid_save(directory, deadline_s=120.0) -> bool:
           ckpt.wait()
           print("first", flush=True)
   """)
-  proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
-                          env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  proc = subprocess.Popen(
+    [sys.executable, "-c", script],
+    stdout=subprocess.PIPE,
+    text=True,
+    env=dict(os.environ, JAX_PLATFORMS="cpu"),
+  )
   try:
     assert proc.stdout.readline().strip() == "first"
     start = time.monotonic()
@@ -118,8 +125,10 @@ def test_kill_during_save_leaves_the_previous_checkpoint_intact(tmp_path):
   ckpt = checkpoint.Checkpointer(str(directory), keep=100)
   latest = ckpt.latest_step()
   assert latest is not None and latest >= 1
-  abstract = {"step": jax.ShapeDtypeStruct((), jnp.int32),
-              "params": {"w": jax.ShapeDtypeStruct((4096, 4096), jnp.float32)}}
+  abstract = {
+    "step": jax.ShapeDtypeStruct((), jnp.int32),
+    "params": {"w": jax.ShapeDtypeStruct((4096, 4096), jnp.float32)},
+  }
   state = ckpt.restore(abstract)
   ckpt.close()
   assert int(state["step"]) == latest

@@ -34,16 +34,22 @@ def _block_macs(dim: int, positions: int) -> int:
   return positions * (49 * dim + 5 * dim + 2 * dim * 4 * dim)
 
 
-@pytest.mark.skipif(not _installed("libtpu"), reason="needs the TPU runtime: "
-                    "pip install -r requirements-tpu.txt")
+@pytest.mark.skipif(
+  not _installed("libtpu"), reason="needs the TPU runtime: pip install -r requirements-tpu.txt"
+)
 def test_atto_pretraining_compiles_for_a_v5e_slice_fits_and_costs_what_its_structure_says():
   config = fcmae_atto.get_config()
-  config.batch_size = 256  # 64 per chip: the compile takes as long as at 4096, the check is the same
+  config.batch_size = (
+    256  # 64 per chip: the compile takes as long as at 4096, the check is the same
+  )
   config.model.scan = True  # as Large and Huge run; the compile is a quarter shorter
   status, result, text = _compile(config, pretrain.make_task, "v5e:2x2")
   assert status == 0 and result["fits"] is True, text
   assert (result["num_devices"], result["device_kind"], result["per_device_batch"]) == (
-      4, "TPU v5 lite", 64)
+    4,
+    "TPU v5 lite",
+    64,
+  )
   assert result["depthwise_impl"] == "xla" and result["hbm_gib_per_device"] == 16.0
   assert 0 < result["total_gib_per_device"] < 0.9 * 16
   # Forward + backward = 3x the forward MACs, 2 FLOPs each. The encoder runs on the visible
@@ -57,8 +63,10 @@ def test_atto_pretraining_compiles_for_a_v5e_slice_fits_and_costs_what_its_struc
   assert result["gflop_per_example"] == pytest.approx(expected, rel=0.10)
 
 
-@pytest.mark.skipif(not _installed("jax_plugins.xla_cuda12"), reason="needs JAX's CUDA plugin: "
-                    "pip install -r requirements-gpu-compile.txt")
+@pytest.mark.skipif(
+  not _installed("jax_plugins.xla_cuda12"),
+  reason="needs JAX's CUDA plugin: pip install -r requirements-gpu-compile.txt",
+)
 def test_atto_finetuning_compiles_for_an_h100_node_with_its_eval_step():
   config = finetune_atto.get_config()
   config.model.scan = True

@@ -13,10 +13,18 @@ from tests.helpers import override
 from trainer import checkpoint, logs, loop
 
 ONE = jax.devices()[:1]
-SHORT = {"batch_size": 32, "total_steps": 2, "warmup_steps": 1, "log_every_steps": 1,
-         "checkpoint_every_steps": 3, "eval_every_steps": 0, "mesh.data": 1, "mesh.fsdp": 1,
-         "data.image_size": 64,
-         "model.drop_path_rate": 0.1}
+SHORT = {
+  "batch_size": 32,
+  "total_steps": 2,
+  "warmup_steps": 1,
+  "log_every_steps": 1,
+  "checkpoint_every_steps": 3,
+  "eval_every_steps": 0,
+  "mesh.data": 1,
+  "mesh.fsdp": 1,
+  "data.image_size": 64,
+  "model.drop_path_rate": 0.1,
+}
 
 
 def _train(config, make_task, workdir):
@@ -28,11 +36,16 @@ def _train(config, make_task, workdir):
   return np.asarray(losses), checkpoint.restore_params(str(workdir)), temporaries
 
 
-@pytest.mark.parametrize("name, get_config, make_task", [
+@pytest.mark.parametrize(
+  "name, get_config, make_task",
+  [
     ("pretraining", fcmae_demo.get_config, pretrain.make_task),
-    ("finetuning", finetune_demo.get_config, finetune_task.make_task)])
-def test_four_micro_batches_give_the_update_of_one_batch_with_less_memory(tmp_path, name,
-                                                                         get_config, make_task):
+    ("finetuning", finetune_demo.get_config, finetune_task.make_task),
+  ],
+)
+def test_four_micro_batches_give_the_update_of_one_batch_with_less_memory(
+  tmp_path, name, get_config, make_task
+):
   one = override(get_config(), SHORT)
   if name == "finetuning":
     assert one.aug.mixup == one.aug.cutmix == 0 and one.aug.reprob > 0  # per-example draws only

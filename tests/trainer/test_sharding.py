@@ -23,13 +23,15 @@ def test_params_are_really_sharded_over_fsdp():
 
 
 def test_make_global_batch():
-  from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+  from jax.sharding import Mesh, NamedSharding
+  from jax.sharding import PartitionSpec as P
 
   devices = np.array(jax.devices())
-  batch_sharding = NamedSharding(Mesh(devices, ('data',)), P('data'))
-  batch = next(pipeline.train_iterator('demo', image_size=32, local_batch_size=2 * len(devices),
-                                       seed=0))
+  batch_sharding = NamedSharding(Mesh(devices, ("data",)), P("data"))
+  batch = next(
+    pipeline.train_iterator("demo", image_size=32, local_batch_size=2 * len(devices), seed=0)
+  )
   global_batch = sharding.make_global_batch(batch, batch_sharding)
-  assert global_batch['image'].shape == batch['image'].shape
-  assert global_batch['image'].sharding == batch_sharding
-  np.testing.assert_array_equal(np.asarray(global_batch['label']), batch['label'])
+  assert global_batch["image"].shape == batch["image"].shape
+  assert global_batch["image"].sharding == batch_sharding
+  np.testing.assert_array_equal(np.asarray(global_batch["label"]), batch["label"])

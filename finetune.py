@@ -34,7 +34,7 @@ def main(argv):
       config, workdir, task.make_task(config, workdir), allow_config_change=allow_config_change
     )
 
-  cli.run(FLAGS, config, task.make_task, job)
+  cli.main(FLAGS, config, task.make_task, job)
 
 
 if __name__ == "__main__":

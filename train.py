@@ -26,7 +26,7 @@ def main(argv):
   from fcmae import pretrain
   from trainer import loop
 
-  cli.run(
+  cli.main(
     FLAGS,
     config,
     pretrain.make_task,

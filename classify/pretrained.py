@@ -9,39 +9,14 @@ encoder whose shapes do not fit is an error that names them.
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 from flax import traverse_util
 
-from models import convert
-from trainer import checkpoint
+from trainer.errors import UserError
 
 
-class InitFromError(ValueError):
-  """init_from names nothing readable, or weights of another model."""
-
-  user_error = True
-
-
-def read_pretrained(path: str) -> dict:
-  """Params (host numpy) of any supported source: a run's workdir/checkpoint (ours), a converted
-  checkpoint, or a PyTorch checkpoint file/directory."""
-  if not os.path.exists(path):
-    raise InitFromError(f"--config.init_from={path!r} does not exist.")
-  if convert.is_converted_checkpoint(path):
-    params, _ = convert.load_params(path)
-  elif _is_train_checkpoint(path):
-    params = checkpoint.restore_params(path)
-  else:
-    params, _ = convert.to_params(convert.read_state_dict(path))
-  return params
-
-
-def _is_train_checkpoint(path: str) -> bool:
-  return any(os.path.isdir(os.path.join(path, sub)) for sub in ("checkpoints", "state")) or (
-    os.path.isdir(path) and any(name.isdigit() for name in os.listdir(path))
-  )
+class InitFromError(UserError, ValueError):
+  """init_from holds weights of another model."""
 
 
 def merge_pretrained(fresh: dict, pretrained: dict, *, source: str = "") -> tuple[dict, dict]:

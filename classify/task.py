@@ -14,8 +14,9 @@ import jax.numpy as jnp
 
 from classify import metrics, pretrained
 from classify.evaluate import Evaluator
-from data import mixup, on_device, pipeline, sources
+from data import config_input, mixup, on_device, pipeline, sources
 from models import convnextv2, layers
+from models import pretrained as weights
 from trainer import logs, loop
 
 
@@ -68,11 +69,11 @@ def make_task(config, workdir: str | None, info: sources.DatasetInfo | None = No
     logits = apply_fn(params, images, rng=drop_keys)
     return jnp.mean(metrics.soft_cross_entropy(logits.astype(jnp.float32), targets)), {}
 
-  def initial_params(fresh):
+  def load_pretrained(fresh):
     if not config.init_from:
       logs.say("Training from scratch (no init_from).")
       return fresh
-    source = pretrained.read_pretrained(config.init_from)
+    source = weights.read_params(config.init_from)
     params, report = pretrained.merge_pretrained(
       jax.device_get(fresh), source, source=config.init_from
     )
@@ -82,11 +83,11 @@ def make_task(config, workdir: str | None, info: sources.DatasetInfo | None = No
   evaluator = Evaluator(config, apply_fn, local_batch)
 
   return loop.Task(
-    init_params=lambda: build_model(config, classes)[1],
+    fresh_params=lambda: build_model(config, classes)[1],
     loss_fn=task_loss,
-    train_batches=loop.train_stream(config, "finetune", randaugment=aug.randaugment),
-    steps_per_epoch=loop.steps_per_epoch(config, info, training=not config.eval_only),
-    initial_params=initial_params,
+    train_batches=config_input.train_stream(config, "finetune", randaugment=aug.randaugment),
+    steps_per_epoch=config_input.steps_per_epoch(config, info, training=not config.eval_only),
+    load_pretrained=load_pretrained,
     evaluate=evaluator,
     skipped_images=pipeline.skipped_images,
     compile_eval=evaluator.compile,

@@ -29,6 +29,7 @@ from typing import Any
 import ml_collections
 
 from configs import recipes
+from trainer.errors import UserError
 
 STAGES = tuple(recipes.FINETUNE_STAGES)
 DTYPES = ("float32", "bfloat16", "float16")
@@ -39,10 +40,8 @@ FCMAE_IMPLS = ("dense", "sparse")  # fcmae/model.py's
 STRIDE = 32  # models/convnextv2.py's TOTAL_STRIDE: image sizes are multiples of it
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
   """A config argument or field that cannot be run: the message names the field and the value."""
-
-  user_error = True
 
 
 def parse_arg(arg: str | None, **defaults: Any) -> dict[str, Any]:

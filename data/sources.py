@@ -25,6 +25,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from data import demo
+from trainer.errors import UserError
 
 # TF must never grab an accelerator: JAX owns it.
 try:
@@ -79,10 +80,8 @@ def derived_seed(seed: int, *tags: int, bits: int = 63) -> int:
 # --------------------------------------------------------------------------
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError, ValueError):
   """A dataset that cannot be read as asked: unknown name, a folder without the expected layout."""
-
-  user_error = True
 
 
 def check_process(process_index: int, process_count: int) -> None:
@@ -235,10 +234,8 @@ class _FolderSource(_ArraySource):
     return tf.io.read_file(payload)
 
 
-class DatasetNotPreparedError(FileNotFoundError):
+class DatasetNotPreparedError(UserError, FileNotFoundError):
   """A TFDS dataset is not prepared in data_dir (this pipeline never downloads)."""
-
-  user_error = True
 
 
 class _TfdsSource(Source):

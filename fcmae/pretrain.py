@@ -8,7 +8,7 @@ top-1 of the encoder's features (fcmae/probe.py; config.probe.enabled=False turn
 
 from __future__ import annotations
 
-from data import on_device, pipeline, sources
+from data import config_input, on_device, pipeline, sources
 from fcmae import masking, probe, visualize
 from fcmae import model as fcmae_model
 from models import layers
@@ -53,10 +53,10 @@ def make_task(config, workdir: str | None, info: sources.DatasetInfo | None = No
     return out
 
   return loop.Task(
-    init_params=lambda: fcmae_model.from_config(config)[1],  # traced by the loop: born sharded
+    fresh_params=lambda: fcmae_model.from_config(config)[1],  # traced by the loop: born sharded
     loss_fn=task_loss,
-    train_batches=loop.train_stream(config, "pretrain"),
-    steps_per_epoch=loop.steps_per_epoch(config, info),
+    train_batches=config_input.train_stream(config, "pretrain"),
+    steps_per_epoch=config_input.steps_per_epoch(config, info),
     evaluate=evaluate,
     skipped_images=pipeline.skipped_images,
     evaluate_at_start=monitor is not None,

@@ -195,7 +195,7 @@ def encoder_params(tree: dict) -> dict:
 
 
 def main(argv=None) -> dict:
-  from classify import pretrained
+  from models import pretrained
 
   parser = argparse.ArgumentParser(
     prog="python -m fcmae.probe", description=__doc__.splitlines()[0]
@@ -215,7 +215,7 @@ def main(argv=None) -> dict:
   parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
   args = parser.parse_args(argv)
 
-  params = encoder_params(pretrained.read_pretrained(args.checkpoint))
+  params = encoder_params(pretrained.read_params(args.checkpoint))
   variant = convnextv2.variant_of(params)
   settings = Settings(
     args.data,

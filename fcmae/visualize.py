@@ -29,17 +29,16 @@ from PIL import Image, ImageDraw, ImageFont
 from data import augment, eval_pipeline, on_device
 from fcmae import masking
 from fcmae import model as fcmae_model
-from trainer import checkpoint
+from models import pretrained
+from trainer.errors import UserError
 
 NUM_IMAGES = 8
 COLUMNS = ("original", "masked input", "prediction", "prediction + visible")
 HEADER = 36  # pixels above the tiles: the title line and the column names
 
 
-class ImageError(ValueError):
+class ImageError(UserError, ValueError):
   """An image or a run that cannot be read."""
-
-  user_error = True
 
 
 def reconstruction_grid(images, pred, mask, norm_pix_loss: bool) -> np.ndarray:
@@ -202,7 +201,7 @@ def main(argv=None) -> None:
 
   config = load_run_config(args.checkpoint)
   loss_fn, _ = fcmae_model.from_config(config, abstract=True)
-  params = checkpoint.restore_params(args.checkpoint)
+  params = pretrained.restore_train_params(args.checkpoint)
   images = (
     load_images(args.images, config.data.image_size) if args.images else sample_images(config)
   )

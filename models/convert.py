@@ -57,6 +57,7 @@ import numpy as np
 
 from models import convnextv2 as cv
 from models.state_dict import ConversionError, check_tree, from_params, to_params
+from trainer import errors
 
 _MAX_LISTED = 20
 
@@ -97,7 +98,7 @@ def _torch_load(path: Path) -> Any:
       not found
     ):  # not a pickle of tensors at all, e.g. "WeightsUnpickler error: Unsupported operand"
       detail = re.search(r"WeightsUnpickler error: \s*(.+)", str(e))
-      why = " ".join(detail.group(1).split()[:8]) if detail else _first_line(e)
+      why = " ".join(detail.group(1).split()[:8]) if detail else errors.one_line(e, 200)
       raise ConversionError(
         f"{path}: not a PyTorch checkpoint (unpickling failed: {why})."
       ) from None
@@ -114,12 +115,9 @@ def _torch_load(path: Path) -> Any:
     ValueError,
     OSError,
   ) as e:  # not a zip / pickle at all, or cut short
-    raise ConversionError(f"{path}: not a PyTorch checkpoint ({_first_line(e)}).") from None
-
-
-def _first_line(error: Exception) -> str:
-  lines = [line for line in str(error).splitlines() if line.strip()]
-  return lines[0].strip()[:200] if lines else type(error).__name__
+    raise ConversionError(
+      f"{path}: not a PyTorch checkpoint ({errors.one_line(e, 200)})."
+    ) from None
 
 
 def _unwrap_container(obj: Any, path: Path, key: str | None) -> dict:
@@ -164,7 +162,9 @@ def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
   except TypeError:  # "data type 'bfloat16' not understood"
     tensors = _read_safetensors_raw(path)
   except (SafetensorError, OSError, ValueError) as e:
-    raise ConversionError(f"{path}: not a readable safetensors file ({_first_line(e)}).") from None
+    raise ConversionError(
+      f"{path}: not a readable safetensors file ({errors.one_line(e, 200)})."
+    ) from None
   is_float = lambda dtype: np.issubdtype(dtype, np.floating) or dtype.name == "bfloat16"
   return {k: (v.astype(np.float32) if is_float(v.dtype) else v) for k, v in tensors.items()}
 

@@ -36,6 +36,7 @@ import numpy as np
 from flax import traverse_util
 
 from models import convnextv2 as cv
+from trainer.errors import UserError
 
 FORMATS = ("official", "fcmae-sparse", "hf", "timm")
 # Keys of the FCMAE pretraining model outside the encoder (docs/reference.md, section 4): dropped.
@@ -43,10 +44,8 @@ FCMAE_EXTRA_PREFIXES = ("decoder", "proj", "pred", "mask_token")
 _MAX_LISTED = 20
 
 
-class ConversionError(ValueError):
+class ConversionError(UserError, ValueError):
   """A checkpoint that cannot be converted: unknown format, wrong keys or shapes, bad variant."""
-
-  user_error = True
 
 
 # ----------------------------------------------------------------------------------------------

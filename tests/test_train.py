@@ -17,6 +17,7 @@ from PIL import Image
 
 from configs import fcmae_demo
 from fcmae import pretrain
+from models import pretrained as pretrained_weights
 from tests.helpers import SCAN, override
 from trainer import checkpoint, logs, loop
 
@@ -303,7 +304,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tmp_p
     loop.train_and_evaluate(config, str(tmp_path), task, devices=jax.devices()[:1])
   ckpt = checkpoint.Checkpointer(str(tmp_path / "checkpoints"))
   assert ckpt.all_steps() == [4]
-  params = checkpoint.restore_params(str(tmp_path))
+  params = pretrained_weights.restore_train_params(str(tmp_path))
   assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(params))
 
 

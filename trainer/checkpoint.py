@@ -12,24 +12,18 @@ the one before. A checkpoint written for another model is an error, not damage.
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import logging
 import os
-import re
-import signal
-import sys
-import threading
 
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
 
+from trainer import errors
+from trainer.errors import UserError
 
-class CheckpointError(ValueError):
+
+class CheckpointError(UserError, ValueError):
   """No checkpoint can be restored, or one belongs to another model."""
-
-  user_error = True
 
 
 class Checkpointer:
@@ -82,14 +76,14 @@ class Checkpointer:
     failed = []
     for step in sorted(self.all_steps(), reverse=True):
       try:
-        with _quiet_aftermath():
+        with errors.quiet_aftermath():
           stored = self._manager.item_metadata(step)["state"]
       except Exception as e:  # noqa: BLE001 (orbax and tensorstore raise many kinds)
         failed.append(self._set_aside(step, e, say))
         continue
       _check_matches(stored, abstract_state, os.path.join(self.directory, str(step)))
       try:
-        with _quiet_aftermath():
+        with errors.quiet_aftermath():
           return self.restore(abstract_state, step)
       except Exception as e:  # noqa: BLE001
         failed.append(self._set_aside(step, e, say))
@@ -103,7 +97,7 @@ class Checkpointer:
 
   def _set_aside(self, step: int, error: Exception, say) -> str:
     """Moves an unreadable checkpoint out of the way (process 0) and says so; returns why."""
-    reason = error_summary(error)
+    reason = errors.one_line(error)
     source = os.path.join(self.directory, str(step))
     target = source + ".unreadable"
     n = 1
@@ -134,44 +128,6 @@ class Checkpointer:
       self._manager = None
 
 
-@contextlib.contextmanager
-def _quiet_aftermath():
-  """When a restore fails, orbax's other reads of it fail too, in threads and coroutines that
-  print their tracebacks (hundreds of lines) after the error that matters has been raised. They
-  say nothing new: within this block, and for what it leaves to garbage collection, they are
-  dropped. The error itself still propagates."""
-  hooks = sys.unraisablehook, threading.excepthook
-  asyncio_logger = logging.getLogger("asyncio")
-  level = asyncio_logger.level
-  sys.unraisablehook = threading.excepthook = lambda *args: None
-  asyncio_logger.setLevel(logging.CRITICAL)
-  try:
-    yield
-  finally:
-    gc.collect()  # the failed reads' coroutines, while their complaints are still dropped
-    sys.unraisablehook, threading.excepthook = hooks
-    asyncio_logger.setLevel(level)
-
-
-def error_summary(error: Exception) -> str:
-  """One line on why orbax / tensorstore failed: the status line (OUT_OF_RANGE: ...) if there is
-  one in the message or its causes, else the first line."""
-  texts = []
-  while error is not None and len(texts) < 5:
-    texts.append(f"{type(error).__name__}: {error}")
-    error = error.__cause__ or error.__context__
-  for text in texts:
-    found = re.search(
-      r"\b(OUT_OF_RANGE|DATA_LOSS|NOT_FOUND|INVALID_ARGUMENT|FAILED_PRECONDITION|"
-      r"UNKNOWN|INTERNAL): [^\[\n]{0,200}",
-      text,
-    )
-    if found:
-      return found.group(0).strip()
-  first = texts[0].strip().splitlines()[0] if texts else "unknown error"
-  return first[:240]
-
-
 def _check_matches(stored, abstract_state, where: str) -> None:
   """CheckpointError when the stored tensors' names or shapes are not those of the model."""
 
@@ -198,70 +154,3 @@ def _check_matches(stored, abstract_state, where: str) -> None:
   raise CheckpointError(
     f"The checkpoint {where} was written by another model: " + "; ".join(parts) + "."
   )
-
-
-def restore_params(path: str) -> dict:
-  """The params of a train checkpoint, as host numpy arrays: `path` is a workdir, its
-  checkpoints/ directory, or one step's directory (the latest step is taken). Used to initialise
-  finetuning and by the reconstruction pictures; works whatever mesh wrote the checkpoint."""
-  path = os.path.abspath(path)
-  if os.path.isdir(os.path.join(path, "checkpoints")):
-    path = os.path.join(path, "checkpoints")
-  if not os.path.isdir(os.path.join(path, "state")):
-    steps = ocp.utils.checkpoint_steps(path) if os.path.isdir(path) else []
-    if not steps:
-      raise CheckpointError(f"No train checkpoint (a workdir or checkpoints/<step>) at {path}.")
-    path = os.path.join(path, str(max(steps)))
-  checkpointer = ocp.PyTreeCheckpointer()
-  state_dir = os.path.join(path, "state")
-  metadata = checkpointer.metadata(state_dir)
-  tree = getattr(metadata, "item_metadata", None) or getattr(metadata, "tree", None) or metadata
-  restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), dict(tree))
-  state = checkpointer.restore(state_dir, args=ocp.args.PyTreeRestore(restore_args=restore_args))
-  return state["params"]
-
-
-class PreemptionWatch:
-  """Turns SIGTERM (a preemption notice) and a first Ctrl-C into a flag the loop polls, so it
-  saves a checkpoint at the next step and exits cleanly. A second Ctrl-C stops at once
-  (KeyboardInterrupt), without saving.
-
-  With several processes, JAX's own preemption sync point makes every process stop at the same
-  step on SIGTERM (the coordinator forwards the notice); Ctrl-C there is the default one.
-  """
-
-  def __init__(self):
-    self._flag = threading.Event()
-    self.reason = None
-    self._previous = {}
-    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
-      for signum in (signal.SIGTERM, signal.SIGINT):
-        self._previous[signum] = signal.signal(signum, self._on_signal)
-
-  def _on_signal(self, signum, frame):
-    if signum == signal.SIGINT:
-      self.reason = "interrupted (Ctrl-C)"
-      signal.signal(signal.SIGINT, self._previous.pop(signal.SIGINT))  # a second one stops now
-      logging.warning(
-        "Ctrl-C: saving a checkpoint at the next step, then stopping. Ctrl-C again "
-        "stops at once, without saving."
-      )
-    else:
-      self.reason = "preemption notice (SIGTERM)"
-      logging.warning("SIGTERM received: saving a checkpoint and stopping.")
-    self._flag.set()
-
-  def should_stop(self, step: int) -> bool:
-    if jax.process_count() > 1:
-      from jax.experimental import multihost_utils
-
-      if multihost_utils.reached_preemption_sync_point(step):
-        self.reason = "preemption notice"
-        return True
-      return False
-    return self._flag.is_set()
-
-  def close(self) -> None:
-    for signum, previous in self._previous.items():
-      signal.signal(signum, previous)
-    self._previous = {}

@@ -2,8 +2,8 @@
 and what a user sees when something is wrong.
 
 An error in what the user gave (config field or argument, data, checkpoint, weights, topology)
-is one message on stderr and exit status 2: the project's own exceptions for bad input carry a
-true `user_error` attribute. Anything else is a bug and keeps its traceback. FCMAE_TRACEBACK=1
+is one message on stderr and exit status 2: the project's own exceptions for bad input derive from
+`trainer.errors.UserError`. Anything else is a bug and keeps its traceback. FCMAE_TRACEBACK=1
 shows the traceback of user errors too.
 """
 
@@ -17,6 +17,7 @@ from collections.abc import Callable
 from absl import flags
 
 from trainer import sharding
+from trainer.errors import UserError
 
 CONFIG_HELP = (
   "The config fields, their meaning and defaults are listed in configs/common.py; "
@@ -122,7 +123,7 @@ def guarded(main: Callable) -> Callable:
         status=130,
       )
     except Exception as e:  # noqa: BLE001
-      if getattr(e, "user_error", False) and not os.environ.get("FCMAE_TRACEBACK"):
+      if isinstance(e, UserError) and not os.environ.get("FCMAE_TRACEBACK"):
         fail(str(e))
       raise
 
@@ -155,7 +156,7 @@ def load_config(flag_values):
   return config
 
 
-def run(flag_values, config, make_task: Callable, job: Callable[..., object]) -> None:
+def main(flag_values, config, make_task: Callable, job: Callable[..., object]) -> None:
   """The body of an entry point: `--compile_only` compiles `make_task`'s run for a topology and
   exits; otherwise the process joins the distributed runtime and runs `job(config, workdir,
   allow_config_change)`."""
@@ -165,7 +166,7 @@ def run(flag_values, config, make_task: Callable, job: Callable[..., object]) ->
     jax.config.update("jax_platforms", "cpu")  # the host compiles; no accelerator is looked for
     from trainer import compile_only
 
-    sys.exit(compile_only.run(config, make_task, flag_values.compile_only))
+    sys.exit(compile_only.compile_and_report(config, make_task, flag_values.compile_only))
   start(flag_values, config)
   job(config, flag_values.workdir, flag_values.allow_config_change)
 

@@ -29,15 +29,14 @@ from collections.abc import Callable
 from data import sources
 from models import layers
 from trainer import cost as cost_lib
-from trainer import loop
+from trainer import errors, loop
+from trainer.errors import UserError
 
 TPU_GENERATIONS = ("v4", "v5e", "v5p", "v6e")
 
 
-class TopologyError(ValueError):
+class TopologyError(UserError, ValueError):
   """A topology that cannot be compiled for here (unknown, or its compiler not installed)."""
-
-  user_error = True
 
 
 def topology_devices(topology: str) -> tuple[str, list]:
@@ -57,7 +56,7 @@ def topology_devices(topology: str) -> tuple[str, list]:
     except Exception as e:  # noqa: BLE001 (libtpu's error types are not public)
       raise TopologyError(
         f"--compile_only={topology}: the TPU runtime does not know this topology "
-        f"({_first_line(e)}). Use GENERATION:SHAPE, e.g. v4:2x2x2, v5e:4x4, "
+        f"({errors.one_line(e)}). Use GENERATION:SHAPE, e.g. v4:2x2x2, v5e:4x4, "
         "v5p:4x4x4, v6e:8x8."
       ) from None
     return "tpu", list(desc.devices)
@@ -72,11 +71,6 @@ def topology_devices(topology: str) -> tuple[str, list]:
   )
 
 
-def _first_line(error: Exception) -> str:
-  text = str(error).strip().splitlines()
-  return text[-1][:300] if text else type(error).__name__
-
-
 def _out_of_memory(error: Exception) -> str | None:
   """The compiler's own words when a program does not fit, else None."""
   text = str(error)
@@ -89,10 +83,10 @@ def _out_of_memory(error: Exception) -> str | None:
     found = re.search(pattern, text)
     if found:
       return found.group(0)
-  return _first_line(error)
+  return errors.one_line(error)
 
 
-def run(config, make_task: Callable, topology: str, *, out=sys.stdout) -> int:
+def compile_and_report(config, make_task: Callable, topology: str, *, out=sys.stdout) -> int:
   """Compiles the run of `config` for `topology`; prints the report; returns the exit status."""
   platform, devices = topology_devices(topology)
   info = sources.IMAGENET_1K

@@ -28,30 +28,29 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from configs import common
-from data import pipeline, sources
-from trainer import checkpoint, logs, optim, sharding
+from data import pipeline
+from trainer import checkpoint, logs, optim, preemption, sharding
 from trainer import cost as cost_lib
+from trainer import profiler as profiler_lib
 from trainer import workdir as workdir_lib
+from trainer.errors import UserError
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(UserError, FloatingPointError):
   """The loss became NaN or Inf; the run stopped without saving the bad state."""
-
-  user_error = True  # the message says what to do; the traceback would not help
 
 
 @dataclasses.dataclass
 class Task:
   """The job-specific parts of a run.
 
-  init_params: () -> params, traced under jit (so it must be jax-only).
+  fresh_params: () -> params, traced under jit (so it must be jax-only).
   loss_fn: (params, batch, rng) -> (loss, dict of scalar metrics): the mean over the batch, a dict
     of global arrays with "key", one PRNG key per example (for per-example randomness: the same
     whichever micro-batch the example lands in); rng is one key for the whole (micro-)batch.
   train_batches: (start_step) -> iterator of this process's local numpy batches.
   steps_per_epoch: global steps in one pass over the training data.
-  initial_params: optional (fresh params) -> params, called once when a run starts from scratch
+  load_pretrained: optional (fresh params) -> params, called once when a run starts from scratch
     (finetuning loads a pretrained encoder here).
   evaluate: optional (state, step) -> dict of metrics, called every config.eval_every_steps and at
     the end (pretraining writes reconstruction pictures, finetuning measures accuracy).
@@ -61,53 +60,19 @@ class Task:
     the figures at initialisation).
   """
 
-  init_params: Callable[[], Any]
+  fresh_params: Callable[[], Any]
   loss_fn: Callable[..., tuple[jax.Array, dict]]
   train_batches: Callable[[int], Iterator[dict]]
   steps_per_epoch: int
-  initial_params: Callable[[Any], Any] | None = None
+  load_pretrained: Callable[[Any], Any] | None = None
   evaluate: Callable[[dict, int], dict] | None = None
   skipped_images: Callable[[], int] | None = None
   compile_eval: Callable[..., cost_lib.StepCost] | None = None
   evaluate_at_start: bool = False
 
 
-def train_stream(config, augment: str, **augment_options) -> Callable[[int], Iterator[dict]]:
-  """The Task.train_batches of a config: this process's share of each global batch, from step
-  `start_step` on, with RandomResizedCrop(config.data.crop_scale_min..1) and `augment`."""
-
-  def batches(start_step):
-    return pipeline.train_iterator(
-      config.data.name,
-      data_dir=config.data.data_dir or None,
-      image_size=config.data.image_size,
-      local_batch_size=config.batch_size // jax.process_count(),
-      seed=config.seed,
-      start_step=start_step,
-      process_index=jax.process_index(),
-      process_count=jax.process_count(),
-      augment=augment,
-      augment_options={"scale": (config.data.crop_scale_min, 1.0), **augment_options},
-    )
-
-  return batches
-
-
-def steps_per_epoch(config, info: sources.DatasetInfo, *, training: bool = True) -> int:
-  """Global steps in one pass over the training split (at least 1); a batch larger than the
-  split is an error when training."""
-  steps = info.num_train_examples // config.batch_size
-  if steps < 1 and training:
-    raise sources.DatasetError(
-      f"batch_size {config.batch_size} is larger than the "
-      f"{info.num_train_examples} training images of "
-      f"{config.data.name!r}."
-    )
-  return max(steps, 1)
-
-
 @dataclasses.dataclass
-class Run:
+class Setup:
   """A run's pieces, for the loop and for tools (--compile_only, eval-only)."""
 
   mesh: Any
@@ -141,7 +106,7 @@ def abstract_batch(config, batch_sharding, batch_size: int | None = None) -> dic
   }
 
 
-def setup(config, task: Task, *, devices=None) -> Run:
+def setup(config, task: Task, *, devices=None) -> Setup:
   """The mesh, optimizer, sharded state initializer and jitted train step of a config.
 
   With config.grad_accum_steps = k > 1 the step splits the global batch into k micro-batches,
@@ -156,12 +121,12 @@ def setup(config, task: Task, *, devices=None) -> Run:
       f"devices of the mesh {dict(mesh.shape)} times grad_accum_steps "
       f"{accum}."
     )
-  abstract_params = jax.eval_shape(task.init_params)
+  abstract_params = jax.eval_shape(task.fresh_params)
   tx, schedule = optim.make_optimizer(config, abstract_params, task.steps_per_epoch)
   ema_decay = config.optim.get("ema_decay", 0.0)
 
   def init_state():
-    params = task.init_params()
+    params = task.fresh_params()
     state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
     if ema_decay:
       state["ema_params"] = params
@@ -210,7 +175,7 @@ def setup(config, task: Task, *, devices=None) -> Run:
     }
     return new_state, step_metrics
 
-  return Run(
+  return Setup(
     mesh=mesh,
     state_shardings=state_shardings,
     batch_sharding=batch_sharding,
@@ -231,17 +196,17 @@ def setup(config, task: Task, *, devices=None) -> Run:
   )
 
 
-def restore_or_init(run: Run, task: Task, ckpt: checkpoint.Checkpointer) -> dict:
+def restore_or_init(run: Setup, task: Task, ckpt: checkpoint.Checkpointer) -> dict:
   """Resumes from the newest checkpoint of the workdir that can be restored (an unreadable one
   is moved aside: checkpoint.Checkpointer.restore_latest), else starts fresh (maybe from
-  task.initial_params)."""
+  task.load_pretrained)."""
   state = ckpt.restore_latest(run.abstract_state, say=logs.say)
   if state is not None:
     logs.say(f"Resumed from {ckpt.directory} at step {int(state['step'])}.")
     return state
   state = run.init_state()
-  if task.initial_params is not None:
-    params = task.initial_params(state["params"])
+  if task.load_pretrained is not None:
+    params = task.load_pretrained(state["params"])
     state["params"] = jax.device_put(params, run.state_shardings["params"])
   if "ema_params" in state:  # its own buffers: the step donates params and EMA separately
     state["ema_params"] = jax.tree.map(jnp.copy, state["params"])
@@ -293,8 +258,8 @@ def train_and_evaluate(
     if task.evaluate is not None and task.evaluate_at_start and eval_every and step == 0:
       writer.write(step, task.evaluate(state, step), progress=True)
     batches = task.train_batches(step)
-    watch = checkpoint.PreemptionWatch()
-    profiler = Profiler(config.get("profile_steps", ""), workdir)
+    watch = preemption.PreemptionWatch()
+    profiler = profiler_lib.Profiler(config.profile_steps, workdir)
     log_every, ckpt_every = config.log_every_steps, config.checkpoint_every_steps
     images_seen, window_start = 0, time.time()
     writer.start(step)
@@ -401,31 +366,3 @@ def describe_cost(step_cost: cost_lib.StepCost) -> str:
     f"{r['temp_gib_per_device']:.2f} GiB of temporaries, {r['total_gib_per_device']:.2f}"
     f"{hbm} GiB in all."
   )
-
-
-class Profiler:
-  """A jax.profiler trace of the steps START..END-1 (config.profile_steps 'START:END') into
-  WORKDIR/profile, for TensorBoard's profile plugin (or Perfetto)."""
-
-  def __init__(self, steps: str, workdir: str):
-    self.start = self.stop = None
-    self.directory = os.path.join(workdir, "profile")
-    self.active = False
-    if steps:
-      self.start, self.stop = common.parse_profile_steps(steps)
-
-  def before(self, step: int) -> None:
-    if self.start is not None and step == self.start and not self.active:
-      jax.profiler.start_trace(self.directory)
-      self.active = True
-
-  def after(self, step: int, outputs) -> None:
-    if self.active and step >= self.stop:
-      jax.block_until_ready(outputs)
-      self.close()
-      logs.say(f"Wrote a profile of steps {self.start}..{self.stop - 1} to {self.directory}.")
-
-  def close(self) -> None:
-    if self.active:
-      jax.profiler.stop_trace()
-      self.active = False

@@ -20,13 +20,13 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from trainer.errors import UserError
+
 DATA_AXES = ("data", "fsdp")
 
 
-class MeshError(ValueError):
+class MeshError(UserError, ValueError):
   """A mesh or batch that does not fit the devices there are."""
-
-  user_error = True
 
 
 def mesh_shape(data: int, fsdp: int, num_devices: int) -> tuple[int, int]:

@@ -15,6 +15,8 @@ import json
 import os
 from typing import Any
 
+from trainer.errors import UserError
+
 # Fields that change neither the model nor the data nor the mathematics of an update: the
 # cadence of logs, checkpoints and evaluations; the compiler and profiler; how the same global
 # batch is laid out over devices and micro-batches; how the same network is computed; where the
@@ -41,10 +43,8 @@ FREE_FIELDS = (
 LENGTH_FIELDS = ("total_steps", "num_epochs")
 
 
-class ConfigChangeError(ValueError):
+class ConfigChangeError(UserError, ValueError):
   """The new config would change what the workdir's steps so far computed."""
-
-  user_error = True
 
 
 def flat(config) -> dict[str, Any]:

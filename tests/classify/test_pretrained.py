@@ -9,6 +9,7 @@ import pytest
 from classify import pretrained
 from classify import task as finetune_task
 from fcmae import model as fcmae_model
+from models import pretrained as pretrained_weights
 from tests.helpers import finetune_config, perturb
 from trainer import checkpoint
 
@@ -27,8 +28,8 @@ def test_init_from_an_fcmae_checkpoint_loads_the_encoder_and_a_fresh_head(tmp_pa
   source = _fcmae_checkpoint(tmp_path / "pretrain" / "checkpoints")
   config = finetune_config(init_from=str(tmp_path / "pretrain"))
   task = finetune_task.make_task(config, str(tmp_path / "ft"))
-  fresh = jax.jit(task.init_params)()
-  params = task.initial_params(fresh)
+  fresh = jax.jit(task.fresh_params)()
+  params = task.load_pretrained(fresh)
   for a, b in zip(jax.tree.leaves(params["stage2"]), jax.tree.leaves(source["encoder"]["stage2"])):
     np.testing.assert_array_equal(a, b)
   np.testing.assert_array_equal(params["head"]["kernel"], fresh["head"]["kernel"])
@@ -43,8 +44,11 @@ def test_init_from_reports_what_it_skipped(tmp_path):
   _fcmae_checkpoint(tmp_path / "pretrain" / "checkpoints")
   config = finetune_config(init_from=str(tmp_path / "pretrain"))
   _, report = pretrained.merge_pretrained(
-    jax.device_get(jax.jit(finetune_task.make_task(config, str(tmp_path)).init_params)()),
-    {"extra": {"kernel": np.zeros(3)}, **pretrained.read_pretrained(config.init_from)["encoder"]},
+    jax.device_get(jax.jit(finetune_task.make_task(config, str(tmp_path)).fresh_params)()),
+    {
+      "extra": {"kernel": np.zeros(3)},
+      **pretrained_weights.read_params(config.init_from)["encoder"],
+    },
   )
   assert report["skipped"] == ["extra/kernel"]
 
@@ -55,9 +59,9 @@ def test_init_from_a_different_variant_names_the_tensors(tmp_path):
   task = finetune_task.make_task(config, str(tmp_path / "ft"))
   expected = r"downsample1/conv/kernel: checkpoint \(2, 2, 40, 80\), model \(2, 2, 48, 96\)"
   with pytest.raises(ValueError, match=expected):
-    task.initial_params(jax.jit(task.init_params)())
+    task.load_pretrained(jax.jit(task.fresh_params)())
 
 
 def test_missing_init_from_is_a_clear_error(tmp_path):
-  with pytest.raises(pretrained.InitFromError, match="does not exist"):
-    pretrained.read_pretrained(str(tmp_path / "nope"))
+  with pytest.raises(pretrained_weights.WeightsError, match="does not exist"):
+    pretrained_weights.read_params(str(tmp_path / "nope"))

@@ -1,7 +1,6 @@
 """trainer/checkpoint.py: save/restore into shardings, keep-last-N, and kill -9 during a save."""
 
 import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -12,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from models import pretrained as pretrained_weights
 from trainer import checkpoint, sharding
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -41,13 +41,13 @@ def test_save_restore_into_shardings_and_keep_last_n(tmp_path):
   assert int(state["step"]) == 3
   assert state["params"]["w"].sharding.spec == jax.sharding.PartitionSpec("fsdp", None)
   np.testing.assert_array_equal(state["params"]["w"], 3.0)
-  params = checkpoint.restore_params(str(tmp_path))
+  params = pretrained_weights.restore_train_params(str(tmp_path))
   assert isinstance(params["w"], np.ndarray) and float(params["w"][0, 0]) == 3.0
 
 
 def test_restore_params_names_a_missing_checkpoint(tmp_path):
-  with pytest.raises(checkpoint.CheckpointError, match="No train checkpoint"):
-    checkpoint.restore_params(str(tmp_path))
+  with pytest.raises(pretrained_weights.WeightsError, match="No train checkpoint"):
+    pretrained_weights.restore_train_params(str(tmp_path))
 
 
 def _weights(step):
@@ -133,18 +133,3 @@ def test_kill_during_save_leaves_the_previous_checkpoint_intact(tmp_path):
   ckpt.close()
   assert int(state["step"]) == latest
   np.testing.assert_array_equal(state["params"]["w"], _weights(latest))
-
-
-def test_a_first_ctrl_c_asks_for_a_checkpoint_and_a_second_stops_at_once():
-  watch = checkpoint.PreemptionWatch()
-  try:
-    assert not watch.should_stop(1)
-    os.kill(os.getpid(), signal.SIGINT)
-    time.sleep(0.1)
-    assert watch.should_stop(2) and watch.reason == "interrupted (Ctrl-C)"
-    with pytest.raises(KeyboardInterrupt):
-      os.kill(os.getpid(), signal.SIGINT)
-      time.sleep(0.1)
-  finally:
-    watch.close()
-  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -4,10 +4,11 @@ second Ctrl-C ends without one; the compilation cache's directory."""
 import pytest
 
 from trainer import cli
+from trainer.errors import UserError
 
 
-class _UserError(ValueError):
-  user_error = True
+class _UserError(UserError, ValueError):
+  pass
 
 
 def _exit_of(fn, capsys):

@@ -25,7 +25,7 @@ def _installed(module: str) -> bool:
 
 def _compile(config, make_task, topology):
   out = io.StringIO()
-  status = compile_only.run(config, make_task, topology, out=out)
+  status = compile_only.compile_and_report(config, make_task, topology, out=out)
   return status, json.loads(out.getvalue().strip().splitlines()[-1]), out.getvalue()
 
 

@@ -9,8 +9,9 @@ import pytest
 from classify import task as finetune_task
 from configs import fcmae_demo, finetune_demo
 from fcmae import pretrain
+from models import pretrained as pretrained_weights
 from tests.helpers import override
-from trainer import checkpoint, logs, loop
+from trainer import logs, loop
 
 ONE = jax.devices()[:1]
 SHORT = {
@@ -33,7 +34,7 @@ def _train(config, make_task, workdir):
   rows = logs.read_metrics(str(workdir))
   losses = [r["loss"] for r in rows if "loss" in r]
   temporaries = next(r["temp_gib_per_device"] for r in rows if "temp_gib_per_device" in r)
-  return np.asarray(losses), checkpoint.restore_params(str(workdir)), temporaries
+  return np.asarray(losses), pretrained_weights.restore_train_params(str(workdir)), temporaries
 
 
 @pytest.mark.parametrize(

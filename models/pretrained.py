@@ -1,0 +1,60 @@
+"""Weights from wherever they are kept, as host numpy params: a train.py / finetune.py workdir or
+checkpoint, a `models.convert` output directory, or an official / Hugging Face / timm PyTorch
+checkpoint. Finetuning's init_from, the probe and the reconstruction pictures read them here.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from models import convert
+from trainer.errors import UserError
+
+
+class WeightsError(UserError, ValueError):
+  """A weights source names nothing readable."""
+
+
+def read_params(path: str) -> dict:
+  """Params (host numpy) of any supported source: a run's workdir/checkpoint (ours), a converted
+  checkpoint, or a PyTorch checkpoint file/directory."""
+  if not os.path.exists(path):
+    raise WeightsError(f"{path!r} does not exist.")
+  if convert.is_converted_checkpoint(path):
+    params, _ = convert.load_params(path)
+  elif _is_train_checkpoint(path):
+    params = restore_train_params(path)
+  else:
+    params, _ = convert.to_params(convert.read_state_dict(path))
+  return params
+
+
+def _is_train_checkpoint(path: str) -> bool:
+  return any(os.path.isdir(os.path.join(path, sub)) for sub in ("checkpoints", "state")) or (
+    os.path.isdir(path) and any(name.isdigit() for name in os.listdir(path))
+  )
+
+
+def restore_train_params(path: str) -> dict:
+  """The params of a train checkpoint, as host numpy arrays: `path` is a workdir, its
+  checkpoints/ directory, or one step's directory (the latest step is taken). Used to initialise
+  finetuning and by the reconstruction pictures; works whatever mesh wrote the checkpoint."""
+  path = os.path.abspath(path)
+  if os.path.isdir(os.path.join(path, "checkpoints")):
+    path = os.path.join(path, "checkpoints")
+  if not os.path.isdir(os.path.join(path, "state")):
+    steps = ocp.utils.checkpoint_steps(path) if os.path.isdir(path) else []
+    if not steps:
+      raise WeightsError(f"No train checkpoint (a workdir or checkpoints/<step>) at {path}.")
+    path = os.path.join(path, str(max(steps)))
+  checkpointer = ocp.PyTreeCheckpointer()
+  state_dir = os.path.join(path, "state")
+  metadata = checkpointer.metadata(state_dir)
+  tree = getattr(metadata, "item_metadata", None) or getattr(metadata, "tree", None) or metadata
+  restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), dict(tree))
+  state = checkpointer.restore(state_dir, args=ocp.args.PyTreeRestore(restore_args=restore_args))
+  return state["params"]

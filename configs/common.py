@@ -1,25 +1,10 @@
-"""Builds the locked run configs from the recipe tables (configs/recipes.py).
+"""Builds the locked run configs: the fields and their defaults from configs/schema.py, the
+paper's values from the recipe tables (configs/recipes.py).
 
 Every config file is a thin `get_config(arg=None)` that calls `pretrain_from_arg` or
-`finetune_from_arg`; the field schema lives here, once:
-
-    config.model.{variant, dtype, depthwise_impl, scan, remat, drop_path_rate[, head_init_scale]}
-    config.data.{name, data_dir, image_size, crop_scale_min[, crop_pct, num_classes]}
-    config.{batch_size, grad_accum_steps, num_epochs, total_steps, warmup_epochs, warmup_steps, seed}
-    config.{log_every_steps, checkpoint_every_steps, keep_checkpoints, eval_every_steps}
-    config.{compilation_cache, profile_steps}
-    config.mesh.{data, fsdp}, config.sharding.min_size
-    config.optim.{base_lr, min_lr, b1, b2, eps, weight_decay, grad_clip, layer_decay,
-                  layer_decay_scheme, ema_decay}
-    pretraining: config.fcmae.{mask_ratio, decoder_dim, decoder_depth, norm_pix_loss, impl},
-                 config.probe.{enabled, train_examples, k, temperature, batch_size}
-    finetuning:  config.{init_from, eval_only},
-                 config.aug.{randaugment, reprob, mixup, cutmix, mixup_switch_prob, label_smoothing}
-
-The learning rate is lr = optim.base_lr * batch_size / 256 (fcmae/optim.py), so overriding
-`--config.batch_size` rescales it the way the paper does. Every float field is created as a float,
-so `--config.optim.base_lr=1` and `--config.warmup_epochs=5` are accepted; configs are locked, so
-a mistyped field name is an error.
+`finetune_from_arg`. The fields, their meaning, defaults and checks are listed by
+`python -m configs.schema` (docs/config.md). Configs are locked, so a mistyped field name is an
+error.
 """
 
 from __future__ import annotations
@@ -28,20 +13,11 @@ from typing import Any
 
 import ml_collections
 
-from configs import recipes
-from trainer.errors import UserError
+from configs import recipes, schema
 
 STAGES = tuple(recipes.FINETUNE_STAGES)
-DTYPES = ("float32", "bfloat16", "float16")
-# The models' names and stride, repeated so that a config is checked before the models (and flax)
-# are imported; tests/configs/test_configs.py holds them equal to the models' own.
-DEPTHWISE_IMPLS = ("", "shift", "xla")  # models/layers.py's, and '' = per platform
-FCMAE_IMPLS = ("dense", "sparse")  # fcmae/model.py's
-STRIDE = 32  # models/convnextv2.py's TOTAL_STRIDE: image sizes are multiples of it
-
-
-class ConfigError(UserError, ValueError):
-  """A config argument or field that cannot be run: the message names the field and the value."""
+ConfigError = schema.ConfigError
+STRIDE = schema.STRIDE
 
 
 def parse_arg(arg: str | None, **defaults: Any) -> dict[str, Any]:
@@ -80,55 +56,10 @@ def _convert(value: str, default: Any, key: str) -> Any:
     ) from None
 
 
-def _base(variant: str, *, image_size: int, batch_size: int) -> ml_collections.ConfigDict:
-  """The fields every run shares, with run-cadence defaults for full-size runs (ours)."""
-  if variant not in recipes.SIZES:
-    raise ConfigError(f"Unknown variant {variant!r}; valid: {', '.join(recipes.SIZES)}.")
-  c = ml_collections.ConfigDict()
-  c.model = ml_collections.ConfigDict(
-    dict(
-      variant=variant,
-      dtype="bfloat16",  # compute dtype; params, GRN/LayerNorm statistics stay float32
-      depthwise_impl="",  # '' = per-backend default; 'shift' or 'xla'
-      scan=variant in recipes.SCAN_SIZES,
-      remat=variant in recipes.REMAT_SIZES,
-      drop_path_rate=0.0,
-    )
-  )
-  c.data = ml_collections.ConfigDict(
-    dict(name="imagenet2012", data_dir="", image_size=int(image_size), crop_scale_min=0.2)
-  )
-  c.batch_size = int(batch_size)  # global
-  c.grad_accum_steps = 1  # micro-batches per step (the reference's update_freq)
-  c.num_epochs = 0
-  c.total_steps = 0  # > 0 overrides num_epochs
-  c.warmup_epochs = 0.0
-  c.warmup_steps = 0  # > 0 overrides warmup_epochs
-  c.seed = 0
-  c.log_every_steps = 100
-  c.checkpoint_every_steps = 1000
-  c.keep_checkpoints = 3
-  c.eval_every_steps = 1000
-  c.compilation_cache = "auto"  # 'auto': $JAX_COMPILATION_CACHE_DIR or WORKDIR/compilation_cache;
-  # 'off'; or a directory (gs:// works)
-  c.profile_steps = ""  # 'START:END': a jax.profiler trace into WORKDIR/profile
-  fsdp = variant in recipes.FSDP_SIZES  # -1: all the devices (the other axis takes the rest)
-  c.mesh = ml_collections.ConfigDict(dict(data=1 if fsdp else -1, fsdp=-1 if fsdp else 1))
-  c.sharding = ml_collections.ConfigDict(dict(min_size=2**18))
-  c.optim = ml_collections.ConfigDict(
-    dict(
-      base_lr=0.0,
-      min_lr=0.0,
-      b1=0.9,
-      b2=0.999,
-      eps=1e-8,
-      weight_decay=0.0,
-      grad_clip=0.0,
-      layer_decay=1.0,
-      layer_decay_scheme="single",
-      ema_decay=0.0,
-    )
-  )
+def _base(job: str, variant: str, *, image_size: int, batch_size: int):
+  c = schema.defaults(job, variant)
+  c.data.image_size = int(image_size)
+  c.batch_size = int(batch_size)
   return c
 
 
@@ -142,7 +73,7 @@ def pretrain_config(
       f"Pretraining epochs {epochs} is not one of the paper's {r['epoch_options']}; "
       "override --config.num_epochs for anything else."
     )
-  c = _base(variant, image_size=r["image_size"], batch_size=r["batch_size"])
+  c = _base("pretrain", variant, image_size=r["image_size"], batch_size=r["batch_size"])
   c.num_epochs = int(epochs)
   c.warmup_epochs = float(r["warmup_epochs"])
   c.data.crop_scale_min = float(r["crop_scale_min"])
@@ -156,23 +87,12 @@ def pretrain_config(
       weight_decay=r["weight_decay"],
     )
   )
-  c.fcmae = ml_collections.ConfigDict(
+  c.fcmae.update(
     dict(
       mask_ratio=r["mask_ratio"],
       decoder_dim=r["decoder_dim"],
       decoder_depth=r["decoder_depth"],
       norm_pix_loss=r["norm_pix_loss"],
-      impl="sparse",  # 'dense' = the paper's emulation on dense tensors
-    )
-  )
-  # Representation monitors (fcmae/probe.py), at eval_every_steps and before the first step.
-  c.probe = ml_collections.ConfigDict(
-    dict(
-      enabled=True,
-      train_examples=10_000,  # the memory bank / probe training set: a random subset
-      k=20,
-      temperature=0.07,  # weighted kNN (DINO, solo-learn)
-      batch_size=0,  # for embedding; 0 = the run's batch_size
     )
   )
   c.lock()
@@ -200,7 +120,7 @@ def finetune_config(
       f"Resolution must be a positive multiple of 32 (e.g. 224, 384); got {resolution}."
     )
   r, shared = table[variant], recipes.FINETUNE_SHARED
-  c = _base(variant, image_size=resolution, batch_size=r.batch_size)
+  c = _base("finetune", variant, image_size=resolution, batch_size=r.batch_size)
   if stage == "in22k":
     c.data.name = "folder:/path/to/imagenet22k"  # no TFDS builder for ImageNet-22K: set yours
   c.num_epochs = int(r.epochs)
@@ -210,7 +130,6 @@ def finetune_config(
   c.model.head_init_scale = float(shared["head_init_scale"])
   c.data.crop_scale_min = float(shared["crop_scale_min"])
   c.data.crop_pct = float(shared["crop_pct"])
-  c.data.num_classes = 0  # 0 = from the dataset
   c.optim.update(
     dict(
       base_lr=float(r.base_lr),
@@ -224,7 +143,7 @@ def finetune_config(
       ema_decay=float(r.ema_decay),
     )
   )
-  c.aug = ml_collections.ConfigDict(
+  c.aug.update(
     dict(
       randaugment=shared["randaugment"],
       reprob=float(shared["reprob"]),
@@ -234,8 +153,6 @@ def finetune_config(
       label_smoothing=float(r.label_smoothing),
     )
   )
-  c.init_from = ""  # '' = scratch; a pretraining / finetuning checkpoint
-  c.eval_only = False
   c.lock()
   return c
 
@@ -254,78 +171,3 @@ def no_arg(arg: str | None, name: str) -> None:
   """For config files that take no argument (the demos): a given one is an error, not ignored."""
   if arg:
     raise ConfigError(f"{name} takes no argument; got {arg!r}.")
-
-
-def parse_profile_steps(steps: str) -> tuple[int, int]:
-  """config.profile_steps 'START:END' -> (START, END), 0 <= START < END."""
-  start, sep, stop = steps.partition(":")
-  if not (sep and start.isdigit() and stop.isdigit() and int(start) < int(stop)):
-    raise ConfigError(
-      f"--config.profile_steps={steps!r}: expected START:END with START < END, e.g. 10:15."
-    )
-  return int(start), int(stop)
-
-
-def validate(config) -> None:
-  """Checks the fields a run reads before anything is built, so that a bad value is one message
-  naming the field, not an error deep inside the model or the input pipeline."""
-
-  def fail(field, value, expected):
-    raise ConfigError(
-      f"--config.{field}={value!r}: {expected}. The config fields are listed in configs/common.py."
-    )
-
-  model, data = config.model, config.data
-  if model.variant not in recipes.SIZES:
-    fail("model.variant", model.variant, f"expected one of {', '.join(recipes.SIZES)}")
-  if model.dtype not in DTYPES:
-    fail("model.dtype", model.dtype, f"expected one of {', '.join(DTYPES)}")
-  if model.depthwise_impl not in DEPTHWISE_IMPLS:
-    fail("model.depthwise_impl", model.depthwise_impl, "expected '' (per platform), shift or xla")
-  if not 0 <= model.drop_path_rate < 1:
-    fail("model.drop_path_rate", model.drop_path_rate, "expected a rate in [0, 1)")
-  if data.image_size <= 0 or data.image_size % STRIDE:
-    fail(
-      "data.image_size",
-      data.image_size,
-      "expected a positive multiple of 32 (the encoder's stride), e.g. 224",
-    )
-  if not 0 < data.crop_scale_min <= 1:
-    fail("data.crop_scale_min", data.crop_scale_min, "expected a fraction in (0, 1]")
-  for field in (
-    "batch_size",
-    "grad_accum_steps",
-    "log_every_steps",
-    "checkpoint_every_steps",
-    "keep_checkpoints",
-  ):
-    if config[field] < 1:
-      fail(field, config[field], "expected a positive integer")
-  if config.batch_size % config.grad_accum_steps:
-    fail(
-      "grad_accum_steps",
-      config.grad_accum_steps,
-      f"expected a divisor of batch_size {config.batch_size}",
-    )
-  for field in ("num_epochs", "total_steps", "warmup_epochs", "warmup_steps", "eval_every_steps"):
-    if config[field] < 0:
-      fail(field, config[field], "expected a number >= 0")
-  if config.num_epochs <= 0 and config.total_steps <= 0:
-    fail("total_steps", config.total_steps, "expected num_epochs or total_steps > 0")
-  if config.profile_steps:
-    parse_profile_steps(config.profile_steps)
-  if "fcmae" in config:
-    ratio = config.fcmae.mask_ratio
-    if not 0 <= ratio < 1:
-      fail("fcmae.mask_ratio", ratio, "expected a ratio in [0, 1)")
-    patches = (data.image_size // STRIDE) ** 2
-    if int(patches * (1 - ratio)) < 1:
-      fail(
-        "fcmae.mask_ratio",
-        ratio,
-        f"it leaves no visible patch of the {patches} at {data.image_size} px",
-      )
-    if config.fcmae.impl not in FCMAE_IMPLS:
-      fail("fcmae.impl", config.fcmae.impl, "expected dense or sparse")
-  if "aug" in config and not 0 <= config.aug.reprob <= 1:
-    fail("aug.reprob", config.aug.reprob, "expected a probability in [0, 1]")

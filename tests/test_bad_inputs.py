@@ -88,7 +88,7 @@ CASES = [
   (
     "typo_in_a_field",
     TRAIN + ["--workdir", "{tmp}/w", "--config.batchsize=3"],
-    ["no such config field", "batchsize", "batch_size", "configs/common.py"],
+    ["no such config field", "batchsize", "batch_size", "configs.schema"],
   ),
   (
     "unknown_variant",

@@ -20,8 +20,9 @@ from trainer import sharding
 from trainer.errors import UserError
 
 CONFIG_HELP = (
-  "The config fields, their meaning and defaults are listed in configs/common.py; "
-  "override any with --config.FIELD=VALUE (a mistyped field is an error)."
+  "The config fields, their meaning, defaults and checks are listed by `python -m "
+  "configs.schema` (docs/config.md); override any with --config.FIELD=VALUE (a mistyped field "
+  "is an error)."
 )
 
 
@@ -131,19 +132,19 @@ def guarded(main: Callable) -> Callable:
 
 
 def load_config(flag_values):
-  """The --config of the command line, read and checked (configs/common.py: validate), before
+  """The --config of the command line, read and checked (configs/schema.py: validate), before
   anything heavy is imported or built: a bad one is one message and exit status 2."""
-  from configs import common
+  from configs import schema
 
   try:
     config = flag_values.config
     config.keys()  # a config file is read when first asked for
   except (flags.Error, OSError) as e:
     fail(f"{flag_error(e)} See --help.")
-  common.validate(config)
+  schema.validate(config)
   if not flag_values.workdir and not flag_values.compile_only:
     fail("--workdir is required (unless --compile_only). See --help.")
-  init_from = config.get("init_from", "")
+  init_from = config.init_from if "init_from" in config else ""
   for name, path in (("--workdir", flag_values.workdir), ("--config.init_from", init_from)):
     if path and "://" in path:
       fail(
@@ -184,7 +185,7 @@ def start(flag_values, config) -> None:
 
   # Library INFO logs (orbax writes several lines per save) drown the progress lines.
   absl_logging.set_verbosity(absl_logging.WARNING)
-  cache = compilation_cache_dir(config.get("compilation_cache", "off"), flag_values.workdir)
+  cache = compilation_cache_dir(config.compilation_cache, flag_values.workdir)
   if cache:
     jax.config.update("jax_compilation_cache_dir", cache)
   say(

@@ -90,7 +90,7 @@ def compile_and_report(config, make_task: Callable, topology: str, *, out=sys.st
   """Compiles the run of `config` for `topology`; prints the report; returns the exit status."""
   platform, devices = topology_devices(topology)
   info = sources.IMAGENET_1K
-  if config.get("data") and config.data.get("num_classes", 0) > 0:
+  if "num_classes" in config.data and config.data.num_classes > 0:
     info = sources.DatasetInfo(
       int(config.data.num_classes), info.num_train_examples, info.num_eval_examples
     )
@@ -100,7 +100,7 @@ def compile_and_report(config, make_task: Callable, topology: str, *, out=sys.st
     "num_devices": len(devices),
     "global_batch": int(config.batch_size),
     "per_device_batch": config.batch_size / len(devices),
-    "grad_accum_steps": int(config.get("grad_accum_steps", 1)),
+    "grad_accum_steps": config.grad_accum_steps,
   }
   with layers.compiling_for(platform):
     task = make_task(config, None, info=info)

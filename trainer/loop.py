@@ -114,7 +114,7 @@ def setup(config, task: Task, *, devices=None) -> Setup:
   applies the mean of their gradients once: the update of the whole batch, k times less memory
   for activations. Every micro-batch is spread over all devices."""
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, devices)
-  accum = int(config.get("grad_accum_steps", 1))
+  accum = config.grad_accum_steps
   if accum < 1 or config.batch_size % (mesh.size * accum):
     raise sharding.MeshError(
       f"batch_size {config.batch_size} is not divisible by the {mesh.size} "
@@ -123,7 +123,7 @@ def setup(config, task: Task, *, devices=None) -> Setup:
     )
   abstract_params = jax.eval_shape(task.fresh_params)
   tx, schedule = optim.make_optimizer(config, abstract_params, task.steps_per_epoch)
-  ema_decay = config.optim.get("ema_decay", 0.0)
+  ema_decay = config.optim.ema_decay
 
   def init_state():
     params = task.fresh_params()
@@ -254,7 +254,7 @@ def train_and_evaluate(
     logs.say(describe_cost(step_cost))
     writer.write(step, step_cost.report(), progress=False)
     train_step = step_cost.executable
-    eval_every = config.get("eval_every_steps", 0)
+    eval_every = config.eval_every_steps
     if task.evaluate is not None and task.evaluate_at_start and eval_every and step == 0:
       writer.write(step, task.evaluate(state, step), progress=True)
     batches = task.train_batches(step)

@@ -205,13 +205,11 @@ def make_optimizer(config, params, steps_per_epoch: int):
       schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay, mask=weight_decay_mask
     )
   )
-  layer_decay = o.get("layer_decay", 1.0)
+  layer_decay = o.layer_decay
   if layer_decay != 1.0:
     depths = convnextv2.variant_spec(config.model.variant)["depths"]
     parts.append(
-      scale_by_tree(
-        layer_decay_scales(params, depths, layer_decay, o.get("layer_decay_scheme", "single"))
-      )
+      scale_by_tree(layer_decay_scales(params, depths, layer_decay, o.layer_decay_scheme))
     )
   return optax.chain(*parts), schedule
 

@@ -6,7 +6,7 @@ import os
 
 import jax
 
-from configs import common
+from configs import schema
 from trainer import logs
 
 
@@ -19,7 +19,7 @@ class Profiler:
     self.directory = os.path.join(workdir, "profile")
     self.active = False
     if steps:
-      self.start, self.stop = common.parse_profile_steps(steps)
+      self.start, self.stop = schema.parse_profile_steps(steps)
 
   def before(self, step: int) -> None:
     if self.start is not None and step == self.start and not self.active:

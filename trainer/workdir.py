@@ -15,32 +15,8 @@ import json
 import os
 from typing import Any
 
+from configs import schema
 from trainer.errors import UserError
-
-# Fields that change neither the model nor the data nor the mathematics of an update: the
-# cadence of logs, checkpoints and evaluations; the compiler and profiler; how the same global
-# batch is laid out over devices and micro-batches; how the same network is computed; where the
-# same data is read from; and what happens only at a run's start (init_from) or outside it.
-FREE_FIELDS = (
-  "log_every_steps",
-  "checkpoint_every_steps",
-  "keep_checkpoints",
-  "eval_every_steps",
-  "compilation_cache",
-  "profile_steps",
-  "mesh.",
-  "sharding.",
-  "grad_accum_steps",
-  "model.scan",
-  "model.remat",
-  "model.depthwise_impl",
-  "data.data_dir",
-  "init_from",
-  "eval_only",
-  "probe.",
-)
-# Fields that make the run longer or shorter: allowed, and said.
-LENGTH_FIELDS = ("total_steps", "num_epochs")
 
 
 class ConfigChangeError(UserError, ValueError):
@@ -65,8 +41,8 @@ def flat(config) -> dict[str, Any]:
   return out
 
 
-def _is(field: str, names: tuple[str, ...]) -> bool:
-  return any(field == n or (n.endswith(".") and field.startswith(n)) for n in names)
+def _rule(change) -> str:
+  return schema.resume_rule(change[0])
 
 
 def differences(old: dict, new: dict) -> list[tuple[str, Any, Any]]:
@@ -96,7 +72,7 @@ def check(workdir: str, config, *, allow_change: bool, say) -> bool:
         f"{workdir} were trained. Restore it or start a new workdir."
       ) from None
   changes = differences(old, flat(config))
-  computed = [c for c in changes if not _is(c[0], FREE_FIELDS + LENGTH_FIELDS)]
+  computed = [c for c in changes if _rule(c) == schema.REFUSE]
   if computed and not allow_change:
     raise ConfigChangeError(
       f"{workdir} was trained with another config; these changes would change what is "
@@ -104,7 +80,7 @@ def check(workdir: str, config, *, allow_change: bool, say) -> bool:
       "--workdir, or pass --allow_config_change to go on with the new one (config.json then "
       "keeps its history)."
     )
-  length = [c for c in changes if _is(c[0], LENGTH_FIELDS)]
+  length = [c for c in changes if _rule(c) == schema.EXTEND]
   if length:
     say(
       f"The run's length changes ({describe(length)}): the learning-rate schedule follows the "
@@ -112,7 +88,7 @@ def check(workdir: str, config, *, allow_change: bool, say) -> bool:
     )
   if computed:
     say(f"Config changes (--allow_config_change): {describe(computed)}.")
-  free = [c for c in changes if _is(c[0], FREE_FIELDS)]
+  free = [c for c in changes if _rule(c) == schema.FREE]
   if free:
     say(f"Config changes that leave the computation as it was: {describe(free)}.")
   return bool(changes)

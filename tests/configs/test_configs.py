@@ -317,13 +317,14 @@ def test_each_config_builds_its_run_as_train_py_and_finetune_py_do(size):
 
 
 def test_validation_names_what_the_models_name():
-  """configs/common.py checks a config before the models are imported, with its own copies of
+  """configs/schema.py checks a config before the models are imported, with its own copies of
   their names and stride: they must stay the models' own."""
-  from configs import common
+  from configs import schema
   from fcmae import masking
   from fcmae import model as fcmae_model
   from models import layers
 
-  assert common.DEPTHWISE_IMPLS == ("",) + layers.DEPTHWISE_IMPLS
-  assert common.FCMAE_IMPLS == fcmae_model.IMPLS
-  assert common.STRIDE == convnextv2.TOTAL_STRIDE == masking.PATCH_SIZE
+  assert schema.DEPTHWISE_IMPLS == ("",) + layers.DEPTHWISE_IMPLS
+  assert schema.FCMAE_IMPLS == fcmae_model.IMPLS
+  assert schema.STRIDE == convnextv2.TOTAL_STRIDE == masking.PATCH_SIZE
+  assert schema.LAYER_DECAY_SCHEMES == optim.SCHEMES

@@ -1,0 +1,476 @@
+"""Every config field, once: its default, meaning, check, and what a resume may do with it.
+
+    python -m configs.schema            # the table as Markdown (docs/config.md is this output)
+
+`FIELDS` is the one place a field is declared. From it come
+- the defaults: `defaults(job, variant)`, the locked-to-be ConfigDict that configs/common.py
+  fills with the paper's recipe (configs/recipes.py);
+- the validation: `validate(config)`, run before anything heavy is imported, so that a bad value
+  is one message naming the field;
+- the listing `--help` points to (`python -m configs.schema`, docs/config.md);
+- the workdir's resume rules (trainer/workdir.py): `resume_rule(field)` says whether a changed
+  field is refused (it changes what is computed), free (it changes how or how often: cadence,
+  layout over devices, where data is read from), or an extension (the run's length).
+
+A field's default may depend on the model size (scan, remat and the mesh do; configs/recipes.py
+says which sizes), and it carries its type: every float field is created as a float, so
+`--config.optim.base_lr=1` is accepted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import ml_collections
+
+from configs import recipes
+from trainer.errors import UserError
+
+JOBS = ("pretrain", "finetune")
+BOTH = JOBS
+PRETRAIN = ("pretrain",)
+FINETUNE = ("finetune",)
+
+# What a resume may do with a changed field.
+REFUSE = "refuse"  # changes what is computed: refused unless --allow_config_change
+FREE = "free"  # changes how or how often, not what: allowed and said
+EXTEND = "extend"  # the run's length: allowed, and the schedule follows the new length
+
+# The models' names and stride, repeated so that a config is checked before the models (and flax)
+# are imported; tests/configs/test_configs.py holds them equal to the models' own.
+DTYPES = ("float32", "bfloat16", "float16")
+DEPTHWISE_IMPLS = ("", "shift", "xla")  # models/layers.py's, and '' = per platform
+FCMAE_IMPLS = ("dense", "sparse")  # fcmae/model.py's
+STRIDE = 32  # models/convnextv2.py's TOTAL_STRIDE: image sizes are multiples of it
+LAYER_DECAY_SCHEMES = ("single", "group")  # trainer/optim.py's
+
+
+class ConfigError(UserError, ValueError):
+  """A config argument or field that cannot be run: the message names the field and the value."""
+
+
+# A check: (value, config) -> None when fine, else what was expected ("expected ...").
+Check = Callable[[Any, Any], "str | None"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Field:
+  name: str  # dotted: "optim.base_lr"
+  default: Any  # a value, or a function of the model size
+  meaning: str
+  resume: str = REFUSE
+  check: Check | None = None
+  jobs: tuple[str, ...] = BOTH
+
+  def default_for(self, variant: str) -> Any:
+    return self.default(variant) if callable(self.default) else self.default
+
+
+# --- checks ---------------------------------------------------------------------------------
+
+
+def one_of(*values) -> Check:
+  shown = ", ".join(repr(v) if v == "" else str(v) for v in values)
+  return lambda v, c: None if v in values else f"expected one of {shown}"
+
+
+def between(lo, hi, *, lo_open=False, hi_open=False, what="a number") -> Check:
+  def check(v, c):
+    ok = (lo < v if lo_open else lo <= v) and (v < hi if hi_open else v <= hi)
+    return (
+      None
+      if ok
+      else f"expected {what} in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+    )
+
+  return check
+
+
+def positive(v, c):
+  return None if v >= 1 else "expected a positive integer"
+
+
+def non_negative(v, c):
+  return None if v >= 0 else "expected a number >= 0"
+
+
+def _image_size(v, c):
+  if v <= 0 or v % STRIDE:
+    return f"expected a positive multiple of {STRIDE} (the encoder's stride), e.g. 224"
+  return None
+
+
+def _grad_accum(v, c):
+  if v < 1:
+    return "expected a positive integer"
+  return None if c.batch_size % v == 0 else f"expected a divisor of batch_size {c.batch_size}"
+
+
+def _total_steps(v, c):
+  if v < 0:
+    return "expected a number >= 0"
+  return None if v > 0 or c.num_epochs > 0 else "expected num_epochs or total_steps > 0"
+
+
+def _mask_ratio(v, c):
+  if not 0 <= v < 1:
+    return "expected a ratio in [0, 1)"
+  patches = (c.data.image_size // STRIDE) ** 2
+  if int(patches * (1 - v)) < 1:
+    return f"it leaves no visible patch of the {patches} at {c.data.image_size} px"
+  return None
+
+
+def parse_profile_steps(steps: str) -> tuple[int, int]:
+  """config.profile_steps 'START:END' -> (START, END), 0 <= START < END."""
+  start, sep, stop = steps.partition(":")
+  if not (sep and start.isdigit() and stop.isdigit() and int(start) < int(stop)):
+    raise ConfigError(
+      f"--config.profile_steps={steps!r}: expected START:END with START < END, e.g. 10:15."
+    )
+  return int(start), int(stop)
+
+
+def _profile_steps(v, c):
+  if v:
+    parse_profile_steps(v)
+  return None
+
+
+def _fsdp_default(variant):
+  return -1 if variant in recipes.FSDP_SIZES else 1
+
+
+# --- the table ------------------------------------------------------------------------------
+
+F = Field
+FIELDS: tuple[Field, ...] = (
+  # The model.
+  F("model.variant", lambda v: v, "ConvNeXt V2 size", check=one_of(*recipes.SIZES)),
+  F(
+    "model.dtype",
+    "bfloat16",
+    "compute dtype; params and GRN / LayerNorm statistics stay float32",
+    check=one_of(*DTYPES),
+  ),
+  F(
+    "model.depthwise_impl",
+    "",
+    "7x7 depthwise conv: 'xla', 'shift' (faster on CPU), '' = per platform",
+    FREE,
+    one_of(*DEPTHWISE_IMPLS),
+  ),
+  F(
+    "model.scan",
+    lambda v: v in recipes.SCAN_SIZES,
+    "lax.scan over a stage's identical blocks (less to compile; same checkpoint layout)",
+    FREE,
+  ),
+  F(
+    "model.remat",
+    lambda v: v in recipes.REMAT_SIZES,
+    "recompute each block in the backward pass (less memory, a third more compute)",
+    FREE,
+  ),
+  F(
+    "model.drop_path_rate",
+    0.0,
+    "stochastic depth, rising linearly to this in the last block",
+    check=between(0, 1, hi_open=True, what="a rate"),
+  ),
+  F("model.head_init_scale", 1.0, "scale of the classifier head's initial weights", jobs=FINETUNE),
+  # The data.
+  F(
+    "data.name",
+    "imagenet2012",
+    "a TFDS name, 'folder:/path' (train/<class>/*, val/<class>/*) or 'demo'",
+  ),
+  F("data.data_dir", "", "TFDS data_dir (gs:// works); '' = TFDS's default", FREE),
+  F("data.image_size", 224, "training and evaluation resolution", check=_image_size),
+  F(
+    "data.crop_scale_min",
+    0.2,
+    "RandomResizedCrop's smallest area fraction",
+    check=between(0, 1, lo_open=True, what="a fraction"),
+  ),
+  F(
+    "data.crop_pct",
+    0.875,
+    "evaluation: center crop of the image resized to size / crop_pct",
+    check=between(0, 1, lo_open=True, what="a fraction"),
+    jobs=FINETUNE,
+  ),
+  F(
+    "data.num_classes",
+    0,
+    "classes of the head; 0 = the dataset's",
+    check=non_negative,
+    jobs=FINETUNE,
+  ),
+  # The run.
+  F("batch_size", 4096, "global batch over all processes; the lr scales with it", check=positive),
+  F(
+    "grad_accum_steps",
+    1,
+    "micro-batches per step (the reference's update_freq); the same update",
+    FREE,
+    _grad_accum,
+  ),
+  F("num_epochs", 0, "epochs of training", EXTEND, non_negative),
+  F("total_steps", 0, "steps of training; > 0 overrides num_epochs", EXTEND, _total_steps),
+  F("warmup_epochs", 0.0, "linear warmup of the lr, in epochs", check=non_negative),
+  F("warmup_steps", 0, "linear warmup in steps; > 0 overrides warmup_epochs", check=non_negative),
+  F("seed", 0, "the seed of the init, the data order and every random draw"),
+  F(
+    "log_every_steps",
+    100,
+    "a metrics row (metrics.jsonl, TensorBoard, the progress line)",
+    FREE,
+    positive,
+  ),
+  F("checkpoint_every_steps", 1000, "a checkpoint (and on SIGTERM / Ctrl-C)", FREE, positive),
+  F("keep_checkpoints", 3, "the newest checkpoints kept", FREE, positive),
+  F(
+    "eval_every_steps",
+    1000,
+    "evaluation (finetuning) or pictures and monitors (pretraining); 0 = at the end only",
+    FREE,
+    non_negative,
+  ),
+  F(
+    "compilation_cache",
+    "auto",
+    "compiled programs kept between runs: 'auto' = "
+    "$JAX_COMPILATION_CACHE_DIR or WORKDIR/compilation_cache, 'off', or a directory",
+    FREE,
+  ),
+  F(
+    "profile_steps",
+    "",
+    "'START:END': a jax.profiler trace of those steps into WORKDIR/profile",
+    FREE,
+    _profile_steps,
+  ),
+  # Devices.
+  F(
+    "mesh.data",
+    lambda v: 1 if v in recipes.FSDP_SIZES else -1,
+    "devices along the data axis; -1 = the rest",
+    FREE,
+  ),
+  F(
+    "mesh.fsdp", _fsdp_default, "devices the state is sharded over (FSDP); -1 = all the rest", FREE
+  ),
+  F("sharding.min_size", 2**18, "arrays with fewer elements stay replicated", FREE, positive),
+  # The optimizer (trainer/optim.py): lr = base_lr * batch_size / 256.
+  F("optim.base_lr", 0.0, "learning rate per 256 images", check=non_negative),
+  F("optim.min_lr", 0.0, "the cosine schedule's floor", check=non_negative),
+  F("optim.b1", 0.9, "AdamW beta1", check=between(0, 1, hi_open=True, what="a beta")),
+  F("optim.b2", 0.999, "AdamW beta2", check=between(0, 1, hi_open=True, what="a beta")),
+  F("optim.eps", 1e-8, "AdamW epsilon", check=non_negative),
+  F(
+    "optim.weight_decay",
+    0.0,
+    "decoupled weight decay (not on biases and norms)",
+    check=non_negative,
+  ),
+  F("optim.grad_clip", 0.0, "global gradient norm clip; 0 = none", check=non_negative),
+  F(
+    "optim.layer_decay",
+    1.0,
+    "layer-wise lr decay; 1 = none",
+    check=between(0, 1, lo_open=True, what="a factor"),
+  ),
+  F(
+    "optim.layer_decay_scheme",
+    "single",
+    "'single' (per block) or 'group' (the reference's groups of 3 blocks in stage 3)",
+    check=one_of(*LAYER_DECAY_SCHEMES),
+  ),
+  F(
+    "optim.ema_decay",
+    0.0,
+    "EMA of the params, evaluated beside them; 0 = none",
+    check=between(0, 1, hi_open=True, what="a decay"),
+  ),
+  # FCMAE pretraining.
+  F(
+    "fcmae.mask_ratio",
+    0.6,
+    "fraction of the 32x32 patches masked",
+    check=_mask_ratio,
+    jobs=PRETRAIN,
+  ),
+  F("fcmae.decoder_dim", 512, "the decoder's width", check=positive, jobs=PRETRAIN),
+  F("fcmae.decoder_depth", 1, "the decoder's ConvNeXt V2 blocks", check=positive, jobs=PRETRAIN),
+  F("fcmae.norm_pix_loss", True, "the loss on per-patch normalized pixels", jobs=PRETRAIN),
+  F(
+    "fcmae.impl",
+    "sparse",
+    "'sparse' (the visible patches only) or 'dense' (the paper's emulation)",
+    check=one_of(*FCMAE_IMPLS),
+    jobs=PRETRAIN,
+  ),
+  F(
+    "probe.enabled",
+    True,
+    "kNN and linear-probe monitors of the encoder during pretraining",
+    FREE,
+    jobs=PRETRAIN,
+  ),
+  F(
+    "probe.train_examples",
+    10_000,
+    "the monitors' memory bank: a random subset of the training split",
+    FREE,
+    positive,
+    PRETRAIN,
+  ),
+  F("probe.k", 20, "kNN neighbours (weighted, as DINO)", FREE, positive, PRETRAIN),
+  F(
+    "probe.temperature",
+    0.07,
+    "kNN weighting temperature",
+    FREE,
+    between(0, 1e9, lo_open=True, what="a temperature"),
+    PRETRAIN,
+  ),
+  F("probe.batch_size", 0, "batch for embedding; 0 = batch_size", FREE, non_negative, PRETRAIN),
+  # Finetuning.
+  F(
+    "init_from",
+    "",
+    "weights to start from: a workdir, a converted checkpoint, a PyTorch file; '' = scratch",
+    FREE,
+    jobs=FINETUNE,
+  ),
+  F(
+    "eval_only",
+    False,
+    "evaluate the latest checkpoint (else init_from) and stop",
+    FREE,
+    jobs=FINETUNE,
+  ),
+  F("aug.randaugment", "rand-m9-mstd0.5-inc1", "timm RandAugment spec; '' = none", jobs=FINETUNE),
+  F(
+    "aug.reprob",
+    0.25,
+    "random erasing probability",
+    check=between(0, 1, what="a probability"),
+    jobs=FINETUNE,
+  ),
+  F("aug.mixup", 0.8, "mixup alpha; 0 = none", check=non_negative, jobs=FINETUNE),
+  F("aug.cutmix", 1.0, "cutmix alpha; 0 = none", check=non_negative, jobs=FINETUNE),
+  F(
+    "aug.mixup_switch_prob",
+    0.5,
+    "probability of cutmix when both are on",
+    check=between(0, 1, what="a probability"),
+    jobs=FINETUNE,
+  ),
+  F(
+    "aug.label_smoothing",
+    0.1,
+    "label smoothing of the targets",
+    check=between(0, 1, hi_open=True, what="a fraction"),
+    jobs=FINETUNE,
+  ),
+)
+del F
+
+BY_NAME = {f.name: f for f in FIELDS}
+LISTING = "python -m configs.schema (docs/config.md)"
+
+
+def fields(job: str) -> tuple[Field, ...]:
+  return tuple(f for f in FIELDS if job in f.jobs)
+
+
+def defaults(job: str, variant: str) -> ml_collections.ConfigDict:
+  """The fields of `job` ('pretrain' or 'finetune') with their defaults for `variant`, unlocked."""
+  if job not in JOBS:
+    raise ValueError(f"Unknown job {job!r}; expected one of {JOBS}.")
+  if variant not in recipes.SIZES:
+    raise ConfigError(f"Unknown variant {variant!r}; valid: {', '.join(recipes.SIZES)}.")
+  config = ml_collections.ConfigDict()
+  for f in fields(job):
+    *parents, leaf = f.name.split(".")
+    node = config
+    for parent in parents:
+      if parent not in node:
+        node[parent] = ml_collections.ConfigDict()
+      node = node[parent]
+    node[leaf] = f.default_for(variant)
+  return config
+
+
+def job_of(config) -> str:
+  return "pretrain" if "fcmae" in config else "finetune"
+
+
+def value(config, name: str) -> Any:
+  node = config
+  for part in name.split("."):
+    node = node[part]
+  return node
+
+
+def validate(config) -> None:
+  """Checks every field of the config before anything is built, so that a bad value is one
+  message naming the field, not an error deep inside the model or the input pipeline."""
+  for f in fields(job_of(config)):
+    if f.check is None:
+      continue
+    v = value(config, f.name)
+    expected = f.check(v, config)
+    if expected:
+      raise ConfigError(
+        f"--config.{f.name}={v!r}: {expected}. The config fields are listed by {LISTING}."
+      )
+
+
+def resume_rule(name: str) -> str:
+  """What a resume may do when field `name` changes: REFUSE, FREE or EXTEND. A field the table
+  does not have (one a workdir's config.json has from another version) is refused."""
+  f = BY_NAME.get(name)
+  return f.resume if f else REFUSE
+
+
+def markdown() -> str:
+  """The table as Markdown: the listing `--help` points to (docs/config.md)."""
+
+  def shown(f: Field) -> str:
+    if f.name == "model.variant":
+      return "the size"
+    if callable(f.default):
+      by_value = {}
+      for size in recipes.SIZES:
+        by_value.setdefault(f.default(size), []).append(size)
+      common, *others = sorted(by_value, key=lambda v: -len(by_value[v]))
+      rest = "; ".join(f"`{v!r}` for {', '.join(by_value[v])}" for v in others)
+      return f"`{common!r}`" + (f"; {rest}" if rest else "")
+    return f"`{f.default!r}`"
+
+  rules = {REFUSE: "refused", FREE: "free", EXTEND: "extends"}
+  lines = [
+    "# Config fields",
+    "",
+    "Generated by `python -m configs.schema` from configs/schema.py. Override any field with",
+    "`--config.FIELD=VALUE`. Defaults before the recipe: the config files set the paper's",
+    "values per size (configs/recipes.py). On resume a changed field is refused (it changes",
+    "what is computed; `--allow_config_change` allows it), free, or extends the run.",
+    "",
+    "| field | default | jobs | on resume | meaning |",
+    "|---|---|---|---|---|",
+  ]
+  for f in FIELDS:
+    jobs = "both" if f.jobs == BOTH else f.jobs[0]
+    lines.append(f"| `{f.name}` | {shown(f)} | {jobs} | {rules[f.resume]} | {f.meaning} |")
+  return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+  sys.stdout.write(markdown())

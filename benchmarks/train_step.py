@@ -2,64 +2,59 @@
 
     python -m benchmarks.train_step --config configs/fcmae_base.py --batch 256
     python -m benchmarks.train_step --config configs/fcmae_tiny.py --batch 256 \\
-        --set fcmae.impl=dense model.depthwise_impl=shift --out results.jsonl
+        --config.fcmae.impl=dense --config.model.depthwise_impl=shift --out results.jsonl
 
-The run is built as train.py / finetune.py build it (loop.setup: mesh over all local devices,
-sharded state, the donated train step compiled ahead of time), with `--set` overrides; batches are
-random uint8 images already on the devices, so the figures are the step's own, not the input
-pipeline's (benchmarks/input_pipeline.py measures that). After `--warmup` steps, `--steps` steps
-are timed one by one; the median step gives images/s, and the compiled step's FLOPs per example
+The config and its `--config.FIELD=VALUE` overrides are read as train.py / finetune.py read them
+(trainer/cli.py: read_config), and the run is built as they build it (loop.setup: mesh over all
+local devices, sharded state, the donated train step compiled ahead of time), with the state
+replicated over a data-parallel mesh. Batches are random uint8 images already on the devices, so
+the figures are the step's own, not the input pipeline's (benchmarks/input_pipeline.py measures
+that), and nothing here imports TensorFlow. After `--warmup` steps, `--steps` steps are timed one
+by one; the median step gives images/s, and the compiled step's FLOPs per example
 (trainer/cost.py) give TFLOP/s per device and MFU where the device's peak is known. Prints one
 line and appends one JSON object to `--out`.
 """
 
 from __future__ import annotations
 
-import argparse
 import datetime
-import importlib.util
 import json
 import statistics
+import sys
 import time
 
+from absl import app, flags
 
-def load_config(path: str, overrides: list[str]):
-  spec = importlib.util.spec_from_file_location("config_module", path.split(":")[0])
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config(path.split(":")[1] if ":" in path else None)
-  for item in overrides:
-    key, value = item.split("=", 1)
-    node = config
-    *parents, leaf = key.split(".")
-    for parent in parents:
-      node = node[parent]
-    current = node[leaf]
-    node[leaf] = (
-      value.lower() in ("1", "true") if isinstance(current, bool) else type(current)(value)
-    )
-  return config
+from trainer import cli
+
+FLAGS = flags.FLAGS
+cli.define_config_flag("Config file (configs/*.py[:arg]).")
+flags.DEFINE_integer("batch", 128, "Global batch (a multiple of the device count).")
+flags.DEFINE_integer("warmup", 3, "Steps run before timing.")
+flags.DEFINE_integer("steps", 10, "Steps timed.")
+flags.DEFINE_string("out", None, "Append the result as a JSON line to this file.")
 
 
-def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--config", required=True)
-  parser.add_argument("--batch", type=int, default=128, help="global batch")
-  parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE")
-  parser.add_argument("--warmup", type=int, default=3)
-  parser.add_argument("--steps", type=int, default=10)
-  parser.add_argument("--out", default=None)
-  args = parser.parse_args(argv)
+def main(argv):
+  del argv
+  benchmark()
+
+
+def benchmark() -> dict:
+  """Times the step of --config as the flags say; prints one line, returns the result."""
+  config = cli.read_config(FLAGS)
+  overrides = [a for a in sys.argv[1:] if a.startswith("--config.")]
+  config.batch_size = FLAGS.batch
+  config.mesh.data, config.mesh.fsdp = -1, 1  # data parallel over every device
 
   import jax
   import numpy as np
 
-  from data import sources
+  from configs import schema
+  from data import info as data_info
   from trainer import loop
 
-  config = load_config(
-    args.config, [f"batch_size={args.batch}", "mesh.data=-1", "mesh.fsdp=1", *args.set]
-  )
+  schema.validate(config)
   if "fcmae" in config:
     from fcmae import pretrain
 
@@ -68,7 +63,7 @@ def main(argv=None):
     from classify import task as finetune_task
 
     make_task = finetune_task.make_task
-  task = make_task(config, None, info=sources.IMAGENET_1K)
+  task = make_task(config, None, info=data_info.IMAGENET_1K)
   run = loop.setup(config, task)
   cost = run.compile_train_step()
   state = run.init_state()
@@ -81,43 +76,46 @@ def main(argv=None):
     for name, spec in run.abstract_batch.items()
   }
   step = cost.executable
-  for _ in range(args.warmup):
+  metrics = None
+  for _ in range(FLAGS.warmup):
     state, metrics = step(state, batch)
   jax.block_until_ready(metrics)
   times = []
-  for _ in range(args.steps):
+  for _ in range(FLAGS.steps):
     start = time.perf_counter()
     state, metrics = step(state, batch)
     jax.block_until_ready(metrics)
     times.append(time.perf_counter() - start)
   seconds = statistics.median(times)
-  rate = args.batch / seconds
+  rate = FLAGS.batch / seconds
   device = jax.devices()[0]
+  name = FLAGS["config"].config_filename
   result = {
     "date": datetime.date.today().isoformat(),
     "device": device.device_kind,
     "num_devices": jax.device_count(),
-    "config": args.config,
-    "set": args.set,
-    "global_batch": args.batch,
+    "config": name,
+    "overrides": overrides,
+    "global_batch": FLAGS.batch,
     "depthwise_impl": run_impl(config),
     "step_ms": 1e3 * seconds,
     "images_per_sec": rate,
     "tflops_per_device": cost.tflops_per_device(rate),
     "mfu": cost.mfu(rate),
+    "final_loss": float(metrics["loss"]),
     **cost.report(),
   }
   mfu = f", MFU {result['mfu']:.1%}" if result["mfu"] is not None else ""
   print(
-    f"{args.config} {' '.join(args.set)}: {rate:.0f} img/s ({1e3 * seconds:.0f} ms/step, "
-    f"batch {args.batch}, {jax.device_count()} x {device.device_kind}), "
+    f"{name} {' '.join(overrides)}: {rate:.0f} img/s ({1e3 * seconds:.0f} ms/step, "
+    f"batch {FLAGS.batch}, {jax.device_count()} x {device.device_kind}), "
     f"{result['tflops_per_device']:.1f} TFLOP/s per device{mfu}; compiled in "
     f"{cost.compile_seconds:.0f} s, {result['gflop_per_example']:.1f} GFLOP per example, "
     f"{result['total_gib_per_device']:.1f} GiB per device",
     flush=True,
   )
-  if args.out:
-    with open(args.out, "a") as f:
+  if FLAGS.out:
+    with open(FLAGS.out, "a") as f:
       f.write(json.dumps(result) + "\n")
   return result
 
@@ -129,4 +127,4 @@ def run_impl(config) -> str:
 
 
 if __name__ == "__main__":
-  main()
+  app.run(cli.guarded(main), flags_parser=cli.parse_flags)

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from classify import metrics
-from data import eval_pipeline, on_device
+from data import on_device
 from trainer import cost, loop, sharding
 
 
@@ -45,6 +45,8 @@ class Evaluator:
     )
 
   def __call__(self, state, step) -> dict:
+    from data import eval_pipeline  # TensorFlow: only where data is read
+
     config = self.config
     batch_sharding = sharding.batch_sharding(_mesh_of(state))
     totals: dict[str, float] = {}

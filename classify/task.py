@@ -14,13 +14,14 @@ import jax.numpy as jnp
 
 from classify import metrics, pretrained
 from classify.evaluate import Evaluator
-from data import config_input, mixup, on_device, pipeline, sources
+from data import config_input, mixup, on_device
+from data.info import DatasetInfo
 from models import convnextv2, layers
 from models import pretrained as weights
 from trainer import logs, loop
 
 
-def num_classes(config, info: sources.DatasetInfo) -> int:
+def num_classes(config, info: DatasetInfo) -> int:
   """config.data.num_classes, or (when 0) the dataset's own count."""
   return int(config.data.num_classes) if config.data.num_classes > 0 else info.num_classes
 
@@ -32,20 +33,18 @@ def build_model(config, classes: int, abstract: bool = False):
     classes,
     config.seed,
     abstract=abstract,
-    dtype=config.model.dtype,
-    depthwise_impl=config.model.depthwise_impl or None,
-    scan=config.model.scan,
-    remat=config.model.remat,
-    drop_path_rate=config.model.drop_path_rate,
-    head_init_scale=config.model.head_init_scale,
+    **convnextv2.config_options(config.model),
   )
 
 
-def make_task(config, workdir: str | None, info: sources.DatasetInfo | None = None) -> loop.Task:
+def make_task(config, workdir: str | None, info: DatasetInfo | None = None) -> loop.Task:
   """The finetuning task of `config`. `info`: the dataset's sizes and classes, when they are
   known without reading it (--compile_only)."""
   del workdir  # the finetuning task writes nothing of its own
-  info = info or sources.dataset_info(config.data.name, config.data.data_dir or None)
+  if info is None:  # the input pipeline (TensorFlow) only where data is read
+    from data import sources
+
+    info = sources.dataset_info(config.data.name, config.data.data_dir or None)
   classes = num_classes(config, info)
   apply_fn, _ = build_model(config, classes, abstract=True)
   local_batch = config.batch_size // jax.process_count()
@@ -89,7 +88,7 @@ def make_task(config, workdir: str | None, info: sources.DatasetInfo | None = No
     steps_per_epoch=config_input.steps_per_epoch(config, info, training=not config.eval_only),
     load_pretrained=load_pretrained,
     evaluate=evaluator,
-    skipped_images=pipeline.skipped_images,
+    skipped_images=config_input.skipped_images,
     compile_eval=evaluator.compile,
   )
 

@@ -23,9 +23,7 @@ from collections.abc import Callable
 
 import tensorflow as tf
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
+from data.info import IMAGENET_MEAN, IMAGENET_STD  # noqa: F401 (re-exported)
 
 # --------------------------------------------------------------------------
 # Small helpers

@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterator
 
 import jax
 
-from data import pipeline, sources
+from data.info import DatasetError, DatasetInfo
 
 
 def train_stream(config, augment: str, **augment_options) -> Callable[[int], Iterator[dict]]:
@@ -14,6 +14,8 @@ def train_stream(config, augment: str, **augment_options) -> Callable[[int], Ite
   `start_step` on, with RandomResizedCrop(config.data.crop_scale_min..1) and `augment`."""
 
   def batches(start_step):
+    from data import pipeline  # TensorFlow: only where batches are read
+
     return pipeline.train_iterator(
       config.data.name,
       data_dir=config.data.data_dir or None,
@@ -30,14 +32,21 @@ def train_stream(config, augment: str, **augment_options) -> Callable[[int], Ite
   return batches
 
 
-def steps_per_epoch(config, info: sources.DatasetInfo, *, training: bool = True) -> int:
+def steps_per_epoch(config, info: DatasetInfo, *, training: bool = True) -> int:
   """Global steps in one pass over the training split (at least 1); a batch larger than the
   split is an error when training."""
   steps = info.num_train_examples // config.batch_size
   if steps < 1 and training:
-    raise sources.DatasetError(
+    raise DatasetError(
       f"batch_size {config.batch_size} is larger than the "
       f"{info.num_train_examples} training images of "
       f"{config.data.name!r}."
     )
   return max(steps, 1)
+
+
+def skipped_images() -> int:
+  """Images this process skipped as unreadable so far (Task.skipped_images)."""
+  from data import pipeline
+
+  return pipeline.skipped_images()

@@ -14,7 +14,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from data.augment import IMAGENET_MEAN, IMAGENET_STD
+from data.info import IMAGENET_MEAN, IMAGENET_STD
 
 
 def normalize(images: jax.Array) -> jax.Array:

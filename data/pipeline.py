@@ -76,12 +76,12 @@ import logging
 import threading
 from collections.abc import Iterator
 from concurrent import futures
-from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
 from data import sources, transforms
+from data.info import batch_spec  # noqa: F401 (re-exported)
 from data.sources import (
   AUG_TAG,
   ORDER_TAG,
@@ -520,14 +520,6 @@ class TrainIterator:
   def close(self) -> None:
     """Stops the pipeline now (also happens when the iterator is garbage collected)."""
     self._batches.close()
-
-
-def batch_spec(batch_size: int, image_size: int) -> dict[str, tuple[tuple[int, ...], Any]]:
-  """The layout of a training batch: {'image': ((B, S, S, 3), uint8), 'label': ((B,), int32)}."""
-  return {
-    "image": ((batch_size, image_size, image_size, 3), np.uint8),
-    "label": ((batch_size,), np.int32),
-  }
 
 
 def train_iterator(

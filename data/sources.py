@@ -15,7 +15,6 @@ sources) or its uint8 pixels (the demo data). Reading or decoding may fail, whic
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import os
 import re
@@ -25,6 +24,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from data import demo
+from data.info import IMAGENET_1K, DatasetError, DatasetInfo  # noqa: F401 (re-exported)
 from trainer.errors import UserError
 
 # TF must never grab an accelerator: JAX owns it.
@@ -78,10 +78,6 @@ def derived_seed(seed: int, *tags: int, bits: int = 63) -> int:
 # --------------------------------------------------------------------------
 # Sources
 # --------------------------------------------------------------------------
-
-
-class DatasetError(UserError, ValueError):
-  """A dataset that cannot be read as asked: unknown name, a folder without the expected layout."""
 
 
 def check_process(process_index: int, process_count: int) -> None:
@@ -398,17 +394,6 @@ def _scan_folder_split(root: str, split_dir_name: str) -> tuple[np.ndarray, np.n
 # --------------------------------------------------------------------------
 # Public API: info
 # --------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class DatasetInfo:
-  num_classes: int
-  num_train_examples: int  # global (all processes)
-  num_eval_examples: int  # global
-
-
-# ImageNet-1K (ILSVRC 2012): what --compile_only assumes, since it reads no data.
-IMAGENET_1K = DatasetInfo(num_classes=1000, num_train_examples=1_281_167, num_eval_examples=50_000)
 
 
 def dataset_info(

@@ -252,7 +252,7 @@ def _check_visible_count(mask, num_visible):
 
 
 def from_config(config, abstract: bool = False) -> tuple[Callable, dict]:
-  """`build` with the fields of a pretraining config (configs/common.py)."""
+  """`build` with the fields of a pretraining config (configs/schema.py)."""
   return build(
     config.model.variant,
     impl=config.fcmae.impl,
@@ -262,10 +262,6 @@ def from_config(config, abstract: bool = False) -> tuple[Callable, dict]:
     decoder_dim=config.fcmae.decoder_dim,
     decoder_depth=config.fcmae.decoder_depth,
     norm_pix_loss=config.fcmae.norm_pix_loss,
-    dtype=config.model.dtype,
-    depthwise_impl=config.model.depthwise_impl or None,
-    scan=config.model.scan,
-    remat=config.model.remat,
-    drop_path_rate=config.model.drop_path_rate,
     abstract=abstract,
+    **convnextv2.config_options(config.model),
   )

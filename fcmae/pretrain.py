@@ -8,20 +8,24 @@ top-1 of the encoder's features (fcmae/probe.py; config.probe.enabled=False turn
 
 from __future__ import annotations
 
-from data import config_input, on_device, pipeline, sources
-from fcmae import masking, probe, visualize
+from data import config_input, on_device
+from data.info import DatasetInfo
+from fcmae import masking
 from fcmae import model as fcmae_model
-from models import layers
+from models import convnextv2, layers
 from trainer import loop
 
 
-def make_task(config, workdir: str | None, info: sources.DatasetInfo | None = None) -> loop.Task:
+def make_task(config, workdir: str | None, info: DatasetInfo | None = None) -> loop.Task:
   """The pretraining task of `config`, writing pictures into `workdir`. `info`: the dataset's
   sizes, when they are known without reading it (--compile_only)."""
   loss_fn, _ = fcmae_model.from_config(config, abstract=True)
   grid = masking.grid_shape(config.data.image_size)
   num_patches = grid[0] * grid[1]
-  info = info or sources.dataset_info(config.data.name, config.data.data_dir or None)
+  if info is None:  # the input pipeline (TensorFlow) only where data is read
+    from data import sources
+
+    info = sources.dataset_info(config.data.name, config.data.data_dir or None)
 
   def task_loss(params, batch, rng):
     del rng  # the mask and drop path are drawn per example, from the example's own key
@@ -34,15 +38,16 @@ def make_task(config, workdir: str | None, info: sources.DatasetInfo | None = No
     loss, _ = loss_fn(params, images, mask, rng=drop_keys)
     return loss, {}
 
-  pictures = visualize.Reconstructions(config, loss_fn, workdir) if workdir else None
-  monitor = None
+  pictures = monitor = None
+  if workdir:  # pictures and monitors read the validation data
+    from fcmae import probe, visualize
+
+    pictures = visualize.Reconstructions(config, loss_fn, workdir)
   if workdir and config.probe.enabled and info.num_classes > 1:  # a labelled dataset
     monitor = probe.Monitor(
       probe.Settings.from_config(config),
       config.model.variant,
-      dtype=config.model.dtype,
-      depthwise_impl=config.model.depthwise_impl or None,
-      scan=config.model.scan,
+      **convnextv2.config_options(config.model),
     )
 
   def evaluate(state, step):
@@ -58,6 +63,6 @@ def make_task(config, workdir: str | None, info: sources.DatasetInfo | None = No
     train_batches=config_input.train_stream(config, "pretrain"),
     steps_per_epoch=config_input.steps_per_epoch(config, info),
     evaluate=evaluate,
-    skipped_images=pipeline.skipped_images,
+    skipped_images=config_input.skipped_images,
     evaluate_at_start=monitor is not None,
   )

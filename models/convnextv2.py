@@ -303,6 +303,21 @@ def make_options(**options) -> Options:
   return Options(**options)
 
 
+def config_options(model_config) -> dict:
+  """The `Options` fields of a run config's `model` section (configs/schema.py), the one place
+  pretraining, finetuning, the probe and --compile_only turn a config into model options."""
+  options = dict(
+    dtype=model_config.dtype,
+    depthwise_impl=model_config.depthwise_impl or None,
+    scan=model_config.scan,
+    remat=model_config.remat,
+    drop_path_rate=model_config.drop_path_rate,
+  )
+  if "head_init_scale" in model_config:  # classifiers (finetuning) only
+    options["head_init_scale"] = model_config.head_init_scale
+  return options
+
+
 def create(variant: str, num_classes: int = 1000, seed: int = 0, **options) -> ConvNeXtV2:
   """The NNX module itself (for code that wants methods such as `stages`)."""
   return ConvNeXtV2(variant, num_classes, make_options(**options), rngs=nnx.Rngs(seed))

@@ -26,12 +26,19 @@ CONFIG_HELP = (
 )
 
 
-def define_flags(config_help: str) -> None:
-  """--config (locked ml_collections file, overridable field by field), --workdir, --compile_only
-  and the multi-process flags."""
+def define_config_flag(config_help: str) -> None:
+  """--config: a locked ml_collections config file, overridable field by field with
+  --config.FIELD=VALUE. Every entry point and benchmark reads its config through this flag and
+  `read_config`."""
   from ml_collections import config_flags
 
   config_flags.DEFINE_config_file("config", None, f"{config_help} {CONFIG_HELP}", lock_config=True)
+  flags.mark_flag_as_required("config")
+
+
+def define_flags(config_help: str) -> None:
+  """--config, --workdir, --compile_only and the multi-process flags of train.py / finetune.py."""
+  define_config_flag(config_help)
   flags.DEFINE_string(
     "workdir", None, "Where checkpoints, metrics and pictures go (required unless --compile_only)."
   )
@@ -50,7 +57,6 @@ def define_flags(config_help: str) -> None:
     "what is computed (variant, batch, schedule, ...); the workdir keeps each "
     "config it ran with (config.<step>.json).",
   )
-  flags.mark_flag_as_required("config")
   flags.DEFINE_string(
     "coordinator_address",
     "",
@@ -131,9 +137,10 @@ def guarded(main: Callable) -> Callable:
   return wrapper
 
 
-def load_config(flag_values):
-  """The --config of the command line, read and checked (configs/schema.py: validate), before
-  anything heavy is imported or built: a bad one is one message and exit status 2."""
+def read_config(flag_values):
+  """The --config of the command line with its overrides, read and checked (configs/schema.py:
+  validate) before anything heavy is imported or built: a bad one is one message and exit
+  status 2."""
   from configs import schema
 
   try:
@@ -142,6 +149,12 @@ def load_config(flag_values):
   except (flags.Error, OSError) as e:
     fail(f"{flag_error(e)} See --help.")
   schema.validate(config)
+  return config
+
+
+def load_config(flag_values):
+  """`read_config`, and the paths of train.py / finetune.py checked before anything is built."""
+  config = read_config(flag_values)
   if not flag_values.workdir and not flag_values.compile_only:
     fail("--workdir is required (unless --compile_only). See --help.")
   init_from = config.init_from if "init_from" in config else ""

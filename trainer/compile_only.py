@@ -26,7 +26,7 @@ import re
 import sys
 from collections.abc import Callable
 
-from data import sources
+from data import info as data_info
 from models import layers
 from trainer import cost as cost_lib
 from trainer import errors, loop
@@ -89,9 +89,9 @@ def _out_of_memory(error: Exception) -> str | None:
 def compile_and_report(config, make_task: Callable, topology: str, *, out=sys.stdout) -> int:
   """Compiles the run of `config` for `topology`; prints the report; returns the exit status."""
   platform, devices = topology_devices(topology)
-  info = sources.IMAGENET_1K
+  info = data_info.IMAGENET_1K
   if "num_classes" in config.data and config.data.num_classes > 0:
-    info = sources.DatasetInfo(
+    info = data_info.DatasetInfo(
       int(config.data.num_classes), info.num_train_examples, info.num_eval_examples
     )
   result = {

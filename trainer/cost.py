@@ -9,8 +9,10 @@ backward). XLA counts the body of a loop once, whatever its trip count, so a mod
 run under `lax.scan` would be undercounted (Base: 6.0 instead of 38.4 GFLOP per image). The
 missing `(length - 1)` trips of every scan are added back, their FLOPs counted from the traced
 program (the jaxpr: matrix multiplications and convolutions, the ops that make up nearly all of
-a ConvNeXt's FLOPs). Where a backend gives no cost analysis (GPU programs compiled without a
-GPU), the jaxpr's count is the whole figure, and `flops_source` says so.
+a ConvNeXt's FLOPs). Where a backend gives no cost analysis, or one below the jaxpr's count of
+matrix multiplications and convolutions alone (XLA:GPU does not count the cuDNN and cuBLAS calls
+that do a GPU step's convolutions and GEMMs), the jaxpr's count is the whole figure, and
+`flops_source` says so.
 
 Memory comes from XLA's memory analysis of the same program: the arguments (the train state and
 the batch), the outputs, minus what the outputs alias (the donated state), plus the
@@ -222,10 +224,14 @@ def compile_step(
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   loops_added = jaxpr_flops(traced.jaxpr) - jaxpr_flops(traced.jaxpr, count_loops=False)
-  if cost and cost.get("flops", -1) >= 0:
-    flops, source = float(cost["flops"]) * num_devices + loops_added, "xla+jaxpr"
-  else:
-    flops, source = jaxpr_flops(traced.jaxpr), "jaxpr"
+  counted = jaxpr_flops(traced.jaxpr)
+  xla = (
+    float(cost["flops"]) * num_devices + loops_added if cost and cost.get("flops", -1) >= 0 else -1
+  )
+  if xla >= counted:
+    flops, source = xla, "xla+jaxpr"
+  else:  # no analysis, or one that misses library calls (cuDNN convolutions, cuBLAS GEMMs on GPU)
+    flops, source = counted, "jaxpr"
   return StepCost(
     executable=compiled,
     compile_seconds=seconds,

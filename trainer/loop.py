@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from data import pipeline
+from data import info as data_info
 from trainer import checkpoint, logs, optim, preemption, sharding
 from trainer import cost as cost_lib
 from trainer import profiler as profiler_lib
@@ -98,8 +98,8 @@ class Setup:
 
 
 def abstract_batch(config, batch_sharding, batch_size: int | None = None) -> dict:
-  """A global batch of the config as sharded ShapeDtypeStructs (pipeline.batch_spec's layout)."""
-  spec = pipeline.batch_spec(batch_size or config.batch_size, config.data.image_size)
+  """A global batch of the config as sharded ShapeDtypeStructs (data/info.py: batch_spec's layout)."""
+  spec = data_info.batch_spec(batch_size or config.batch_size, config.data.image_size)
   return {
     name: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharding)
     for name, (shape, dtype) in spec.items()

@@ -172,6 +172,14 @@ def test_bad_names_and_what_a_repository_holds(offline):
   write_repo(offline.home / "hub", "acme/bert", {"config.json": json_bytes({"model_type": "bert"})})
   with pytest.raises(hub.HubError, match="holds no ConvNeXt V2 weights.*'bert'"):
     weights.read_params("hf:acme/bert")
-  write_repo(offline.home / "hub", "acme/notes", {"README.md": b"notes"})
+  readme = {"README.md": b"notes"}
+  write_repo(offline.home / "hub", "acme/notes", readme, listing=readme)
+  with pytest.raises(hub.HubError, match="holds no ConvNeXt V2 weights.*it holds README.md"):
+    weights.read_params("hf:acme/notes")
+  write_repo(offline.home / "hub", "acme/unlisted", readme)  # listing unknown: maybe not cached
   with pytest.raises(hub.HubError, match="not in the local Hugging Face cache"):
-    weights.read_params("hf:acme/notes")  # offline, no listing: the weights may be uncached
+    weights.read_params("hf:acme/unlisted")
+  listed = {**readme, "model.safetensors": b"weights never downloaded"}
+  write_repo(offline.home / "hub", "acme/partial", readme, listing=listed)
+  with pytest.raises(hub.HubError, match="not in the local Hugging Face cache.*HF_HUB_OFFLINE=1"):
+    weights.read_params("hf:acme/partial")

@@ -19,7 +19,8 @@ validation image is counted exactly once on any number of processes (padding is 
   fifth of the training subset held out, then refit on all of it.
 
 `--checkpoint` takes a train.py or finetune.py workdir or checkpoint, a `models.convert` output,
-or published PyTorch weights (official, Hugging Face, timm): whatever init_from takes.
+or published PyTorch weights (official, Hugging Face, timm), local or hf:REPO[@REVISION] on the
+Hugging Face Hub: whatever init_from takes.
 """
 
 from __future__ import annotations
@@ -203,7 +204,8 @@ def main(argv=None) -> dict:
   parser.add_argument(
     "--checkpoint",
     required=True,
-    help="workdir, checkpoint, converted or PyTorch weights (whatever init_from takes)",
+    help="workdir, checkpoint, converted or PyTorch weights, or hf:REPO[@REVISION] (whatever "
+    "init_from takes)",
   )
   parser.add_argument("--data", required=True, help="folder:PATH, demo, or a prepared TFDS name")
   parser.add_argument("--data_dir", default=None)

@@ -26,6 +26,9 @@ SRC: an official `.pt` file (`{'model': state_dict}` or a bare state dict; `*_em
 `*_fcmae.pt` encoder only -> num_classes=0, FCMAE decoder keys skipped and reported), a Hugging
 Face `save_pretrained` directory (model.safetensors, sharded safetensors or pytorch_model.bin) or
 one `.safetensors` / `.bin` file, or a timm state dict; the format is detected from key names.
+SRC may also be `hf:REPO[@REVISION]`, read through the Hugging Face cache (models/hub.py); the
+repository, revision and resolved commit go into OUT/config.json (hub_repo, hub_revision,
+hub_commit).
 `.pt/.pth/.bin/.ckpt` files are read with `torch.load(weights_only=True)` (no arbitrary pickled
 code runs); `.safetensors` with `safetensors.numpy` (torch is not imported).
 
@@ -56,6 +59,7 @@ from typing import Any
 import numpy as np
 
 from models import convnextv2 as cv
+from models import hub
 from models.state_dict import ConversionError, check_tree, from_params, to_params
 from trainer import errors
 
@@ -409,14 +413,20 @@ def convert(
   force: bool = False,
   key: str | None = None,
 ) -> dict:
-  """Reads src (any supported format), converts and saves it to out. Returns the info dict."""
+  """Reads src (any supported format, or hf:REPO[@REVISION]), converts and saves it to out.
+  Returns the info dict."""
+  _check_output(Path(out).absolute(), force)  # fail before reading (or downloading) a large file
+  hub_meta = {}
+  if hub.is_hub(src):  # the hub's cached snapshot; its repository and commit go in config.json
+    snapshot = hub.fetch(src)
+    src, hub_meta = snapshot.path, snapshot.meta()
   src, out = Path(src), Path(out)
-  _check_output(out.absolute(), force)  # fail before reading a large file
   params, info = to_params(read_state_dict(src, key=key), variant)
   meta = dict(
     source_format=info["format"],
     source_path=str(src.absolute()),
     skipped=[list(s) for s in info["skipped"]],
+    **hub_meta,
   )
   hf = _read_hf_config(src)
   if hf is not None:
@@ -427,7 +437,7 @@ def convert(
     if "layer_norm_eps" in hf:
       meta["source_head_norm_eps"] = hf["layer_norm_eps"]
   save(params, out, info["variant"], info["num_classes"], force=force, **meta)
-  return info
+  return {**info, **hub_meta}
 
 
 def _check_hf_config(hf: dict, info: dict, src: Path) -> None:
@@ -520,6 +530,7 @@ def _parser() -> argparse.ArgumentParser:
     "  python -m models.convert convnextv2_atto_1k_224_ema.pt ckpt/atto\n"
     "  python -m models.convert convnextv2_base_1k_224_fcmae.pt ckpt/base_fcmae --variant base\n"
     "  python -m models.convert path/to/hf_dir ckpt/tiny\n"
+    "  python -m models.convert hf:facebook/convnextv2-atto-1k-224 ckpt/atto\n"
     "  python -m models.convert --export ckpt/atto hf/atto\n"
     "Load with models.convert.load(OUT, **build_options) -> (apply_fn, params).",
     formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -527,7 +538,7 @@ def _parser() -> argparse.ArgumentParser:
   parser.add_argument(
     "src",
     metavar="SRC",
-    help="checkpoint to read: file or Hugging Face directory "
+    help="checkpoint to read: file, Hugging Face directory, or hf:REPO[@REVISION] on the Hub "
     "(with --export: also a converted OUT directory)",
   )
   parser.add_argument(
@@ -556,6 +567,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def _export(src: Path, out: Path, variant: str | None, force: bool, key: str | None) -> dict:
   _check_output(out.absolute(), force)
+  if hub.is_hub(src):
+    src = hub.fetch(src).path
   if is_converted_checkpoint(src):
     params, config = load_params(src)
     if variant is not None and variant != config["variant"]:
@@ -580,18 +593,20 @@ def _export(src: Path, out: Path, variant: str | None, force: bool, key: str | N
 def main(argv: list[str] | None = None) -> int:
   """CLI entry point; returns the exit status (2 on a conversion error, printed to stderr)."""
   args = _parser().parse_args(argv)
-  src, out = Path(args.src), Path(args.out)
+  src, out = (args.src if hub.is_hub(args.src) else Path(args.src)), Path(args.out)
   try:
     if args.export:
       info = _export(src, out, args.variant, args.force, args.key)
     else:
       info = convert(src, out, variant=args.variant, force=args.force, key=args.key)
-  except ConversionError as e:
+  except errors.UserError as e:  # ConversionError, hub.HubError
     print(f"error: {e}", file=sys.stderr)
     return 2
   what = "Hugging Face ConvNextV2" + ("ForImageClassification" if info["num_classes"] else "Model")
   print(f"{src} ({info['format']}) -> {out}" + (f" ({what})" if args.export else ""))
   print(f"  variant {info['variant']}, num_classes {info['num_classes']}")
+  if "hub_commit" in info:
+    print(f"  {info['hub_repo']} revision {info['hub_revision']}: commit {info['hub_commit']}")
   for key, reason in info["skipped"]:
     print(f"  skipped {key}: {reason}")
   return 0

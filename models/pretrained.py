@@ -1,6 +1,7 @@
 """Weights from wherever they are kept, as host numpy params: a train.py / finetune.py workdir or
 checkpoint, a `models.convert` output directory, or an official / Hugging Face / timm PyTorch
-checkpoint. Finetuning's init_from, the probe and the reconstruction pictures read them here.
+checkpoint, local or by name on the Hugging Face Hub (hf:REPO[@REVISION], models/hub.py).
+Finetuning's init_from, the probe and the reconstruction pictures read them here.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from models import convert
+from models import convert, hub
 from trainer.errors import UserError
 
 
@@ -21,7 +22,10 @@ class WeightsError(UserError, ValueError):
 
 def read_params(path: str) -> dict:
   """Params (host numpy) of any supported source: a run's workdir/checkpoint (ours), a converted
-  checkpoint, or a PyTorch checkpoint file/directory."""
+  checkpoint, a PyTorch checkpoint file/directory, or hf:REPO[@REVISION] (models/hub.py; with
+  several processes every process must call it: they agree on one commit)."""
+  if hub.is_hub(path):  # the hub's cached snapshot of that commit, downloaded once per cache
+    path = str(hub.fetch(path, agree=True).path)
   if not os.path.exists(path):
     raise WeightsError(f"{path!r} does not exist.")
   if convert.is_converted_checkpoint(path):

@@ -14,6 +14,7 @@ import pytest
 from configs import fcmae_demo
 from fcmae import pretrain
 from tests.helpers import SCAN, override
+from tests.models.hub_cache import json_bytes, write_repo
 from trainer import loop
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -63,9 +64,13 @@ def _snapshot(path):
   }
 
 
-def _run(args, cwd=REPO):
+def _run(args, cwd=REPO, hf_home=None):
   env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
   env.pop("FCMAE_TRACEBACK", None)
+  env.update(HF_HUB_OFFLINE="1")  # hf: sources read only the hub cache (HF_HOME): no network
+  env.pop("HF_HUB_CACHE", None)
+  if hf_home:
+    env["HF_HOME"] = hf_home
   return subprocess.run(
     [sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
   )
@@ -77,6 +82,8 @@ def _files(tmp_path):
   (tmp_path / "random.pt").write_bytes(rng.integers(0, 256, 4096, np.uint8).tobytes())
   (tmp_path / "cut.safetensors").write_bytes(b"\xff" * 8 + b"{not json")
   (tmp_path / "not_an_image.jpg").write_bytes(b"plain text, no image")
+  bert = {"model_type": "bert", "architectures": ["BertForMaskedLM"]}
+  write_repo(tmp_path / "hf" / "hub", "acme/bert-tiny", {"config.json": json_bytes(bert)})
   return tmp_path
 
 
@@ -160,6 +167,31 @@ CASES = [
     ["{tmp}/cut.safetensors", "not a readable safetensors file"],
   ),
   (
+    "hub_weights_offline_and_not_cached",
+    ["-m", "models.convert", "hf:facebook/convnextv2-atto-1k-224", "{tmp}/out"],
+    [
+      "hf:facebook/convnextv2-atto-1k-224",
+      "HF_HUB_OFFLINE=1",
+      "needs a cached copy",
+      "hf download",
+    ],
+  ),
+  (
+    "hub_revision_not_cached",
+    FINETUNE + ["--workdir", "{tmp}/w", "--config.init_from=hf:timm/convnextv2_atto.fcmae@v9"],
+    ["hf:timm/convnextv2_atto.fcmae@v9", "not in the local Hugging Face cache", "--revision v9"],
+  ),
+  (
+    "hub_repository_of_another_model",
+    ["-m", "fcmae.probe", "--checkpoint", "hf:acme/bert-tiny", "--data", "demo"],
+    ["hf:acme/bert-tiny", "holds no ConvNeXt V2 weights", "'bert' model (BertForMaskedLM)"],
+  ),
+  (
+    "hub_name_that_is_no_repository",
+    ["-m", "models.convert", "hf:acme/a/b", "{tmp}/out"],
+    ["hf:acme/a/b", "is not hf:REPO[@REVISION]"],
+  ),
+  (
     "pictures_of_a_directory_without_a_run",
     ["-m", "fcmae.visualize", "--checkpoint", "{tmp}"],
     ["config.json", "{tmp}", "--checkpoint takes a train.py workdir"],
@@ -215,7 +247,7 @@ def test_a_bad_input_is_one_message_and_changes_nothing(case, args, words, tmp_p
   _files(tmp_path)
   fill = lambda text: text.replace("{tmp}", str(tmp_path)).replace("{run}", run)
   before = _snapshot(str(tmp_path))
-  result = _run([fill(a) for a in args])
+  result = _run([fill(a) for a in args], hf_home=str(tmp_path / "hf"))
   message = result.stderr.strip()
   assert result.returncode == 2, (case, result.returncode, result.stdout[-2000:], message[-3000:])
   assert "Traceback" not in message, message[-3000:]

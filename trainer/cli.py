@@ -165,9 +165,20 @@ def load_config(flag_values):
         f"bucket on every host (gcsfuse) and pass the mounted path. Datasets may be read "
         f"from gs:// (--config.data.data_dir)."
       )
-  if init_from and not os.path.exists(init_from):  # before anything is built
+  if init_from.startswith("hf:"):  # downloaded now (once per cache: the hub locks its files)
+    config.init_from = _hub_weights(init_from, download=not flag_values.compile_only)
+  elif init_from and not os.path.exists(init_from):  # before anything is built
     fail(f"--config.init_from={init_from!r} does not exist.")
   return config
+
+
+def _hub_weights(source: str, download: bool) -> str:
+  """hf:REPO[@REVISION] checked and, unless only compiling, downloaded and pinned to its commit
+  (hf:REPO@COMMIT, which the workdir's config and the log then show)."""
+  from models import hub
+
+  hub.parse(source)
+  return hub.pin(source) if download else source
 
 
 def main(flag_values, config, make_task: Callable, job: Callable[..., object]) -> None:

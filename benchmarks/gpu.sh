@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The GPU figures of the README in one command (about 5-8 minutes on one H100 / H200):
+# The GPU figures of docs/benchmarks.md in one command (about 15 minutes on one H200, most of
+# it compiling: 50-115 s a config):
 #   bash benchmarks/gpu.sh [--dry-run] [RESULTS_FILE]
 # bf16 train steps at 224 on this machine's GPUs, batch 128 per GPU: FCMAE Tiny (visible-only
 # and dense emulation, each with XLA's and the shifted depthwise conv), FCMAE Base (both forms,

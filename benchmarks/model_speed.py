@@ -8,7 +8,7 @@ eagerly (its usual use) with the same thread count.
 
 Each framework runs in its own worker process, and the workers take turns: round 1 JAX then
 PyTorch, round 2 again, and so on. In one shared process the two interfere (one allocator,
-two thread pools), which moved atto training by 20-30% in opposite directions for the two.
+two thread pools) and move each other's figures in opposite directions (docs/cpu.md).
 Each worker compiles and warms up, then times `--reps` calls; the figure printed is the median
 over rounds of each worker's median. The training line also gives the temporary memory XLA
 assigns to the compiled JAX training step, and each worker's minor page faults per training
@@ -17,7 +17,7 @@ call (the cost of memory that the allocator maps afresh). On a GPU (JAX only) ad
 
 The workers inherit the environment, so an allocator setting applies to both frameworks alike;
 the first line prints GLIBC_TUNABLES. On CPU, `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` backs
-XLA's per-step temporaries with transparent huge pages (README, "CPU specifics").
+XLA's per-step temporaries with transparent huge pages (docs/cpu.md).
 """
 
 from __future__ import annotations

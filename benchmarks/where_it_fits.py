@@ -1,15 +1,16 @@
 """The smallest TPU slice each config fits on, at its own global batch, compiled here.
 
     python -m benchmarks.where_it_fits --configs fcmae_base finetune_base --generations v5e v5p
-    python -m benchmarks.where_it_fits --all --out runs/fits.jsonl      # the README's table
+    python -m benchmarks.where_it_fits --all --out runs/fits.jsonl      # docs/tpu.md's table
 
 For each config and TPU generation it runs `train.py` / `finetune.py --compile_only=SLICE`
 (each compile in a fresh process), starting from the smallest slice. A compile gives the memory
 per device; since the activations grow with the per-device batch, the next slice tried is the
 smallest one that this predicts to fit (`--compile_only`'s test: 10% of HBM left), and the
 search ends at the first slice that really fits, after checking the slice below it does not.
-Every compile's JSON line goes to `--out`; the table printed last is the README's.
-Needs the TPU runtime (pip install -r requirements-tpu.txt). Compiles take 1-3 minutes each here.
+Every compile's JSON line goes to `--out`; the table printed last is docs/tpu.md's.
+Needs the TPU runtime (pip install -r requirements-tpu.txt). Each compile takes minutes on a CPU
+host (docs/tpu.md lists the times).
 """
 
 from __future__ import annotations

@@ -6,8 +6,8 @@ The paper's recipe (configs/recipes.py) scaled down; what differs and why:
 - data 'demo' (12 classes of 64x64 shapes and textures, 1200 train images) at image_size 128:
   a 4x4 grid of 32-pixel patches, of which mask ratio 0.6 leaves 6 visible, enough for a person
   to judge the reconstructions (at 64 px one patch of 4 is visible).
-- 300 steps of batch 32 (8 epochs): ~25 s to compile plus ~0.4 s a step on 2 CPU cores, about
-  3 minutes in all; float32 (bfloat16 is slow on CPU).
+- 300 steps of batch 32 (8 epochs): minutes on a CPU (docs/demo.md has the times); float32
+  (bfloat16 is slow on CPU).
 - base_lr 6e-3, i.e. lr 7.5e-4 at batch 32 (the paper's 1.5e-4 x 32/256 would barely move in
   300 steps), 20 warmup steps, cosine to 0.
 - Pictures and the kNN / linear-probe monitors (on all 1,200 training images and the 240

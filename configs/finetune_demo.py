@@ -7,7 +7,7 @@ r"""Finetuning demo: ConvNeXt V2-Atto classifying the built-in synthetic data (1
 
 The Atto IN-1K recipe (configs/recipes.py: wd .3, layer decay .9, drop path .1, no mixup/cutmix,
 smoothing .2, RandAugment, random erasing) scaled down: 15 epochs of batch 64 at 64 px (18 steps
-an epoch, 270 steps: ~20 s to compile plus ~0.5 s a step on 2 CPU cores, ~3 minutes), base_lr 4e-3
+an epoch, 270 steps: minutes on a CPU, docs/demo.md has the times), base_lr 4e-3
 (lr 1e-3 at batch 64; works from scratch), 20 warmup steps, EMA decay 0.99 (0.9999 would still
 be ~97% the initial weights after 270 steps), evaluation every 5 epochs.
 """

@@ -143,12 +143,13 @@ FINETUNE_STAGES = {"in1k": IN1K, "in22k": IN22K, "in22k_to_in1k": IN22K_TO_IN1K}
 # ----------------------------------------------------------------------------------------------
 # How each size is run (ours, not the paper's): recompute blocks in the backward pass where
 # activations are large, and scan the identical blocks of a stage (a shorter compile) only there.
-# Scanning without recomputation costs memory on TPU: FCMAE-Base at batch 4096 on v5e:4x8 needs
-# 20.1 GiB per chip scanned and 6.7 GiB unrolled (compiled for v5e; the unrolled compile took
-# 6-13 minutes on a 2-core machine instead of 2-3, once per job with the compilation cache).
+# Scanning without recomputation costs memory on TPU: FCMAE-Base scanned needs far more memory
+# per chip than unrolled, whose longer compile is paid once per job with the compilation cache
+# (docs/tpu.md has the figures and commands).
 SCAN_SIZES = ("large", "huge")
 REMAT_SIZES = ("large", "huge")
 # Shard the parameters and optimizer state over every device (mesh data 1, fsdp -1) where the
-# replicated AdamW state would crowd out the activations: Huge's alone is 7.4 GiB, which with its
-# gradients leaves no room on a 16 GiB v5e chip at any slice size.
+# replicated AdamW state would crowd out the activations: Huge's parameters and two AdamW
+# moments in float32 are about 660M x 12 bytes = 7.4 GiB, which with its gradients leaves no
+# room on a 16 GiB v5e chip at any slice size (docs/tpu.md).
 FSDP_SIZES = ("huge",)

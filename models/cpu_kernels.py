@@ -81,8 +81,8 @@ def _kernel_gradient(x: jax.Array, g: jax.Array, k: int) -> jax.Array:
   for every offset. In the network both arrive materialized (the padded block input; the next
   LayerNorm's gradient), times FCMAE's visibility mask when masking, so this costs nothing.
   The bad case is a gradient computed from this convolution's own output, as in
-  `sum(conv(x) ** 2)`: the 49-term sum then runs 49 times (8 s instead of 0.3 s at 56x56x96,
-  batch 32), which is why `benchmarks/depthwise.py` uses a fixed output gradient.
+  `sum(conv(x) ** 2)`: the 49-term sum then runs 49 times (docs/cpu.md has the cost), which is
+  why `benchmarks/depthwise.py` uses a fixed output gradient.
   `jax.lax.optimization_barrier` does not stop this fusion on XLA:CPU.
   """
   batch, height, width, channels = x.shape
@@ -152,11 +152,10 @@ def _dense_kernel_gradient(x: jax.Array, g: jax.Array) -> jax.Array:
   of the activations and of the gradient: two extra passes over the largest tensors of a
   block. Split into two halves of the positions (for an even batch, the two halves of the
   batch), one batched dot and a sum of the two partial (in, out) results reads its operands
-  in place. On atto's four stage shapes at batch 32 that is 2.6x, 2.8x, 1.7x faster and equal
-  in the last stage (more chunks lose there); at batch 1, where the split falls inside the
-  sample, an atto training step is about 5% faster than with the single dot. The two halves
-  are added elementwise: as a reduction over the axis of length 2, YNNPACK took 30 ms per
-  (3072, 768) kernel at Tiny's last stage.
+  in place: faster on atto's first three stage shapes, equal in the last (more chunks lose
+  there), and faster at batch 1 too, where the split falls inside the sample. The two halves
+  are added elementwise, because YNNPACK is slow at a reduction over an axis of length 2.
+  docs/cpu.md has the figures.
   """
   acc = jnp.promote_types(x.dtype, jnp.float32)
   positions = x.size // x.shape[-1]

@@ -52,14 +52,12 @@ def platform() -> str:
 
 
 def default_depthwise_impl(backend: str | None = None) -> str:
-  """The faster depthwise form per backend, as measured by benchmarks/depthwise.py.
+  """The faster depthwise form per backend: "shift" on CPU, "xla" elsewhere.
 
-  CPU: the shifted-slice form is 8-17x faster forward and 8-24x faster forward+backward than
-  XLA's grouped conv (benchmarks/depthwise.py: ConvNeXt V2-Tiny's stage shapes, batch 32, two
-  runs; see docs/cpu.md).
-  GPU/TPU: grouped convolutions map onto cuDNN / the TPU's conv units, so XLA's own op is used
-  (the shifted form also needs 14x the TPU memory: Atto's FCMAE step at 32 per v5e chip,
-  16.9 GiB of temporaries against 1.2 GiB).
+  CPU: XLA's grouped convolution is many times slower than the shifted-slice form, forward and
+  backward (benchmarks/depthwise.py; docs/cpu.md has the figures).
+  GPU/TPU: grouped convolutions map onto cuDNN / the TPU's conv units, so XLA's own op is used;
+  the shifted form would also need far more TPU memory for its temporaries (docs/tpu.md).
   """
   backend = backend or platform()
   return "shift" if backend == "cpu" else "xla"
@@ -193,8 +191,8 @@ def grn(
 
   The gradient is written out by hand (`_grn_bwd`): one pass over x and the incoming gradient
   gives every per-sample sum it needs, and the gamma and beta gradients come from those sums
-  instead of two more passes over the full tensor, which is what autodiff produced (3-7% of a
-  ConvNeXt V2 atto or tiny training step on CPU).
+  instead of two more passes over the full tensor, which is what autodiff produced (a few percent
+  of a training step on CPU, and fewer XLA temporaries; docs/cpu.md has the figures).
   """
   if visible is not None:
     visible = visible.astype(jnp.promote_types(x.dtype, jnp.float32))
@@ -309,7 +307,7 @@ def upsample_nearest(x: jax.Array, factor: int) -> jax.Array:
 def gelu(x: jax.Array) -> jax.Array:
   """Exact GELU, x * Phi(x), written as PyTorch computes it: 0.5 x (1 + erf(x / sqrt 2)).
 
-  jax.nn.gelu(approximate=False) goes through erfc, which XLA:CPU evaluates more slowly (one
-  block's forward+backward at atto's first stage, batch 32: 352 instead of 387 ms).
+  jax.nn.gelu(approximate=False) goes through erfc, which XLA:CPU evaluates more slowly
+  (docs/cpu.md has the figures).
   """
   return 0.5 * x * (1.0 + jax.lax.erf(x * (1.0 / math.sqrt(2.0))))

@@ -6,7 +6,7 @@
 
 FLOPs come from XLA's cost analysis of the compiled program (per device, all ops, forward and
 backward). XLA counts the body of a loop once, whatever its trip count, so a model whose stages
-run under `lax.scan` would be undercounted (Base: 6.0 instead of 38.4 GFLOP per image). The
+run under `lax.scan` would be undercounted (docs/tpu.md has Base's figures). The
 missing `(length - 1)` trips of every scan are added back, their FLOPs counted from the traced
 program (the jaxpr: matrix multiplications and convolutions, the ops that make up nearly all of
 a ConvNeXt's FLOPs). Where a backend gives no cost analysis, or one below the jaxpr's count of

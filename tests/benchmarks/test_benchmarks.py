@@ -1,0 +1,86 @@
+"""Every benchmark script runs, at the smallest size for a step or two, so that a broken one fails
+here and not on the machine it was written for. No figure is asserted: the scripts print them."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ENV = dict(os.environ, JAX_PLATFORMS="cpu", PYTHON=sys.executable, TF_CPP_MIN_LOG_LEVEL="2")
+
+
+def _run(cmd, timeout=600):
+  done = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout)
+  assert done.returncode == 0, f"{' '.join(cmd)}:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
+  return done.stdout
+
+
+def test_gpu_script_dry_run_runs_every_line(tmp_path):
+  out = tmp_path / "gpu.jsonl"
+  _run(["bash", "benchmarks/gpu.sh", "--dry-run", str(out)], timeout=900)
+  rows = [json.loads(line) for line in out.read_text().splitlines()]
+  configs = [(r["config"], " ".join(r["overrides"])) for r in rows]
+  assert len(rows) == 8 and len(set(configs)) == 8, configs
+  assert [r["config"] for r in rows].count("configs/finetune_base.py") == 1
+  for r in rows:
+    assert r["images_per_sec"] > 0 and math.isfinite(r["final_loss"]) and r["gflop_per_example"] > 0
+
+
+@pytest.mark.parametrize(
+  "args",
+  [
+    ["benchmarks.depthwise", "--batch", "1", "--reps", "1"],
+    [
+      "benchmarks.fcmae_step",
+      "--variants",
+      "atto",
+      "--batch",
+      "2",
+      "--image-size",
+      "64",
+      "--reps",
+      "1",
+    ],
+    [
+      "benchmarks.model_speed",
+      "--variants",
+      "atto",
+      "--batch",
+      "1",
+      "--image-size",
+      "64",
+      "--rounds",
+      "1",
+      "--reps",
+      "1",
+    ],
+  ],
+  ids=lambda args: args[0],
+)
+def test_benchmark_runs_at_the_smallest_size(args):
+  assert _run([sys.executable, "-m", *args]).strip()
+
+
+def test_where_it_fits_finds_the_smallest_slice(tmp_path):
+  out = tmp_path / "fits.jsonl"
+  extra = ["--config.data.image_size=64", "--config.batch_size=8", "--config.model.scan=true"]
+  _run(
+    [
+      sys.executable,
+      "-m",
+      "benchmarks.where_it_fits",
+      "--configs",
+      "fcmae_atto",
+      "--generations",
+      "v5e",
+      "--out",
+      str(out),
+      *extra,
+    ]
+  )
+  rows = [json.loads(line) for line in out.read_text().splitlines()]
+  assert rows[-1]["fits"] and rows[-1]["topology"] == "v5e:2x2", rows

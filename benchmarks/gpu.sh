@@ -7,10 +7,10 @@
 # XLA's conv), and a finetuning step of Tiny and Base. Each line: images/s, TFLOP/s per GPU,
 # MFU, compile time, GFLOP per example, GiB per GPU; every result also goes to RESULTS_FILE as
 # a JSON line. Install first: pip install -r requirements.txt "jax[cuda12]>=0.7,<0.13".
-# --dry-run runs every line of it on any machine (the CPU too) at the smallest size: Atto at
-# 64 px (blocks scanned: less to compile; layer decay per block, as Atto's depths need), 2
-# images per device, one step; the tests run it so that this script works the first
-# time a GPU machine runs it.
+# --dry-run checks every line on any machine (the CPU too) at the smallest size (Atto at 64 px,
+# blocks scanned, layer decay per block as Atto's depths need, 2 images per device): the first
+# line compiles and runs one step, the others build their run and trace its step. The tests run
+# it, so that this script works the first time a GPU machine runs it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-python3}
@@ -20,13 +20,18 @@ if [[ "${1:-}" == "--dry-run" ]]; then
   small=(--config.model.variant=atto --config.data.image_size=64 --config.model.scan=true
          --config.optim.layer_decay_scheme=single --warmup=0 --steps=1)
 fi
+lines=0
 out=${1:-benchmarks/gpu-$(date +%Y-%m-%d).jsonl}
 gpus=$("$python" -c "import jax; print(jax.device_count())")
 batch=$(( ${#small[@]} ? 2 * gpus : 128 * gpus ))
 if (( ! ${#small[@]} )); then
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 fi
-run() { "$python" -m benchmarks.train_step --batch "$batch" --out "$out" "$@" "${small[@]}"; }
+run() {
+  local check=()
+  if (( ${#small[@]} && lines++ )); then check=(--trace_only); fi
+  "$python" -m benchmarks.train_step --batch "$batch" --out "$out" "$@" "${small[@]}" "${check[@]}"
+}
 for form in sparse dense; do
   for conv in xla shift; do
     run --config configs/fcmae_tiny.py --config.fcmae.impl=$form --config.model.depthwise_impl=$conv

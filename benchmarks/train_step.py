@@ -33,6 +33,12 @@ flags.DEFINE_integer("batch", 128, "Global batch (a multiple of the device count
 flags.DEFINE_integer("warmup", 3, "Steps run before timing.")
 flags.DEFINE_integer("steps", 10, "Steps timed.")
 flags.DEFINE_string("out", None, "Append the result as a JSON line to this file.")
+flags.DEFINE_bool(
+  "trace_only",
+  False,
+  "Build the run and trace its step (config, flags, task, sharded state, the step's FLOPs), "
+  "without compiling or running it: the cheap check of gpu.sh --dry-run.",
+)
 
 
 def main(argv):
@@ -65,6 +71,20 @@ def benchmark() -> dict:
     make_task = finetune_task.make_task
   task = make_task(config, None, info=data_info.IMAGENET_1K)
   run = loop.setup(config, task)
+  name = FLAGS["config"].config_filename
+  if FLAGS.trace_only:
+    from trainer import cost as cost_lib
+
+    traced = run.train_step.trace(run.abstract_state, run.abstract_batch)
+    gflop = cost_lib.jaxpr_flops(traced.jaxpr) / FLAGS.batch / 1e9
+    result = {
+      "config": name,
+      "overrides": overrides,
+      "traced_only": True,
+      "gflop_per_example": gflop,
+    }
+    print(f"{name} {' '.join(overrides)}: traced, {gflop:.2f} GFLOP per example", flush=True)
+    return _write(result)
   cost = run.compile_train_step()
   state = run.init_state()
   rng = np.random.default_rng(0)
@@ -89,7 +109,6 @@ def benchmark() -> dict:
   seconds = statistics.median(times)
   rate = FLAGS.batch / seconds
   device = jax.devices()[0]
-  name = FLAGS["config"].config_filename
   result = {
     "date": datetime.date.today().isoformat(),
     "device": device.device_kind,
@@ -114,6 +133,10 @@ def benchmark() -> dict:
     f"{result['total_gib_per_device']:.1f} GiB per device",
     flush=True,
   )
+  return _write(result)
+
+
+def _write(result: dict) -> dict:
   if FLAGS.out:
     with open(FLAGS.out, "a") as f:
       f.write(json.dumps(result) + "\n")

@@ -10,7 +10,9 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-ENV = dict(os.environ, JAX_PLATFORMS="cpu", PYTHON=sys.executable, TF_CPP_MIN_LOG_LEVEL="2")
+# One CPU device (the suite forces eight in its own process): the smallest run of each script.
+ENV = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+ENV.update(JAX_PLATFORMS="cpu", PYTHON=sys.executable, TF_CPP_MIN_LOG_LEVEL="2")
 
 
 def _run(cmd, timeout=600):
@@ -19,15 +21,16 @@ def _run(cmd, timeout=600):
   return done.stdout
 
 
-def test_gpu_script_dry_run_runs_every_line(tmp_path):
+def test_gpu_script_dry_run_checks_every_line(tmp_path):
   out = tmp_path / "gpu.jsonl"
-  _run(["bash", "benchmarks/gpu.sh", "--dry-run", str(out)], timeout=900)
+  _run(["bash", "benchmarks/gpu.sh", "--dry-run", str(out)])
   rows = [json.loads(line) for line in out.read_text().splitlines()]
   configs = [(r["config"], " ".join(r["overrides"])) for r in rows]
   assert len(rows) == 8 and len(set(configs)) == 8, configs
   assert [r["config"] for r in rows].count("configs/finetune_base.py") == 1
-  for r in rows:
-    assert r["images_per_sec"] > 0 and math.isfinite(r["final_loss"]) and r["gflop_per_example"] > 0
+  ran, *traced = rows
+  assert ran["images_per_sec"] > 0 and math.isfinite(ran["final_loss"])
+  assert all(r["traced_only"] and r["gflop_per_example"] > 0 for r in traced)
 
 
 @pytest.mark.parametrize(

@@ -11,9 +11,8 @@ Images flow through the ops as ``uint8`` tensors of shape [H, W, 3] (like PIL im
 happen on the accelerator (``data/on_device.py``). The recipes that chain these ops are in
 ``data/transforms.py``; RandAugment is in ``data/randaugment.py``.
 
-Known differences from the PyTorch/PIL reference: bicubic resizes use
-``tf.image.resize(..., antialias=True)``, which approximates (not bit-matches) PIL's filter; the
-random streams are Philox (TF) rather than torch/python ``random``.
+Bicubic resizes are PIL's, bit for bit (``data/resample.py``). Known difference from the
+PyTorch/PIL reference: the random streams are Philox (TF) rather than torch/python ``random``.
 """
 
 from __future__ import annotations
@@ -23,6 +22,7 @@ from collections.abc import Callable
 
 import tensorflow as tf
 
+from data import resample
 from data.info import IMAGENET_MEAN, IMAGENET_STD  # noqa: F401 (re-exported)
 
 # --------------------------------------------------------------------------
@@ -44,19 +44,18 @@ def to_uint8(image: tf.Tensor) -> tf.Tensor:
   return tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
 
 
-def _resize(image: tf.Tensor, height, width, method: str = "bicubic") -> tf.Tensor:
-  """Resize of an [H, W, C] image to uint8 [height, width, C], antialiased as PIL's when it
-  shrinks. Enlarging, the plain kernel gives the same pixels (within 0.2 of 255) at a third of
-  the antialiased kernel's cost, so it is used whenever neither side shrinks."""
-  new_size = tf.cast(tf.stack([height, width]), tf.int32)
-  x = tf.cast(image, tf.float32)
-  shrinks = tf.reduce_any(tf.shape(image)[:2] > new_size)
-  out = tf.cond(
-    shrinks,
-    lambda: tf.image.resize(x, new_size, method=method, antialias=True),
-    lambda: tf.image.resize(x, new_size, method=method),
+def _resize(image: tf.Tensor, height, width) -> tf.Tensor:
+  """PIL's bicubic resize of a uint8 [H, W, C] image to uint8 [height, width, C] (antialiased
+  when it shrinks), computed by ``data/resample.py`` outside the graph: TF's antialiased resize
+  only approximates PIL's filter and costs more than decoding the JPEG. The kernel releases the
+  GIL, so tf.data's threads run it in parallel."""
+  out = tf.numpy_function(
+    resample.resize_bicubic,
+    [image, tf.cast(height, tf.int64), tf.cast(width, tf.int64)],
+    tf.uint8,
+    stateful=False,
   )
-  return to_uint8(out)
+  return tf.ensure_shape(out, [None, None, image.shape[-1]])
 
 
 # --------------------------------------------------------------------------
@@ -131,9 +130,9 @@ def crop(image: tf.Tensor, window: tf.Tensor) -> tf.Tensor:
   return tf.slice(image, tf.stack([window[0], window[1], 0]), tf.stack([window[2], window[3], -1]))
 
 
-def resize(image: tf.Tensor, size: int, method: str = "bicubic") -> tf.Tensor:
-  """Resize to uint8 [size, size, C] (antialiased when it shrinks): RandomResizedCrop's second half."""
-  return tf.ensure_shape(_resize(image, size, size, method), [size, size, None])
+def resize(image: tf.Tensor, size: int) -> tf.Tensor:
+  """PIL's bicubic resize to uint8 [size, size, C]: RandomResizedCrop's second half."""
+  return tf.ensure_shape(_resize(image, size, size), [size, size, None])
 
 
 def random_horizontal_flip(image: tf.Tensor, seed: tf.Tensor, prob: float = 0.5) -> tf.Tensor:
@@ -142,14 +141,14 @@ def random_horizontal_flip(image: tf.Tensor, seed: tf.Tensor, prob: float = 0.5)
   return tf.cond(flip, lambda: tf.reverse(image, axis=[1]), lambda: image)
 
 
-def resize_shorter_side(image: tf.Tensor, size, method: str = "bicubic") -> tf.Tensor:
+def resize_shorter_side(image: tf.Tensor, size) -> tf.Tensor:
   """torchvision ``Resize(size)``: shorter side -> size, longer side -> int(size * long / short)."""
   shape = tf.shape(image)
   h, w = tf.cast(shape[0], tf.int64), tf.cast(shape[1], tf.int64)
   size = tf.cast(size, tf.int64)
   new_h = tf.where(h <= w, size, (size * h) // w)
   new_w = tf.where(h <= w, (size * w) // h, size)
-  return _resize(image, new_h, new_w, method)
+  return _resize(image, new_h, new_w)
 
 
 def center_crop(image: tf.Tensor, size: int) -> tf.Tensor:
@@ -172,7 +171,7 @@ def eval_resize_crop(image: tf.Tensor, image_size: int, crop_pct: float = 0.875)
   if not 0.0 < crop_pct <= 1.0:
     raise ValueError(f"crop_pct must be in (0, 1], got {crop_pct}")
   if image_size >= 384:
-    out = _resize(image, image_size, image_size, "bicubic")
+    out = _resize(image, image_size, image_size)
     return tf.ensure_shape(out, [image_size, image_size, None])
   scale_size = max(int(image_size / crop_pct), image_size)
   return center_crop(resize_shorter_side(image, scale_size), image_size)

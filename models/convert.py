@@ -57,7 +57,7 @@ import numpy as np
 
 from models import convnextv2 as cv
 from models.state_dict import ConversionError, check_tree, from_params, to_params
-from trainer import errors
+from trainer import errors, storage
 
 _MAX_LISTED = 20
 
@@ -580,12 +580,14 @@ def _export(src: Path, out: Path, variant: str | None, force: bool, key: str | N
 def main(argv: list[str] | None = None) -> int:
   """CLI entry point; returns the exit status (2 on a conversion error, printed to stderr)."""
   args = _parser().parse_args(argv)
-  src, out = Path(args.src), Path(args.out)
+  src, out = args.src, args.out
   try:
-    if args.export:
-      info = _export(src, out, args.variant, args.force, args.key)
-    else:
-      info = convert(src, out, variant=args.variant, force=args.force, key=args.key)
+    # gs:// SRC is read from a local copy, gs:// OUT written locally and copied up whole.
+    with storage.downloaded(src) as local_src, storage.local_directory(out) as local_out:
+      if args.export:
+        info = _export(Path(local_src), Path(local_out), args.variant, args.force, args.key)
+      else:
+        info = convert(local_src, local_out, variant=args.variant, force=args.force, key=args.key)
   except ConversionError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from absl import flags
 
-from trainer import sharding
+from trainer import sharding, storage
 from trainer.errors import UserError
 
 CONFIG_HELP = (
@@ -145,13 +145,9 @@ def load_config(flag_values):
     fail("--workdir is required (unless --compile_only). See --help.")
   init_from = config.get("init_from", "")
   for name, path in (("--workdir", flag_values.workdir), ("--config.init_from", init_from)):
-    if path and "://" in path:
-      fail(
-        f"{name}={path!r}: workdirs and weights are read and written as files; mount the "
-        f"bucket on every host (gcsfuse) and pass the mounted path. Datasets may be read "
-        f"from gs:// (--config.data.data_dir)."
-      )
-  if init_from and not os.path.exists(init_from):  # before anything is built
+    if path:
+      storage.check_location(path, name)  # before anything is built: bucket and credentials
+  if init_from and not storage.exists(init_from):
     fail(f"--config.init_from={init_from!r} does not exist.")
   return config
 

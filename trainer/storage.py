@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 import shutil
 import tempfile
@@ -209,6 +210,9 @@ def check_location(p: str, what: str) -> None:
     raise StorageError(f"{what}={p!r} names no bucket: write gs://BUCKET/PATH.")
   where = os.environ.get(EMULATOR)
   where = f" (the emulator at {where})" if where else ""
+  gcsfs_log = logging.getLogger("gcsfs")  # which logs each refused request with its traceback
+  level = gcsfs_log.level
+  gcsfs_log.setLevel(logging.CRITICAL)
   try:
     path(f"gs://{bucket}").stat()
   except FileNotFoundError:
@@ -218,6 +222,8 @@ def check_location(p: str, what: str) -> None:
     ) from None
   except Exception as e:  # noqa: BLE001 (gcsfs, google-auth and aiohttp raise many kinds)
     raise StorageError(f"{what}={p!r}: cannot read gs://{bucket}{where}: {describe(e)}") from None
+  finally:
+    gcsfs_log.setLevel(level)
 
 
 def describe(error: BaseException) -> str:

@@ -26,8 +26,6 @@ from tests.test_train import ONE_DEVICE, REPO, STEPS, _config, _flags
 from trainer import checkpoint, logs, loop, storage
 
 reference = test_train.reference  # the uninterrupted local run every bucket run must match
-# The tests that use the bucket run share it: one worker runs them (--dist loadgroup).
-pytestmark = pytest.mark.xdist_group("gcs_run")
 # Reconstructions at the last step (the monitors' probes off: they would compile more).
 EVAL = {"eval_every_steps": STEPS, "probe.enabled": False}
 
@@ -105,9 +103,16 @@ def bucket_run(gcs, tmp_path_factory):
   return workdir, first, outputs, cwd
 
 
-def test_pretraining_in_a_bucket_survives_sigterm_and_two_processes_resume_it_exactly(
-  bucket_run, reference
-):
+def test_a_bucket_workdir_end_to_end(bucket_run, reference, gcs, tmp_path):
+  """One test for all that uses the bucket run, so that one process makes it (xdist 3.8 sends
+  the tests of an xdist_group to several workers here, and the run is most of their time)."""
+  _sigterm_and_two_processes_resume_exactly(bucket_run, reference)
+  _a_config_change_is_refused_and_the_bucket_keeps_what_it_had(bucket_run, tmp_path)
+  _weights_in_a_bucket_for_finetuning_the_probe_and_the_pictures(bucket_run, tmp_path)
+  _a_damaged_checkpoint_is_set_aside_and_the_one_before_restored(bucket_run, reference, gcs)
+
+
+def _sigterm_and_two_processes_resume_exactly(bucket_run, reference):
   workdir, first, (second, _), cwd = bucket_run
   assert "preemption notice (SIGTERM); the checkpoint is saved" in first, first[-3000:]
   assert f"Resumed from {workdir}/checkpoints at step" in second, second[-3000:]
@@ -125,9 +130,7 @@ def test_pretraining_in_a_bucket_survives_sigterm_and_two_processes_resume_it_ex
   assert os.listdir(cwd) == []  # nothing on the local disk
 
 
-def test_a_damaged_checkpoint_in_the_bucket_is_set_aside_and_the_one_before_restored(
-  bucket_run, reference, gcs
-):
+def _a_damaged_checkpoint_is_set_aside_and_the_one_before_restored(bucket_run, reference, gcs):
   done = bucket_run[0]
   workdir = gcs.url("damaged")
   for name in storage.files(done):  # epath copies no directories: object by object
@@ -149,7 +152,7 @@ def test_a_damaged_checkpoint_in_the_bucket_is_set_aside_and_the_one_before_rest
   assert [json.loads(r)["step"] for r in discarded.splitlines() if '"loss"' in r] == [9, 10, 11, 12]
 
 
-def test_a_config_change_is_refused_and_the_bucket_keeps_what_it_had(bucket_run, tmp_path):
+def _a_config_change_is_refused_and_the_bucket_keeps_what_it_had(bucket_run, tmp_path):
   workdir = bucket_run[0]
   before = _objects(workdir)
   config_json = storage.read_text(f"{workdir}/config.json")
@@ -162,7 +165,7 @@ def test_a_config_change_is_refused_and_the_bucket_keeps_what_it_had(bucket_run,
   assert storage.read_text(f"{workdir}/config.json") == config_json
 
 
-def test_weights_in_a_bucket_for_finetuning_the_probe_and_the_pictures(bucket_run, tmp_path):
+def _weights_in_a_bucket_for_finetuning_the_probe_and_the_pictures(bucket_run, tmp_path):
   workdir = bucket_run[0]
   params = pretrained_weights.read_params(workdir)
   from classify import task as finetune_task

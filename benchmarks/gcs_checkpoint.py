@@ -16,8 +16,8 @@ import time
 
 import jax
 import numpy as np
-from ml_collections import config_flags
 
+from benchmarks.train_step import load_config
 from fcmae import model as fcmae_model
 from trainer import checkpoint, loop, storage
 
@@ -54,7 +54,7 @@ def main(argv=None):
   parser.add_argument("--gcs", required=True, help="gs://BUCKET/PATH to write under")
   parser.add_argument("--local", default=None, help="local directory (default: a temporary one)")
   args = parser.parse_args(argv)
-  config = config_flags.ConfigFileFlagParser("config").parse(args.config)
+  config = load_config(args.config, [])
   abstract = abstract_state(config)
   rng = np.random.default_rng(0)
   state = jax.tree.map(

@@ -17,6 +17,7 @@ is used) or one of its checkpoints/<step> directories.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 
@@ -30,6 +31,7 @@ from data import augment, eval_pipeline, on_device
 from fcmae import masking
 from fcmae import model as fcmae_model
 from models import pretrained
+from trainer import logs, storage
 from trainer.errors import UserError
 
 NUM_IMAGES = 8
@@ -92,11 +94,15 @@ def title(what: str, loss: float, mask) -> str:
 
 
 def save_png(picture: np.ndarray, path: str) -> str:
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = path + ".tmp.png"
-  Image.fromarray(picture).save(tmp)
-  os.replace(tmp, path)
+  """Writes the figure to a local path or a gs:// URL, whole."""
+  storage.write_bytes(path, png_bytes(picture))
   return path
+
+
+def png_bytes(picture: np.ndarray) -> bytes:
+  out = io.BytesIO()
+  Image.fromarray(picture).save(out, format="PNG")
+  return out.getvalue()
 
 
 def sample_images(config, num: int = NUM_IMAGES) -> np.ndarray:
@@ -163,23 +169,22 @@ class Reconstructions:
       self.config.fcmae.norm_pix_loss,
       title(f"step {step}", self.last_loss, self._mask),
     )
-    import tensorflow as tf  # TensorBoard's image summaries
-
-    writer = tf.summary.create_file_writer(self._tensorboard)
-    with writer.as_default(step=step):
-      tf.summary.image("reconstructions", picture[None], max_outputs=1)
+    png = png_bytes(picture)
+    writer = logs.EventWriter(self._tensorboard)
+    writer.image(step, "reconstructions", png, *picture.shape[:2])
     writer.close()
-    return save_png(picture, os.path.join(self.directory, f"step_{step:07d}.png"))
+    path = os.path.join(self.directory, f"step_{step:07d}.png")
+    storage.write_bytes(path, png)
+    return path
 
 
 def load_run_config(path: str) -> ml_collections.ConfigDict:
   """The config.json a train.py run saved in its workdir (searched upward from `path`)."""
-  path = os.path.abspath(path)
+  path = storage.absolute(path).rstrip("/")
   for candidate in (path, os.path.dirname(path), os.path.dirname(os.path.dirname(path))):
     config_path = os.path.join(candidate, "config.json")
-    if os.path.isfile(config_path):
-      with open(config_path) as f:
-        return ml_collections.ConfigDict(json.load(f))
+    if storage.isfile(config_path):
+      return ml_collections.ConfigDict(json.loads(storage.read_text(config_path)))
   raise ImageError(
     f"No config.json of a train.py run at or above {path}: --checkpoint takes a "
     "train.py workdir or one of its checkpoints/<step> directories."
@@ -210,7 +215,7 @@ def main(argv=None) -> None:
     jax.random.key(args.seed), len(images), grid[0] * grid[1], config.fcmae.mask_ratio
   )
   loss, pred = jax.jit(loss_fn)(params, jnp.asarray(images), mask)
-  name = f"{os.path.basename(os.path.abspath(args.checkpoint))}"
+  name = os.path.basename(storage.absolute(args.checkpoint).rstrip("/"))
   save_png(
     figure(images, pred, mask, config.fcmae.norm_pix_loss, title(name, float(loss), mask)), args.out
   )

@@ -61,7 +61,7 @@ import numpy as np
 from models import convnextv2 as cv
 from models import hub
 from models.state_dict import ConversionError, check_tree, from_params, to_params
-from trainer import errors
+from trainer import errors, storage
 
 _MAX_LISTED = 20
 
@@ -593,17 +593,22 @@ def _export(src: Path, out: Path, variant: str | None, force: bool, key: str | N
 def main(argv: list[str] | None = None) -> int:
   """CLI entry point; returns the exit status (2 on a conversion error, printed to stderr)."""
   args = _parser().parse_args(argv)
-  src, out = (args.src if hub.is_hub(args.src) else Path(args.src)), Path(args.out)
+  src, out = args.src, args.out
   try:
-    if args.export:
-      info = _export(src, out, args.variant, args.force, args.key)
-    else:
-      info = convert(src, out, variant=args.variant, force=args.force, key=args.key)
+    # gs:// SRC is read from a local copy, gs:// OUT written locally and copied up whole.
+    with contextlib.ExitStack() as stack:
+      if not hub.is_hub(src):
+        src = Path(stack.enter_context(storage.downloaded(src)))
+      local_out = Path(stack.enter_context(storage.local_directory(out)))
+      if args.export:
+        info = _export(src, local_out, args.variant, args.force, args.key)
+      else:
+        info = convert(src, local_out, variant=args.variant, force=args.force, key=args.key)
   except errors.UserError as e:  # ConversionError, hub.HubError
     print(f"error: {e}", file=sys.stderr)
     return 2
   what = "Hugging Face ConvNextV2" + ("ForImageClassification" if info["num_classes"] else "Model")
-  print(f"{src} ({info['format']}) -> {out}" + (f" ({what})" if args.export else ""))
+  print(f"{args.src} ({info['format']}) -> {out}" + (f" ({what})" if args.export else ""))
   print(f"  variant {info['variant']}, num_classes {info['num_classes']}")
   if "hub_commit" in info:
     print(f"  {info['hub_repo']} revision {info['hub_revision']}: commit {info['hub_commit']}")

@@ -13,6 +13,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from models import convert, hub
+from trainer import storage
 from trainer.errors import UserError
 
 
@@ -22,12 +23,15 @@ class WeightsError(UserError, ValueError):
 
 def read_params(path: str) -> dict:
   """Params (host numpy) of any supported source: a run's workdir/checkpoint (ours), a converted
-  checkpoint, a PyTorch checkpoint file/directory, or hf:REPO[@REVISION] (models/hub.py; with
-  several processes every process must call it: they agree on one commit)."""
+  checkpoint, a PyTorch checkpoint file/directory (local or gs://), or hf:REPO[@REVISION]
+  (models/hub.py; with several processes every process must call it: they agree on one commit)."""
   if hub.is_hub(path):  # the hub's cached snapshot of that commit, downloaded once per cache
     path = str(hub.fetch(path, agree=True).path)
-  if not os.path.exists(path):
+  if not storage.exists(path):
     raise WeightsError(f"{path!r} does not exist.")
+  if storage.is_remote(path) and not _is_train_checkpoint(path):
+    with storage.downloaded(path) as local:  # the converters read local files
+      return read_params(local)
   if convert.is_converted_checkpoint(path):
     params, _ = convert.load_params(path)
   elif _is_train_checkpoint(path):
@@ -38,8 +42,8 @@ def read_params(path: str) -> dict:
 
 
 def _is_train_checkpoint(path: str) -> bool:
-  return any(os.path.isdir(os.path.join(path, sub)) for sub in ("checkpoints", "state")) or (
-    os.path.isdir(path) and any(name.isdigit() for name in os.listdir(path))
+  return any(storage.isdir(os.path.join(path, sub)) for sub in ("checkpoints", "state")) or (
+    storage.isdir(path) and any(name.isdigit() for name in storage.listdir(path))
   )
 
 
@@ -47,11 +51,11 @@ def restore_train_params(path: str) -> dict:
   """The params of a train checkpoint, as host numpy arrays: `path` is a workdir, its
   checkpoints/ directory, or one step's directory (the latest step is taken). Used to initialise
   finetuning and by the reconstruction pictures; works whatever mesh wrote the checkpoint."""
-  path = os.path.abspath(path)
-  if os.path.isdir(os.path.join(path, "checkpoints")):
+  path = storage.absolute(path).rstrip("/")
+  if storage.isdir(os.path.join(path, "checkpoints")):
     path = os.path.join(path, "checkpoints")
-  if not os.path.isdir(os.path.join(path, "state")):
-    steps = ocp.utils.checkpoint_steps(path) if os.path.isdir(path) else []
+  if not storage.isdir(os.path.join(path, "state")):
+    steps = ocp.utils.checkpoint_steps(path) if storage.isdir(path) else []
     if not steps:
       raise WeightsError(f"No train checkpoint (a workdir or checkpoints/<step>) at {path}.")
     path = os.path.join(path, str(max(steps)))

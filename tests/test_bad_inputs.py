@@ -2,10 +2,13 @@
 what was already in the workdir as it was. One row per case: the command, the words its message
 must contain (what was wrong and where), and a check that nothing written before changed."""
 
+import http.server
+import json
 import os
 import shutil
 import subprocess
 import sys
+import threading
 
 import jax
 import numpy as np
@@ -64,8 +67,13 @@ def _snapshot(path):
   }
 
 
-def _run(args, cwd=REPO, hf_home=None):
-  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
+def _run(args, cwd=REPO, hf_home=None, **env_changes):
+  env = dict(
+    os.environ,
+    JAX_PLATFORMS="cpu",
+    XLA_FLAGS="--xla_force_host_platform_device_count=1",
+    **env_changes,
+  )
   env.pop("FCMAE_TRACEBACK", None)
   env.update(HF_HUB_OFFLINE="1")  # hf: sources read only the hub cache (HF_HOME): no network
   env.pop("HF_HUB_CACHE", None)
@@ -89,6 +97,36 @@ def _files(tmp_path):
 
 TRAIN = ["train.py", "--config", "configs/fcmae_demo.py"]
 FINETUNE = ["finetune.py", "--config", "configs/finetune_demo.py"]
+
+
+@pytest.fixture(scope="session")
+def refusing_gcs():
+  """A stand-in for GCS that refuses every request: 401 (no credentials) for the bucket
+  refused-401, 403 (permission denied) for the others, as GCS words them."""
+
+  class Refuse(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+      code = 401 if "refused-401" in self.path else 403
+      who = "Anonymous caller" if code == 401 else "sa@project.iam.gserviceaccount.com"
+      body = json.dumps(
+        {"error": {"code": code, "message": f"{who} does not have storage.buckets.get access."}}
+      ).encode()
+      self.send_response(code)
+      self.send_header("Content-Type", "application/json")
+      self.send_header("Content-Length", str(len(body)))
+      self.end_headers()
+      self.wfile.write(body)
+
+    do_POST = do_PUT = do_DELETE = do_HEAD = do_GET
+
+    def log_message(self, *args):
+      pass
+
+  server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Refuse)
+  threading.Thread(target=server.serve_forever, daemon=True).start()
+  yield f"http://127.0.0.1:{server.server_address[1]}"
+  server.shutdown()
+
 
 # (id, arguments with {tmp} and {run} placeholders, words the message must contain)
 CASES = [
@@ -128,7 +166,27 @@ CASES = [
     ["in21k", "in22k_to_in1k"],
   ),
   ("no_workdir", TRAIN, ["--workdir is required"]),
-  ("cloud_workdir", TRAIN + ["--workdir", "gs://bucket/run"], ["gs://bucket/run", "gcsfuse"]),
+  ("bucket_without_a_name", TRAIN + ["--workdir", "gs:///run"], ["gs:///run", "names no bucket"]),
+  (
+    "missing_bucket",
+    TRAIN + ["--workdir", "gs://no-such-bucket/run"],
+    ["--workdir", "gs://no-such-bucket does not exist", "emulator"],
+  ),
+  (
+    "missing_bucket_as_init_from",
+    FINETUNE + ["--workdir", "{tmp}/w", "--config.init_from=gs://no-such-bucket/run"],
+    ["--config.init_from", "gs://no-such-bucket does not exist"],
+  ),
+  (
+    "no_credentials_for_the_bucket",
+    TRAIN + ["--workdir", "gs://refused-401/run"],
+    ["gs://refused-401", "no usable credentials", "service account"],
+  ),
+  (
+    "permission_denied_on_the_bucket",
+    TRAIN + ["--workdir", "gs://refused-403/run"],
+    ["gs://refused-403", "permission denied", "roles/storage.objectAdmin"],
+  ),
   (
     "missing_image_folder",
     TRAIN + ["--workdir", "{tmp}/w", "--config.data.name=folder:{tmp}/nope"],
@@ -244,10 +302,15 @@ def test_a_bad_input_is_one_message_and_changes_nothing(case, args, words, tmp_p
     original = request.getfixturevalue("trained")
     run = str(tmp_path / "run")
     shutil.copytree(original, run)
+  env = {}
+  if "gs://refused" in " ".join(args):
+    env["STORAGE_EMULATOR_HOST"] = request.getfixturevalue("refusing_gcs")
+  elif "gs://no-such" in " ".join(args):
+    request.getfixturevalue("gcs")  # the emulator, which has no such bucket
   _files(tmp_path)
   fill = lambda text: text.replace("{tmp}", str(tmp_path)).replace("{run}", run)
   before = _snapshot(str(tmp_path))
-  result = _run([fill(a) for a in args], hf_home=str(tmp_path / "hf"))
+  result = _run([fill(a) for a in args], hf_home=str(tmp_path / "hf"), **env)
   message = result.stderr.strip()
   assert result.returncode == 2, (case, result.returncode, result.stdout[-2000:], message[-3000:])
   assert "Traceback" not in message, message[-3000:]

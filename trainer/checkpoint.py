@@ -7,7 +7,8 @@ process killed mid-save leaves the previous checkpoints as they were. The last `
 
 A checkpoint damaged later (a truncated or deleted file, unreadable metadata) does not stop a
 resume: `restore_latest` moves it aside (to `<step>.unreadable`, never deleting it) and restores
-the one before. A checkpoint written for another model is an error, not damage.
+the one before. A checkpoint written for another model is an error, not damage. The directory
+may be local or gs://BUCKET/PATH: orbax writes the arrays there through tensorstore.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import os
 import jax
 import orbax.checkpoint as ocp
 
-from trainer import errors
+from trainer import errors, storage
 from trainer.errors import UserError
 
 
@@ -30,7 +31,7 @@ class Checkpointer:
   """Save / resume of the train state in `directory`."""
 
   def __init__(self, directory: str, *, keep: int = 3, async_save: bool = True):
-    self.directory = os.path.abspath(directory)
+    self.directory = storage.absolute(directory)
     self._options = ocp.CheckpointManagerOptions(
       max_to_keep=keep, create=True, enable_async_checkpointing=async_save
     )
@@ -101,15 +102,13 @@ class Checkpointer:
     source = os.path.join(self.directory, str(step))
     target = source + ".unreadable"
     n = 1
-    while os.path.exists(target):
+    while storage.exists(target):
       n += 1
       target = f"{source}.unreadable{n}"
+    _sync(f"looked for a place for checkpoint {step}")  # before process 0 makes it exist
     if jax.process_index() == 0:
-      os.rename(source, target)
-    if jax.process_count() > 1:
-      from jax.experimental import multihost_utils
-
-      multihost_utils.sync_global_devices(f"set aside checkpoint {step}")
+      storage.rename(source, target)
+    _sync(f"set aside checkpoint {step}")
     self._manager.close()
     self._manager = self._open()
     say(
@@ -126,6 +125,13 @@ class Checkpointer:
       self._manager.wait_until_finished()
       self._manager.close()
       self._manager = None
+
+
+def _sync(name: str) -> None:
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+
+    multihost_utils.sync_global_devices(name)
 
 
 def _check_matches(stored, abstract_state, where: str) -> None:

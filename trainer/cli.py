@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from absl import flags
 
-from trainer import sharding
+from trainer import sharding, storage
 from trainer.errors import UserError
 
 CONFIG_HELP = (
@@ -158,17 +158,14 @@ def load_config(flag_values):
   if not flag_values.workdir and not flag_values.compile_only:
     fail("--workdir is required (unless --compile_only). See --help.")
   init_from = config.init_from if "init_from" in config else ""
-  for name, path in (("--workdir", flag_values.workdir), ("--config.init_from", init_from)):
-    if path and "://" in path:
-      fail(
-        f"{name}={path!r}: workdirs and weights are read and written as files; mount the "
-        f"bucket on every host (gcsfuse) and pass the mounted path. Datasets may be read "
-        f"from gs:// (--config.data.data_dir)."
-      )
+  if flag_values.workdir:  # before anything is built: bucket and credentials
+    storage.check_location(flag_values.workdir, "--workdir")
   if init_from.startswith("hf:"):  # downloaded now (once per cache: the hub locks its files)
     config.init_from = _hub_weights(init_from, download=not flag_values.compile_only)
-  elif init_from and not os.path.exists(init_from):  # before anything is built
-    fail(f"--config.init_from={init_from!r} does not exist.")
+  elif init_from:
+    storage.check_location(init_from, "--config.init_from")
+    if not storage.exists(init_from):
+      fail(f"--config.init_from={init_from!r} does not exist.")
   return config
 
 

@@ -1,6 +1,8 @@
 """Run logs: WORKDIR/metrics.jsonl, TensorBoard events, and a progress line with an ETA.
 
-Only process 0 writes; the other processes get a writer that does nothing.
+Only process 0 writes; the other processes get a writer that does nothing. The workdir may be a
+local directory or gs://BUCKET/PATH (trainer/storage.py): a row is in metrics.jsonl and its
+scalars in the events file before the progress line reports it.
 """
 
 from __future__ import annotations
@@ -8,9 +10,13 @@ from __future__ import annotations
 import json
 import math
 import os
+import socket
+import struct
 import time
 
 import jax
+
+from trainer import storage
 
 
 class MetricWriter:
@@ -24,11 +30,8 @@ class MetricWriter:
     self._jsonl = None
     self._tb = None
     if self.enabled:
-      os.makedirs(workdir, exist_ok=True)
-      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", buffering=1)
-      import tensorflow as tf  # TensorBoard event files, CPU only
-
-      self._tb = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
+      self._jsonl = storage.Log(os.path.join(workdir, "metrics.jsonl"))
+      self._tb = EventWriter(os.path.join(workdir, "tensorboard"))
 
   def start(self, step: int) -> None:
     """Marks where the ETA is measured from (after the first, compiling, step)."""
@@ -39,13 +42,9 @@ class MetricWriter:
     if not self.enabled:
       return
     self._jsonl.write(json.dumps(record) + "\n")
-    import tensorflow as tf
-
-    with self._tb.as_default(step=int(step)):
-      for key, value in record.items():
-        if key != "step" and isinstance(value, (int, float)):
-          tf.summary.scalar(key, value)
-    self._tb.flush()
+    self._tb.scalars(
+      int(step), {k: v for k, v in record.items() if k != "step" and isinstance(v, (int, float))}
+    )
     if progress:
       say(self._progress_line(step, record))
 
@@ -78,6 +77,70 @@ class MetricWriter:
       self._jsonl = self._tb = None
 
 
+class EventWriter:
+  """TensorBoard event files (TFRecord-framed Event protos, as tf.summary writes them) in a
+  local directory or under gs://, through storage.Log. A new file is begun per writer, and
+  again past `roll_bytes`, so a GCS object written again whole on each flush stays small."""
+
+  def __init__(self, directory: str, roll_bytes: int = 4 << 20):
+    self.directory, self.roll_bytes = directory, roll_bytes
+    self._log = None
+    self._count = 0
+
+  def _file(self):
+    if self._log is None or self._log.size > self.roll_bytes:
+      self.close()
+      name = f"events.out.tfevents.{time.time():.6f}.{socket.gethostname()}.{os.getpid()}"
+      self._log = storage.Log(os.path.join(self.directory, f"{name}.{self._count}"), binary=True)
+      self._count += 1
+      from tensorboard.compat.proto import event_pb2
+
+      self._log.write(_record(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2")))
+    return self._log
+
+  def scalars(self, step: int, values: dict) -> None:
+    from tensorboard.compat.proto import summary_pb2
+
+    if values:
+      summary = summary_pb2.Summary(
+        value=[summary_pb2.Summary.Value(tag=k, simple_value=float(v)) for k, v in values.items()]
+      )
+      self._write(step, summary)
+
+  def image(self, step: int, tag: str, png: bytes, height: int, width: int) -> None:
+    from tensorboard.compat.proto import summary_pb2
+
+    image = summary_pb2.Summary.Image(
+      height=height, width=width, colorspace=3, encoded_image_string=png
+    )
+    self._write(step, summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag=tag, image=image)]))
+
+  def _write(self, step: int, summary) -> None:
+    from tensorboard.compat.proto import event_pb2
+
+    event = event_pb2.Event(wall_time=time.time(), step=step, summary=summary)
+    self._file().write(_record(event))
+
+  def close(self) -> None:
+    if self._log is not None:
+      self._log.close()
+      self._log = None
+
+
+def _record(event) -> bytes:
+  """One TFRecord: length, its masked CRC32C, the data, its masked CRC32C."""
+  from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
+
+  data = event.SerializeToString()
+  header = struct.pack("<Q", len(data))
+  return (
+    header
+    + struct.pack("<I", masked_crc32c(header))
+    + data
+    + struct.pack("<I", masked_crc32c(data))
+  )
+
+
 def say(message: str) -> None:
   """A line for the person watching the console (process 0 only), with the time."""
   if jax.process_index() == 0:
@@ -101,5 +164,5 @@ def _duration(seconds: float) -> str:
 
 def read_metrics(workdir: str) -> list[dict]:
   """The records of WORKDIR/metrics.jsonl, in order (for tests and analysis)."""
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  text = storage.read_text(os.path.join(workdir, "metrics.jsonl"))
+  return [json.loads(line) for line in text.splitlines() if line.strip()]

@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -29,7 +28,7 @@ import jax.numpy as jnp
 import optax
 
 from data import info as data_info
-from trainer import checkpoint, logs, optim, preemption, sharding
+from trainer import checkpoint, logs, optim, preemption, sharding, storage
 from trainer import cost as cost_lib
 from trainer import profiler as profiler_lib
 from trainer import workdir as workdir_lib
@@ -220,8 +219,9 @@ def train_and_evaluate(
 
   devices: the devices of the mesh (default: all). allow_config_change: resume with a config
   that changes what is computed (trainer/workdir.py), keeping the config's history. A start that
-  fails before its first step leaves no workdir behind if it made it."""
-  made_workdir = not os.path.exists(workdir)
+  fails before its first step leaves no workdir behind if it made it. `workdir` may be local or
+  gs://BUCKET/PATH."""
+  made_workdir = not storage.exists(workdir)
   run = setup(config, task, devices=devices)
   ckpt = writer = watch = batches = profiler = None
   started = failed_start = False
@@ -232,6 +232,10 @@ def train_and_evaluate(
     changed = False
     if ckpt.latest_step() is not None:  # before anything is restored: a new shape never gets there
       changed = workdir_lib.check(workdir, config, allow_change=allow_config_change, say=logs.say)
+    if jax.process_count() > 1:  # each process read config.json before process 0 rewrites it
+      from jax.experimental import multihost_utils
+
+      multihost_utils.sync_global_devices("config.json checked")
     state = restore_or_init(run, task, ckpt)
     step = int(state["step"])
     if jax.process_index() == 0:
@@ -311,7 +315,7 @@ def train_and_evaluate(
       if hasattr(part, "close"):
         part.close()
     if failed_start and jax.process_index() == 0:
-      shutil.rmtree(workdir, ignore_errors=True)  # made by this start, which failed
+      storage.rmtree(workdir)  # made by this start, which failed
 
 
 def evaluate_only(config, workdir: str, task: Task, *, devices=None) -> dict:
@@ -319,7 +323,7 @@ def evaluate_only(config, workdir: str, task: Task, *, devices=None) -> dict:
   pretrained model), writes one row to metrics.jsonl and returns it."""
   if task.evaluate is None:
     raise ValueError("This task has no evaluation.")
-  made_workdir = not os.path.exists(workdir)
+  made_workdir = not storage.exists(workdir)
   run = setup(config, task, devices=devices)
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
   writer = None
@@ -339,7 +343,7 @@ def evaluate_only(config, workdir: str, task: Task, *, devices=None) -> dict:
       if part is not None:
         part.close()
     if failed and jax.process_index() == 0:
-      shutil.rmtree(workdir, ignore_errors=True)  # made by this evaluation, which failed
+      storage.rmtree(workdir)  # made by this evaluation, which failed
 
 
 def _check_finite(loss, step: int, ckpt: checkpoint.Checkpointer) -> None:

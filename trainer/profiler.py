@@ -2,28 +2,32 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import jax
 
 from configs import schema
-from trainer import logs
+from trainer import logs, storage
 
 
 class Profiler:
   """A jax.profiler trace of the steps START..END-1 (config.profile_steps 'START:END') into
-  WORKDIR/profile, for TensorBoard's profile plugin (or Perfetto)."""
+  WORKDIR/profile, for TensorBoard's profile plugin (or Perfetto). The profiler writes local
+  files: for a gs:// workdir it traces into a temporary directory, copied up when it stops."""
 
   def __init__(self, steps: str, workdir: str):
     self.start = self.stop = None
     self.directory = os.path.join(workdir, "profile")
     self.active = False
+    self._upload = contextlib.ExitStack()
     if steps:
       self.start, self.stop = schema.parse_profile_steps(steps)
 
   def before(self, step: int) -> None:
     if self.start is not None and step == self.start and not self.active:
-      jax.profiler.start_trace(self.directory)
+      local = self._upload.enter_context(storage.local_directory(self.directory))
+      jax.profiler.start_trace(local)
       self.active = True
 
   def after(self, step: int, outputs) -> None:
@@ -34,5 +38,8 @@ class Profiler:
 
   def close(self) -> None:
     if self.active:
-      jax.profiler.stop_trace()
       self.active = False
+      try:
+        jax.profiler.stop_trace()
+      finally:
+        self._upload.close()

@@ -6,7 +6,8 @@ how and how often things are done change freely, so a run can move from one pod 
 to another; more steps or epochs extend the run. Whenever the config changes, the one it replaces
 is kept as config.<step>.json, so the history says which steps ran under which config. Metrics
 rows of steps past the restored checkpoint (done again after a resume) move to
-metrics.discarded.jsonl, so metrics.jsonl has one row per step.
+metrics.discarded.jsonl, so metrics.jsonl has one row per step. The workdir may be local or
+gs://BUCKET/PATH (trainer/storage.py).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import os
 from typing import Any
 
 from configs import schema
+from trainer import storage
 from trainer.errors import UserError
 
 
@@ -61,16 +63,15 @@ def check(workdir: str, config, *, allow_change: bool, say) -> bool:
   for changes to what is computed unless `allow_change`; says what changes otherwise. True when
   the config differs (then `save` keeps the old one)."""
   path = os.path.join(workdir, "config.json")
-  if not os.path.isfile(path):
+  if not storage.isfile(path):
     return False
-  with open(path) as f:
-    try:
-      old = flat(json.load(f))
-    except ValueError as e:
-      raise ConfigChangeError(
-        f"{path} is not readable JSON ({e}); it records how the steps in "
-        f"{workdir} were trained. Restore it or start a new workdir."
-      ) from None
+  try:
+    old = flat(json.loads(storage.read_text(path)))
+  except ValueError as e:
+    raise ConfigChangeError(
+      f"{path} is not readable JSON ({e}); it records how the steps in "
+      f"{workdir} were trained. Restore it or start a new workdir."
+    ) from None
   changes = differences(old, flat(config))
   computed = [c for c in changes if _rule(c) == schema.REFUSE]
   if computed and not allow_change:
@@ -98,28 +99,20 @@ def save(workdir: str, config, step: int, *, changed: bool) -> None:
   """Writes WORKDIR/config.json; when the config `changed`, the one it replaces is kept as
   config.<step>.json (the config of the steps up to `step`)."""
   path = os.path.join(workdir, "config.json")
-  if changed and os.path.isfile(path):
-    os.replace(path, os.path.join(workdir, f"config.{step}.json"))
-  if changed or not os.path.isfile(path):
-    _write(path, config)
-
-
-def _write(path: str, config) -> None:
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    f.write(config.to_json_best_effort(indent=2))
-  os.replace(tmp, path)
+  exists = storage.isfile(path)
+  if changed and exists:
+    storage.write_text(os.path.join(workdir, f"config.{step}.json"), storage.read_text(path))
+  if changed or not exists:
+    storage.write_text(path, config.to_json_best_effort(indent=2))
 
 
 def discard_metrics_after(workdir: str, step: int) -> int:
   """Moves the rows of WORKDIR/metrics.jsonl with a step past `step` to metrics.discarded.jsonl
   (they were logged before an interruption and are about to be done again); returns how many."""
   path = os.path.join(workdir, "metrics.jsonl")
-  if not os.path.isfile(path):
+  if not storage.isfile(path):
     return 0
-  with open(path) as f:
-    lines = [line for line in f if line.strip()]
+  lines = [line for line in storage.read_text(path).splitlines(keepends=True) if line.strip()]
   keep, drop = [], []
   for line in lines:
     try:
@@ -128,10 +121,6 @@ def discard_metrics_after(workdir: str, step: int) -> int:
       later = True
     (drop if later else keep).append(line if line.endswith("\n") else line + "\n")
   if drop:
-    with open(os.path.join(workdir, "metrics.discarded.jsonl"), "a") as f:
-      f.writelines(drop)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-      f.writelines(keep)
-    os.replace(tmp, path)
+    storage.append_text(os.path.join(workdir, "metrics.discarded.jsonl"), "".join(drop))
+    storage.write_text(path, "".join(keep))
   return len(drop)

@@ -1,0 +1,38 @@
+"""A local GCS emulator for the tests: gcp-storage-emulator, in memory, with one bucket.
+
+    python -m tests.gcs_emulator PORT BUCKET
+
+The emulator does not say an object's generation when it sends the object's bytes (the
+x-goog-generation header of real GCS); tensorstore needs it for the conditional writes of
+orbax's OCDBT checkpoints, so it is added here, before the emulator's routes are built.
+"""
+
+import sys
+
+from gcp_storage_emulator.handlers import objects
+
+_download = objects.download
+
+
+def _download_with_generation(request, response, storage, *args, **kwargs):
+  _download(request, response, storage, *args, **kwargs)
+  try:
+    obj = storage.get_file_obj(request.params["bucket_name"], request.params["object_id"])
+  except Exception:  # noqa: BLE001 (no such object: the 404 is already set)
+    return
+  response["x-goog-generation"] = str(obj["generation"])
+  response["x-goog-metageneration"] = str(obj.get("metageneration", "1"))
+
+
+objects.download = _download_with_generation
+
+
+def main(port: int, bucket: str) -> None:
+  from gcp_storage_emulator.server import create_server
+
+  server = create_server("127.0.0.1", port, in_memory=True, default_bucket=bucket)
+  server.run()
+
+
+if __name__ == "__main__":
+  main(int(sys.argv[1]), sys.argv[2])

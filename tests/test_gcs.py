@@ -1,0 +1,184 @@
+"""gs:// workdirs end to end against a local GCS emulator (tests/conftest.py: gcs): pretraining
+into a bucket stopped by SIGTERM and resumed exactly, a damaged checkpoint in the bucket set
+aside, a config change refused, and weights read from the bucket (finetuning's init_from, the
+probe, the reconstruction pictures). The resumed run is two processes sharing the workdir.
+
+The runs use test_train.py's configs, so their programs come from the session's compilation
+cache; they share one bucket run (a session fixture), as test_train.py shares its reference."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from fcmae import pretrain, probe, visualize
+from models import pretrained as pretrained_weights
+from tests import test_train
+from tests.helpers import finetune_config
+from tests.test_train import ONE_DEVICE, REPO, STEPS, _config, _flags
+from trainer import checkpoint, logs, loop, storage
+
+reference = test_train.reference  # the uninterrupted local run every bucket run must match
+# Reconstructions at the last step (the monitors' probes off: they would compile more).
+EVAL = {"eval_every_steps": STEPS, "probe.enabled": False}
+
+
+def _losses(workdir):
+  return {r["step"]: r["loss"] for r in logs.read_metrics(workdir) if "loss" in r}
+
+
+def _train_py(workdir, cwd, *extra, devices=2):
+  env = dict(
+    os.environ,
+    XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+    JAX_PLATFORMS="cpu",
+    PYTHONPATH=REPO,
+  )
+  return subprocess.Popen(
+    [sys.executable, os.path.join(REPO, "train.py"), "--config"]
+    + [os.path.join(REPO, "configs", "fcmae_demo.py"), "--workdir", workdir, *extra],
+    cwd=cwd,
+    env=env,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+  )
+
+
+def _sigterm_after(proc, workdir, rows):
+  """SIGTERM once the bucket's metrics.jsonl has `rows` loss rows; the output after exit."""
+  deadline = time.time() + 300
+  metrics = f"{workdir}/metrics.jsonl"
+  while time.time() < deadline and proc.poll() is None:
+    if storage.exists(metrics) and storage.read_text(metrics).count('"loss"') >= rows:
+      break
+    time.sleep(0.2)
+  proc.send_signal(signal.SIGTERM)
+  return proc.communicate(timeout=300)[0]
+
+
+def _objects(prefix):
+  """{name: bytes} of every object under a gs:// prefix but the checkpoints' arrays; their
+  names."""
+  return {
+    name: b"" if "/d/" in name else storage.read_bytes(f"{prefix}/{name}")
+    for name in storage.files(prefix)
+  }
+
+
+@pytest.fixture(scope="session")
+def bucket_run(gcs, tmp_path_factory):
+  """The demo pretraining in gs://bucket/run-*, run from an empty directory: stopped by SIGTERM,
+  then resumed to the end by two processes sharing the workdir (data=2 over their two devices).
+  (workdir, outputs of the first run and of both processes of the second, that directory)."""
+  workdir = gcs.url("run")
+  cwd = tmp_path_factory.mktemp("cwd")
+  flags = _flags(**{"mesh.data": 2, "mesh.fsdp": 1, **EVAL})
+  first = _sigterm_after(_train_py(workdir, cwd, *flags), workdir, 3)
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  procs = [
+    _train_py(
+      workdir,
+      cwd,
+      *flags,
+      f"--coordinator_address=127.0.0.1:{port}",
+      "--num_processes=2",
+      f"--process_id={i}",
+      devices=1,
+    )
+    for i in range(2)
+  ]
+  outputs = [p.communicate(timeout=600)[0] for p in procs]
+  for p, out in zip(procs, outputs):
+    assert p.returncode == 0, out[-3000:]
+  return workdir, first, outputs, cwd
+
+
+def test_a_bucket_workdir_end_to_end(bucket_run, reference, gcs, tmp_path):
+  """One test for all that uses the bucket run, so that one process makes it (xdist 3.8 sends
+  the tests of an xdist_group to several workers here, and the run is most of their time)."""
+  _sigterm_and_two_processes_resume_exactly(bucket_run, reference)
+  _a_config_change_is_refused_and_the_bucket_keeps_what_it_had(bucket_run, tmp_path)
+  _weights_in_a_bucket_for_finetuning_the_probe_and_the_pictures(bucket_run, tmp_path)
+  _a_damaged_checkpoint_is_set_aside_and_the_one_before_restored(bucket_run, reference, gcs)
+
+
+def _sigterm_and_two_processes_resume_exactly(bucket_run, reference):
+  workdir, first, (second, _), cwd = bucket_run
+  assert "preemption notice (SIGTERM); the checkpoint is saved" in first, first[-3000:]
+  assert f"Resumed from {workdir}/checkpoints at step" in second, second[-3000:]
+  losses, _ = reference
+  resumed = _losses(workdir)
+  assert sorted(resumed) == list(range(1, STEPS + 1))  # none lost, none twice
+  np.testing.assert_allclose(
+    [resumed[s] for s in sorted(resumed)], [losses[s] for s in sorted(losses)], rtol=2e-4
+  )
+  steps = checkpoint.Checkpointer(f"{workdir}/checkpoints").all_steps()
+  assert len(steps) == 3 and steps[-2:] == [8, 12]  # the one saved on SIGTERM, maybe
+  names = _objects(workdir)
+  assert "config.json" in names and "reconstructions/step_0000012.png" in names
+  assert any(n.startswith("tensorboard/events.out.tfevents.") for n in names)
+  assert os.listdir(cwd) == []  # nothing on the local disk
+
+
+def _a_damaged_checkpoint_is_set_aside_and_the_one_before_restored(bucket_run, reference, gcs):
+  done = bucket_run[0]
+  workdir = gcs.url("damaged")
+  for name in storage.files(done):  # epath copies no directories: object by object
+    storage.write_bytes(f"{workdir}/{name}", storage.read_bytes(f"{done}/{name}"))
+  storage.path(f"{workdir}/checkpoints/12/state/manifest.ocdbt").unlink()  # a missing member
+  config = _config(**ONE_DEVICE, **EVAL)
+  loop.train_and_evaluate(
+    config, workdir, pretrain.make_task(config, workdir), devices=jax.devices()[:1]
+  )
+  kept = storage.listdir(f"{done}/checkpoints")  # 12, 8 and 4 (or the step SIGTERM saved)
+  assert sorted(storage.listdir(f"{workdir}/checkpoints")) == sorted(kept + ["12.unreadable"])
+  losses, _ = reference
+  redone = _losses(workdir)
+  assert sorted(redone) == list(range(1, STEPS + 1))
+  np.testing.assert_allclose(
+    [redone[s] for s in sorted(redone)], [losses[s] for s in sorted(losses)], rtol=2e-4
+  )
+  discarded = storage.read_text(f"{workdir}/metrics.discarded.jsonl")
+  assert [json.loads(r)["step"] for r in discarded.splitlines() if '"loss"' in r] == [9, 10, 11, 12]
+
+
+def _a_config_change_is_refused_and_the_bucket_keeps_what_it_had(bucket_run, tmp_path):
+  workdir = bucket_run[0]
+  before = _objects(workdir)
+  config_json = storage.read_text(f"{workdir}/config.json")
+  proc = _train_py(workdir, tmp_path, *_flags(**{"model.variant": "femto"}))
+  out = proc.communicate(timeout=300)[0]
+  assert proc.returncode == 2, out[-3000:]
+  assert f"error: {workdir} was trained with another config" in out
+  assert "model.variant: 'atto' -> 'femto'" in out and "Traceback" not in out
+  assert _objects(workdir) == before
+  assert storage.read_text(f"{workdir}/config.json") == config_json
+
+
+def _weights_in_a_bucket_for_finetuning_the_probe_and_the_pictures(bucket_run, tmp_path):
+  workdir = bucket_run[0]
+  params = pretrained_weights.read_params(workdir)
+  from classify import task as finetune_task
+
+  config = finetune_config(init_from=workdir)
+  task = finetune_task.make_task(config, str(tmp_path / "ft"))
+  loaded = task.load_pretrained(jax.jit(task.fresh_params)())
+  for a, b in zip(jax.tree.leaves(loaded["stage2"]), jax.tree.leaves(params["encoder"]["stage2"])):
+    np.testing.assert_array_equal(a, b)
+
+  args = ["--data", "demo", "--image_size", "64", "--train_examples", "240", "--batch_size", "64"]
+  result = probe.main(["--checkpoint", workdir, *args])
+  assert result["num_examples"] == 240 and 0 <= result["knn_top1"] <= 100
+
+  visualize.main(["--checkpoint", f"{workdir}/checkpoints/12", "--out", f"{workdir}/r.png"])
+  assert storage.read_bytes(f"{workdir}/r.png").startswith(b"\x89PNG")

@@ -1,0 +1,268 @@
+"""Where a run's files live: a local path or `gs://BUCKET/PATH`, read and written through etils
+epath (what orbax itself uses), so every path the project takes may be either. Local paths
+behave as they always did.
+
+gs:// goes through epath's fsspec backend (gcsfs), which honours STORAGE_EMULATOR_HOST, not
+through TensorFlow's GCS filesystem, which cannot be pointed at an emulator: the project sets
+EPATH_USE_TF=false. With STORAGE_EMULATOR_HOST set, tensorstore (orbax's array files) is pointed
+at the same place (TENSORSTORE_GCS_HTTP_URL). On Cloud TPU VMs the VM's service account is the
+credential; nothing else is needed.
+
+GCS objects cannot be appended to: `Log` keeps what a remote log holds and writes the whole
+object again on each write, so a log row is in the bucket before it is reported.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import shutil
+import tempfile
+
+from trainer import errors
+from trainer.errors import UserError
+
+EMULATOR = "STORAGE_EMULATOR_HOST"
+
+
+class StorageError(UserError, OSError):
+  """A gs:// path that names no bucket, a bucket that does not exist or cannot be reached."""
+
+
+def forward_environment() -> None:
+  """Points every library that reads or writes gs:// at the same place: real GCS, or the
+  emulator that STORAGE_EMULATOR_HOST names. Called before a path is touched; values the user
+  set are kept."""
+  os.environ.setdefault("EPATH_USE_TF", "false")
+  host = os.environ.get(EMULATOR)
+  if host:
+    url = host if "://" in host else f"http://{host}"
+    os.environ.setdefault("TENSORSTORE_GCS_HTTP_URL", url.rstrip("/"))
+    # gcsfs asks GCS's control plane (gRPC) for the bucket's layout; an emulator has none.
+    os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+
+
+forward_environment()
+
+
+def is_remote(path) -> bool:
+  return "://" in str(path)
+
+
+def path(p):
+  """The etils epath.Path of a local path or a gs:// URL."""
+  from etils import epath
+
+  forward_environment()
+  return epath.Path(p)
+
+
+def absolute(p: str) -> str:
+  """os.path.abspath for local paths; a URL as it is."""
+  return str(p) if is_remote(p) else os.path.abspath(p)
+
+
+def exists(p) -> bool:
+  return path(p).exists()
+
+
+def isdir(p) -> bool:
+  return path(p).is_dir()
+
+
+def isfile(p) -> bool:
+  return path(p).is_file()
+
+
+def listdir(p) -> list[str]:
+  return [child.name for child in path(p).iterdir()]
+
+
+def files(p) -> list[str]:
+  """The paths of every file under the directory `p`, relative to it."""
+  root = str(p).rstrip("/")
+  out = []
+  for parent, _, names in path(root).walk():
+    parent = str(parent)
+    if is_remote(root) and not is_remote(parent):  # fsspec walks without the scheme
+      parent = root.split("://")[0] + "://" + parent
+    out += [os.path.relpath(f"{parent}/{name}", root) for name in names]
+  return sorted(out)
+
+
+def read_text(p) -> str:
+  return path(p).read_text()
+
+
+def read_bytes(p) -> bytes:
+  return path(p).read_bytes()
+
+
+def write_bytes(p, data: bytes) -> None:
+  """Writes a whole file at once: locally through a temporary file and a rename, so a reader
+  never sees half of it; a GCS object is replaced whole by its upload."""
+  if is_remote(p):
+    target = path(p)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(data)
+    return
+  os.makedirs(os.path.dirname(os.path.abspath(p)) or ".", exist_ok=True)
+  tmp = f"{p}.tmp"
+  with open(tmp, "wb") as f:
+    f.write(data)
+  os.replace(tmp, p)
+
+
+def write_text(p, text: str) -> None:
+  write_bytes(p, text.encode())
+
+
+def append_text(p, text: str) -> None:
+  """Adds `text` at the end of a file (a GCS object: read and written again)."""
+  if not is_remote(p):
+    with open(p, "a") as f:
+      f.write(text)
+    return
+  old = read_text(p) if exists(p) else ""
+  write_text(p, old + text)
+
+
+def rename(source, target) -> None:
+  """Moves a file or a directory (on GCS: each object copied, then deleted)."""
+  path(source).rename(path(target))
+
+
+def rmtree(p) -> None:
+  if is_remote(p):
+    with contextlib.suppress(FileNotFoundError):
+      path(p).rmtree()
+  else:
+    shutil.rmtree(p, ignore_errors=True)
+
+
+class Log:
+  """A file that grows at its end: metrics rows, TensorBoard events. Locally it is appended to;
+  a GCS object is written again whole on each `write` (it holds what it held before it was
+  opened and everything written since), so what was written is in the bucket when `write`
+  returns, and a run killed later loses none of it."""
+
+  def __init__(self, p, *, binary: bool = False):
+    self.path, self.binary = str(p), binary
+    self._file = self._content = None
+    if is_remote(p):
+      self._content = io.BytesIO()
+      if exists(p):
+        self._content.write(read_bytes(p))
+      path(p).parent.mkdir(parents=True, exist_ok=True)
+    else:
+      os.makedirs(os.path.dirname(os.path.abspath(p)), exist_ok=True)
+      self._file = open(p, "ab", buffering=0)  # noqa: SIM115 (closed by close())
+    self.size = (self._file or self._content).tell()
+
+  def write(self, data) -> None:
+    data = data if self.binary else data.encode()
+    if self._file is not None:
+      self._file.write(data)
+      self.size = self._file.tell()
+    else:
+      self._content.write(data)
+      self.size = self._content.tell()
+      path(self.path).write_bytes(self._content.getvalue())
+
+  def close(self) -> None:
+    if self._file is not None:
+      self._file.close()
+      self._file = None
+
+
+@contextlib.contextmanager
+def local_directory(p):
+  """A local directory for a library that writes only local files (the profiler): `p` itself
+  when local; else a temporary directory whose files are copied under `p` at the end."""
+  if not is_remote(p):
+    yield p
+    return
+  tmp = tempfile.mkdtemp(prefix="fcmae-upload-")
+  try:
+    yield tmp
+    for root, _, names in os.walk(tmp):
+      for name in names:
+        local = os.path.join(root, name)
+        with open(local, "rb") as f:
+          write_bytes(f"{p}/{os.path.relpath(local, tmp)}", f.read())
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def check_location(p: str, what: str) -> None:
+  """StorageError unless a gs:// `p` names a bucket that exists and can be read with this
+  host's credentials (one line: what is wrong, and what to do). Local paths pass. Reads only:
+  nothing is written."""
+  if not is_remote(p):
+    return
+  scheme, rest = str(p).split("://", 1)
+  if scheme != "gs":
+    raise StorageError(f"{what}={p!r}: of URLs only gs://BUCKET/PATH (Cloud Storage) is read.")
+  bucket = rest.split("/", 1)[0]
+  if not bucket:
+    raise StorageError(f"{what}={p!r} names no bucket: write gs://BUCKET/PATH.")
+  where = os.environ.get(EMULATOR)
+  where = f" (the emulator at {where})" if where else ""
+  gcsfs_log = logging.getLogger("gcsfs")  # which logs each refused request with its traceback
+  level = gcsfs_log.level
+  gcsfs_log.setLevel(logging.CRITICAL)
+  try:
+    path(f"gs://{bucket}").stat()
+  except FileNotFoundError:
+    raise StorageError(
+      f"{what}={p!r}: the bucket gs://{bucket} does not exist{where}. Create it "
+      f"(gcloud storage buckets create gs://{bucket}) or correct the name."
+    ) from None
+  except Exception as e:  # noqa: BLE001 (gcsfs, google-auth and aiohttp raise many kinds)
+    raise StorageError(f"{what}={p!r}: cannot read gs://{bucket}{where}: {describe(e)}") from None
+  finally:
+    gcsfs_log.setLevel(level)
+
+
+def describe(error: BaseException) -> str:
+  """One line on a failed GCS call, with what to do for missing or refused credentials."""
+  text = errors.one_line(error)
+  code = getattr(error, "code", None)
+  if code == 401 or "401" in text or "credentials" in text.lower() or "Anonymous" in text:
+    return (
+      f"no usable credentials ({text}). On a Cloud TPU or GCE VM the VM's service account is "
+      "used; elsewhere run `gcloud auth application-default login`."
+    )
+  if code == 403 or "Forbidden" in text or "403" in text:
+    return (
+      f"permission denied ({text}). Grant this host's account Storage Object Admin on the "
+      "bucket (roles/storage.objectAdmin)."
+    )
+  return text
+
+
+@contextlib.contextmanager
+def downloaded(p):
+  """A local path holding a copy of the file or directory `p` (itself when local), for readers
+  of local files only (PyTorch, safetensors); the copy is removed afterwards."""
+  if not is_remote(p):
+    yield p
+    return
+  source = path(p)
+  tmp = tempfile.mkdtemp(prefix="fcmae-download-")
+  try:
+    local = os.path.join(tmp, source.name)
+    if source.is_dir():
+      for name in files(p):
+        target = os.path.join(local, name)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        with open(target, "wb") as f:
+          f.write(read_bytes(f"{p}/{name}"))
+    else:
+      with open(local, "wb") as f:
+        f.write(source.read_bytes())
+    yield local
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)

@@ -82,6 +82,7 @@ def test_where_it_fits_finds_the_smallest_slice(tmp_path):
       "v5e",
       "--out",
       str(out),
+      "--",
       *extra,
     ]
   )

@@ -67,3 +67,20 @@ def gcs():
   yield Bucket(host)
   proc.terminate()
   proc.wait(timeout=30)
+
+
+# The end-to-end runs and the benchmarks take minutes each. pytest-xdist hands tests out in
+# collection order, where these come last, so they would run after the short tests, one worker
+# idle: started first, they run beside them.
+_LONG = (
+  "tests/test_gcs.py",
+  "tests/test_train.py",
+  "tests/test_finetune.py",
+  "tests/benchmarks/",
+  "tests/trainer/test_compile_only.py",
+  "tests/trainer/test_loop.py",
+)
+
+
+def pytest_collection_modifyitems(items):
+  items.sort(key=lambda item: not item.nodeid.startswith(_LONG))

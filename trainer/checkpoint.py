@@ -17,6 +17,7 @@ import logging
 import os
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from trainer import errors, storage
@@ -76,18 +77,25 @@ class Checkpointer:
     match `abstract_state` (another model) raises CheckpointError at once, moving nothing."""
     failed = []
     for step in sorted(self.all_steps(), reverse=True):
+      stored, error = None, None
       try:
         with errors.quiet_aftermath():
           stored = self._manager.item_metadata(step)["state"]
       except Exception as e:  # noqa: BLE001 (orbax and tensorstore raise many kinds)
-        failed.append(self._set_aside(step, e, say))
+        error = e
+      if not _everywhere(error is None):  # every process sets aside the same checkpoints
+        failed.append(self._set_aside(step, error or _ELSEWHERE, say))
         continue
       _check_matches(stored, abstract_state, os.path.join(self.directory, str(step)))
+      state, error = None, None
       try:
         with errors.quiet_aftermath():
-          return self.restore(abstract_state, step)
+          state = self.restore(abstract_state, step)
       except Exception as e:  # noqa: BLE001
-        failed.append(self._set_aside(step, e, say))
+        error = e
+      if _everywhere(error is None):
+        return state
+      failed.append(self._set_aside(step, error or _ELSEWHERE, say))
     if failed:
       raise CheckpointError(
         f"No checkpoint in {self.directory} can be restored: "
@@ -160,3 +168,16 @@ def _check_matches(stored, abstract_state, where: str) -> None:
   raise CheckpointError(
     f"The checkpoint {where} was written by another model: " + "; ".join(parts) + "."
   )
+
+
+_ELSEWHERE = CheckpointError("another process could not read it")
+
+
+def _everywhere(ok: bool) -> bool:
+  """Whether every process succeeded, so that all of them take the same resume decision (a
+  checkpoint one process can read and another cannot is set aside by all)."""
+  if jax.process_count() == 1:
+    return ok
+  from jax.experimental import multihost_utils
+
+  return bool(np.all(multihost_utils.process_allgather(np.int32(ok))))

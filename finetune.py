@@ -6,9 +6,10 @@
         --config.init_from=convnextv2_base_1k_224_ema.pt --config.eval_only=True
     python finetune.py --config configs/finetune_base.py --compile_only=v5e:8x8
 
-init_from: a train.py workdir or checkpoint, a `python -m models.convert` output, or an
-official / Hugging Face / timm PyTorch checkpoint. The config fields are listed in
-configs/common.py. Running the same command again resumes from the workdir's latest checkpoint.
+init_from: a train.py workdir or checkpoint, a `python -m models.convert` output, an
+official / Hugging Face / timm PyTorch checkpoint (local or gs://), or hf:REPO[@REVISION]. The
+config fields are listed by `python -m configs.schema`. Running the same command again resumes
+from the workdir's latest checkpoint.
 Multi-process flags as in train.py.
 """
 

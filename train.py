@@ -5,7 +5,7 @@
     python train.py --config configs/fcmae_huge.py --compile_only=v5p:4x4x4  # fit and cost on a TPU slice
 
 Overrides: --config.batch_size=1024 --config.mesh.fsdp=8 ... (a mistyped field is an error); the
-fields are listed in configs/common.py. Running the same command again resumes from the
+fields are listed by `python -m configs.schema`. Running the same command again resumes from the
 workdir's latest checkpoint. Several processes: JAX's distributed runtime starts by itself on TPU
 pods and under SLURM; otherwise pass --coordinator_address=HOST:PORT --num_processes=N
 --process_id=I.

@@ -223,8 +223,8 @@ def compile_step(
   device, num_devices = devices[0], len(devices)
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  loops_added = jaxpr_flops(traced.jaxpr) - jaxpr_flops(traced.jaxpr, count_loops=False)
   counted = jaxpr_flops(traced.jaxpr)
+  loops_added = counted - jaxpr_flops(traced.jaxpr, count_loops=False)
   xla = (
     float(cost["flops"]) * num_devices + loops_added if cost and cost.get("flops", -1) >= 0 else -1
   )

@@ -1,8 +1,9 @@
 """RandAugment as timm implements it (``rand-m9-mstd0.5-inc1`` in the finetuning recipe), in
 TensorFlow ops with stateless randomness.
 
-uint8 [H, W, 3] in, uint8 out. Geometric ops use bilinear instead of PIL's bicubic resampling (the
-TF projective-transform kernel has no bicubic mode).
+uint8 [H, W, 3] in, uint8 out. Geometric ops use bilinear instead of PIL's bicubic resampling.
+The affine warp, Sharpness and Equalize, which cost the most in TensorFlow ops, run compiled
+(``data/randaugment_kernels.py``).
 """
 
 from __future__ import annotations
@@ -13,10 +14,18 @@ import re
 
 import tensorflow as tf
 
+from data import randaugment_kernels
 from data.augment import IMAGENET_MEAN, split_seed, to_uint8, uniform
 
 # timm's RandAugment fill colour: round(255 * mean) = (124, 116, 104).
 IMAGENET_MEAN_PIXEL = tuple(min(255, round(255 * m)) for m in IMAGENET_MEAN)
+
+
+def _compiled(kernel, image: tf.Tensor, *args) -> tf.Tensor:
+  """uint8 [H, W, C] -> uint8 [H, W, C] by a kernel of ``data/randaugment_kernels.py``, run in
+  the graph through tf.numpy_function (the kernels release the GIL)."""
+  out = tf.numpy_function(kernel, [image, *args], tf.uint8, stateful=False)
+  return tf.ensure_shape(out, image.shape)
 
 
 def _blend(degenerate: tf.Tensor, image: tf.Tensor, factor) -> tf.Tensor:
@@ -42,18 +51,7 @@ def auto_contrast(image: tf.Tensor) -> tf.Tensor:
 
 def equalize(image: tf.Tensor) -> tf.Tensor:
   """PIL ``ImageOps.equalize``: per-channel histogram equalisation."""
-
-  def channel(c):
-    im = tf.cast(image[:, :, c], tf.int32)
-    hist = tf.math.bincount(im, minlength=256, maxlength=256, dtype=tf.int32)  # [256]
-    nonzero = tf.boolean_mask(hist, hist > 0)
-    step = (tf.reduce_sum(nonzero) - nonzero[-1]) // 255
-    safe_step = tf.maximum(step, 1)
-    lut = (tf.cumsum(hist) + safe_step // 2) // safe_step
-    lut = tf.clip_by_value(tf.concat([[0], lut[:-1]], 0), 0, 255)
-    return tf.where(step == 0, im, tf.gather(lut, im))
-
-  return tf.cast(tf.stack([channel(c) for c in range(3)], axis=-1), tf.uint8)
+  return _compiled(randaugment_kernels.equalize, image)
 
 
 def invert(image: tf.Tensor) -> tf.Tensor:
@@ -99,37 +97,18 @@ def brightness(image: tf.Tensor, factor) -> tf.Tensor:
 
 def sharpness(image: tf.Tensor, factor) -> tf.Tensor:
   """PIL ``ImageEnhance.Sharpness``: blend with the SMOOTH-filtered image (borders kept)."""
-  x = tf.cast(image, tf.float32)[None]  # [1, H, W, 3]
-  kernel = tf.constant([[1, 1, 1], [1, 5, 1], [1, 1, 1]], tf.float32) / 13.0
-  kernel = tf.tile(kernel[:, :, None, None], [1, 1, 3, 1])  # [3, 3, 3, 1]
-  smooth = tf.round(tf.nn.depthwise_conv2d(x, kernel, [1, 1, 1, 1], padding="VALID"))[0]
-  smooth = tf.pad(smooth, [[1, 1], [1, 1], [0, 0]])  # [H, W, 3]
-  interior = tf.pad(tf.ones_like(smooth[1:-1, 1:-1]), [[1, 1], [1, 1], [0, 0]]) > 0
-  degenerate = tf.where(interior, smooth, x[0])
-  return _blend(degenerate, image, factor)
+  return _compiled(randaugment_kernels.sharpness, image, tf.cast(factor, tf.float32))
 
 
 def affine_transform(image: tf.Tensor, transform, fill=IMAGENET_MEAN_PIXEL) -> tf.Tensor:
   """Applies an output->input affine map [a0, a1, a2, b0, b1, b2] (PIL convention).
 
-  Output pixel (x, y) samples input (a0 x + a1 y + a2, b0 x + b1 y + b2) with
-  bilinear interpolation; outside pixels get the per-channel `fill` colour
-  (done with an extra coverage channel, since the TF kernel only fills a
-  scalar).
+  Output pixel (x, y) samples input (a0 x + a1 y + a2, b0 x + b1 y + b2) with bilinear
+  interpolation (TensorFlow's ImageProjectiveTransformV3); what falls outside the image blends
+  into the per-channel `fill` colour by its uncovered fraction.
   """
-  x = tf.cast(image, tf.float32)
-  x = tf.concat([x, tf.ones_like(x[..., :1])], axis=-1)[None]  # [1, H, W, 4]
-  t = tf.concat([tf.cast(tf.reshape(transform, [6]), tf.float32), tf.zeros([2])], 0)[None]
-  out = tf.raw_ops.ImageProjectiveTransformV3(
-    images=x,
-    transforms=t,
-    output_shape=tf.shape(image)[:2],
-    fill_value=0.0,
-    interpolation="BILINEAR",
-    fill_mode="CONSTANT",
-  )[0]
-  rgb, coverage = out[..., :3], out[..., 3:]
-  return to_uint8(rgb + (1.0 - coverage) * tf.constant(fill, tf.float32))
+  transform = tf.cast(tf.reshape(transform, [6]), tf.float32)
+  return _compiled(randaugment_kernels.affine, image, transform, tf.constant(fill, tf.float32))
 
 
 def rotate(image: tf.Tensor, degrees, fill=IMAGENET_MEAN_PIXEL) -> tf.Tensor:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import itertools
 import os
 import statistics
 import subprocess
@@ -272,6 +273,42 @@ def per_op(args) -> None:
     print(f"{name}: {statistics.median(times):.3f}")
   share = np.mean([min(w.numpy()[2], w.numpy()[3]) >= 2 * size for w in windows])
   print(f"crops a 1/2 DCT-scaled decode could serve (both sides >= {2 * size}): {share:.1%}")
+  rand_augment_ops(np_crops, size)
+
+
+def rand_augment_ops(crops, size: int) -> None:
+  """Milliseconds per image of each RandAugment op (m9, increasing) on the crops resized to
+  `size`, and of RandAugment as the finetuning recipe applies it (2 ops, each with p=0.5)."""
+  import tensorflow as tf
+
+  from data import randaugment, resample
+
+  images = [tf.constant(resample.resize_bicubic(c, size, size)) for c in crops]
+  config = randaugment.parse_rand_augment("rand-m9-mstd0.5-inc1")
+  spec = tf.TensorSpec([size, size, 3], tf.uint8)
+  seed = tf.TensorSpec([2], tf.int64)
+  fns = {"(a tf.function call that does nothing)": tf.function(lambda x: x, input_signature=[spec])}
+  for name in randaugment.RAND_AUGMENT_OPS:
+    fns[name] = tf.function(
+      lambda x, name=name: randaugment.apply_rand_augment_op(name, x, 9.0, 1.0, config),
+      input_signature=[spec],
+    )
+  whole = tf.function(lambda x, s: randaugment.rand_augment(x, s, config), [spec, seed])
+  draws = itertools.count()  # a new seed each call: the ops drawn vary as in training
+  fns["RandAugment (2 ops, p=0.5 each)"] = lambda x: whole(
+    x, tf.constant([0, next(draws)], tf.int64)
+  )
+  print(f"RandAugment ops on {len(images)} images at {size}, ms per image, 1 thread")
+  for name, fn in fns.items():
+    for image in images[:5]:
+      fn(image)
+    times = []
+    for _ in range(3):
+      start = time.perf_counter()
+      for image in images:
+        fn(image)
+      times.append((time.perf_counter() - start) / len(images) * 1e3)
+    print(f"{name}: {statistics.median(times):.3f}")
 
 
 def pil_diff(args) -> None:

@@ -88,3 +88,21 @@ def test_where_it_fits_finds_the_smallest_slice(tmp_path):
   )
   rows = [json.loads(line) for line in out.read_text().splitlines()]
   assert rows[-1]["fits"] and rows[-1]["topology"] == "v5e:2x2", rows
+
+
+def test_input_pipeline_benchmark_per_op_and_one_contender(tmp_path):
+  from benchmarks import input_pipeline
+
+  photos = tmp_path / "photos"
+  input_pipeline.make_photos(str(photos), per_class=2)
+  data = f"folder:{photos}"
+  out = _run([sys.executable, "-m", "benchmarks.input_pipeline", "--data", data, "--per-op"])
+  for step in ("data.resample.resize_bicubic", "Sharpness", "TranslateYRel", "RandAugment (2"):
+    assert step in out, out
+  small = ["--batch", "4", "--batches", "2", "--warmup", "1"]
+  for augment in ("finetune", "eval"):
+    out = _run(
+      [sys.executable, "-m", "benchmarks.input_pipeline", "--data", data, "--augment", augment]
+      + small
+    )
+    assert "image uint8 (4, 224, 224, 3)" in out and "img/s: " in out, out

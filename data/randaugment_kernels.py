@@ -1,10 +1,11 @@
 """RandAugment's costly ops compiled with Numba: the affine warp (Rotate, ShearX/Y,
 TranslateX/YRel), Sharpness and Equalize.
 
-In TensorFlow ops these three cost the most of the fifteen, and made RandAugment cost more than
-decoding and resizing the image together (docs/input.md has the per-op figures). Each kernel computes exactly what the TensorFlow formulation it replaces did (float32 arithmetic
-in the same order, rounding half to even; tests/data/test_randaugment.py holds them equal bit for
-bit), releases the GIL, and runs in tf.data's threads through ``tf.numpy_function``
+In TensorFlow ops these cost the most of the fifteen ops, and made RandAugment cost more than
+decoding and resizing the image together (docs/input.md has the per-op figures). Each kernel
+computes exactly what the TensorFlow formulation it replaces did (float32 arithmetic in the same
+order, rounding half to even; tests/data/test_randaugment.py holds them equal bit for bit),
+releases the GIL, and runs in tf.data's threads through ``tf.numpy_function``
 (``data/randaugment.py``). They compile on first use (cached next to this file when writable).
 """
 

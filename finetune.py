@@ -15,6 +15,7 @@ Multi-process flags as in train.py.
 
 from absl import app, flags
 
+from core import errors
 from trainer import cli
 
 FLAGS = flags.FLAGS
@@ -30,7 +31,7 @@ def main(argv):
 
   def job(config, workdir, allow_config_change):
     if config.eval_only:
-      return task.evaluate_only(config, workdir)
+      return loop.evaluate_only(config, workdir, task.make_task(config, workdir))
     return loop.train_and_evaluate(
       config, workdir, task.make_task(config, workdir), allow_config_change=allow_config_change
     )
@@ -39,4 +40,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(cli.guarded(main), flags_parser=cli.parse_flags)
+  app.run(errors.guarded(main), flags_parser=cli.parse_flags)

@@ -13,6 +13,7 @@ pods and under SLURM; otherwise pass --coordinator_address=HOST:PORT --num_proce
 
 from absl import app, flags
 
+from core import errors
 from trainer import cli
 
 FLAGS = flags.FLAGS
@@ -37,4 +38,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(cli.guarded(main), flags_parser=cli.parse_flags)
+  app.run(errors.guarded(main), flags_parser=cli.parse_flags)

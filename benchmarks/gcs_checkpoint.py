@@ -18,13 +18,15 @@ import jax
 import numpy as np
 
 from benchmarks.train_step import load_config
+from core import storage
+from core import task as task_lib
 from fcmae import model as fcmae_model
-from trainer import checkpoint, loop, storage
+from trainer import checkpoint, loop
 
 
 def abstract_state(config):
   """The train state's shapes of a pretraining config, placed on one device (no data read)."""
-  task = loop.Task(
+  task = task_lib.Task(
     fresh_params=lambda: fcmae_model.from_config(config)[1],
     loss_fn=None,
     train_batches=None,

@@ -11,7 +11,7 @@ replicated over a data-parallel mesh. Batches are random uint8 images already on
 the figures are the step's own, not the input pipeline's (benchmarks/input_pipeline.py measures
 that), and nothing here imports TensorFlow. After `--warmup` steps, `--steps` steps are timed one
 by one; the median step gives images/s, and the compiled step's FLOPs per example
-(trainer/cost.py) give TFLOP/s per device and MFU where the device's peak is known. Prints one
+(core/cost.py) give TFLOP/s per device and MFU where the device's peak is known. Prints one
 line and appends one JSON object to `--out`.
 """
 
@@ -25,6 +25,7 @@ import time
 
 from absl import app, flags
 
+from core import errors
 from trainer import cli
 
 FLAGS = flags.FLAGS
@@ -73,7 +74,7 @@ def benchmark() -> dict:
   run = loop.setup(config, task)
   name = FLAGS["config"].config_filename
   if FLAGS.trace_only:
-    from trainer import cost as cost_lib
+    from core import cost as cost_lib
 
     traced = run.train_step.trace(run.abstract_state, run.abstract_batch)
     gflop = cost_lib.jaxpr_flops(traced.jaxpr) / FLAGS.batch / 1e9
@@ -150,4 +151,4 @@ def run_impl(config) -> str:
 
 
 if __name__ == "__main__":
-  app.run(cli.guarded(main), flags_parser=cli.parse_flags)
+  app.run(errors.guarded(main), flags_parser=cli.parse_flags)

@@ -8,8 +8,9 @@ import jax
 import jax.numpy as jnp
 
 from classify import metrics
+from core import cost, sharding
+from data import info as data_info
 from data import on_device
-from trainer import cost, loop, sharding
 
 
 class Evaluator:
@@ -32,7 +33,7 @@ class Evaluator:
 
   def compile(self, run, compiler_options: dict | None = None) -> cost.StepCost:
     """The evaluation step compiled ahead of time for a run's devices (--compile_only)."""
-    batch = loop.abstract_batch(self.config, run.batch_sharding)
+    batch = data_info.abstract_batch(self.config, run.batch_sharding)
     batch["mask"] = jax.ShapeDtypeStruct(
       batch["label"].shape, jnp.float32, sharding=run.batch_sharding
     )

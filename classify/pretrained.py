@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from flax import traverse_util
 
-from trainer.errors import UserError
+from core.errors import UserError
 
 
 class InitFromError(UserError, ValueError):

@@ -14,11 +14,12 @@ import jax.numpy as jnp
 
 from classify import metrics, pretrained
 from classify.evaluate import Evaluator
+from core import logs
+from core import task as task_lib
 from data import config_input, mixup, on_device
 from data.info import DatasetInfo
 from models import convnextv2, layers
 from models import pretrained as weights
-from trainer import logs, loop
 
 
 def num_classes(config, info: DatasetInfo) -> int:
@@ -37,7 +38,7 @@ def build_model(config, classes: int, abstract: bool = False):
   )
 
 
-def make_task(config, workdir: str | None, info: DatasetInfo | None = None) -> loop.Task:
+def make_task(config, workdir: str | None, info: DatasetInfo | None = None) -> task_lib.Task:
   """The finetuning task of `config`. `info`: the dataset's sizes and classes, when they are
   known without reading it (--compile_only)."""
   del workdir  # the finetuning task writes nothing of its own
@@ -81,7 +82,7 @@ def make_task(config, workdir: str | None, info: DatasetInfo | None = None) -> l
 
   evaluator = Evaluator(config, apply_fn, local_batch)
 
-  return loop.Task(
+  return task_lib.Task(
     fresh_params=lambda: build_model(config, classes)[1],
     loss_fn=task_loss,
     train_batches=config_input.train_stream(config, "finetune", randaugment=aug.randaugment),
@@ -91,8 +92,3 @@ def make_task(config, workdir: str | None, info: DatasetInfo | None = None) -> l
     skipped_images=config_input.skipped_images,
     compile_eval=evaluator.compile,
   )
-
-
-def evaluate_only(config, workdir: str, devices=None) -> dict:
-  """Evaluates the workdir's latest checkpoint, else config.init_from, and logs one eval row."""
-  return loop.evaluate_only(config, workdir, make_task(config, workdir), devices=devices)

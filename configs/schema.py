@@ -27,7 +27,7 @@ from typing import Any
 import ml_collections
 
 from configs import recipes
-from trainer.errors import UserError
+from core.errors import UserError
 
 JOBS = ("pretrain", "finetune")
 BOTH = JOBS

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from trainer.errors import UserError
+from core.errors import UserError
 
 
 class DatasetError(UserError, ValueError):
@@ -36,4 +36,15 @@ def batch_spec(batch_size: int, image_size: int) -> dict[str, tuple[tuple[int, .
   return {
     "image": ((batch_size, image_size, image_size, 3), np.uint8),
     "label": ((batch_size,), np.int32),
+  }
+
+
+def abstract_batch(config, batch_sharding, batch_size: int | None = None) -> dict:
+  """A global batch of the config as sharded ShapeDtypeStructs (batch_spec's layout)."""
+  import jax
+
+  spec = batch_spec(batch_size or config.batch_size, config.data.image_size)
+  return {
+    name: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharding)
+    for name, (shape, dtype) in spec.items()
   }

@@ -23,9 +23,9 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from core.errors import UserError
 from data import demo
 from data.info import IMAGENET_1K, DatasetError, DatasetInfo  # noqa: F401 (re-exported)
-from trainer.errors import UserError
 
 # TF must never grab an accelerator: JAX owns it.
 try:

@@ -8,15 +8,15 @@ top-1 of the encoder's features (fcmae/probe.py; config.probe.enabled=False turn
 
 from __future__ import annotations
 
+from core import task as task_lib
 from data import config_input, on_device
 from data.info import DatasetInfo
 from fcmae import masking
 from fcmae import model as fcmae_model
 from models import convnextv2, layers
-from trainer import loop
 
 
-def make_task(config, workdir: str | None, info: DatasetInfo | None = None) -> loop.Task:
+def make_task(config, workdir: str | None, info: DatasetInfo | None = None) -> task_lib.Task:
   """The pretraining task of `config`, writing pictures into `workdir`. `info`: the dataset's
   sizes, when they are known without reading it (--compile_only)."""
   loss_fn, _ = fcmae_model.from_config(config, abstract=True)
@@ -57,7 +57,7 @@ def make_task(config, workdir: str | None, info: DatasetInfo | None = None) -> l
       out.update(monitor(state["params"]["encoder"]))
     return out
 
-  return loop.Task(
+  return task_lib.Task(
     fresh_params=lambda: fcmae_model.from_config(config)[1],  # traced by the loop: born sharded
     loss_fn=task_loss,
     train_batches=config_input.train_stream(config, "pretrain"),

@@ -31,9 +31,9 @@ import dataclasses
 import jax
 import numpy as np
 
+from core import errors, sharding
 from data import eval_pipeline, on_device, sources
 from models import convnextv2
-from trainer import sharding
 
 L2_GRID = tuple(10.0**e for e in range(-3, 4))  # times the number of training examples
 
@@ -239,6 +239,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-  from trainer import cli
-
-  cli.guarded(main)(None)
+  errors.guarded(main)(None)

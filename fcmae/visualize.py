@@ -27,12 +27,12 @@ import ml_collections
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from core import errors, logs, storage
+from core.errors import UserError
 from data import augment, eval_pipeline, on_device
 from fcmae import masking
 from fcmae import model as fcmae_model
 from models import pretrained
-from trainer import logs, storage
-from trainer.errors import UserError
 
 NUM_IMAGES = 8
 COLUMNS = ("original", "masked input", "prediction", "prediction + visible")
@@ -223,6 +223,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-  from trainer import cli
-
-  cli.guarded(main)(None)
+  errors.guarded(main)(None)

@@ -58,10 +58,10 @@ from typing import Any
 
 import numpy as np
 
+from core import errors, storage
 from models import convnextv2 as cv
 from models import hub
 from models.state_dict import ConversionError, check_tree, from_params, to_params
-from trainer import errors, storage
 
 _MAX_LISTED = 20
 

@@ -25,8 +25,8 @@ import fnmatch
 import json
 from pathlib import Path
 
-from trainer import errors
-from trainer.errors import UserError
+from core import errors
+from core.errors import UserError
 
 PREFIX = "hf:"
 _INDEX = "model.safetensors.index.json"

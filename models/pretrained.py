@@ -12,9 +12,9 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from core import storage
+from core.errors import UserError
 from models import convert, hub
-from trainer import storage
-from trainer.errors import UserError
 
 
 class WeightsError(UserError, ValueError):

@@ -35,8 +35,8 @@ from typing import Any
 import numpy as np
 from flax import traverse_util
 
+from core.errors import UserError
 from models import convnextv2 as cv
-from trainer.errors import UserError
 
 FORMATS = ("official", "fcmae-sparse", "hf", "timm")
 # Keys of the FCMAE pretraining model outside the encoder (docs/reference.md, section 4): dropped.

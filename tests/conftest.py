@@ -61,7 +61,7 @@ def gcs():
         raise RuntimeError("the GCS emulator did not start") from None
       time.sleep(0.1)
   os.environ["STORAGE_EMULATOR_HOST"] = host
-  from trainer import storage
+  from core import storage
 
   storage.forward_environment()
   yield Bucket(host)

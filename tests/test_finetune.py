@@ -6,8 +6,9 @@ import jax
 import numpy as np
 
 from classify import task
+from core import logs
 from tests.helpers import finetune_config
-from trainer import logs, loop
+from trainer import loop
 
 ONE = jax.devices()[:1]
 

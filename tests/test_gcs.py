@@ -18,12 +18,13 @@ import jax
 import numpy as np
 import pytest
 
+from core import logs, storage
 from fcmae import pretrain, probe, visualize
 from models import pretrained as pretrained_weights
 from tests import test_train
 from tests.helpers import finetune_config
 from tests.test_train import ONE_DEVICE, REPO, STEPS, _config, _flags
-from trainer import checkpoint, logs, loop, storage
+from trainer import checkpoint, loop
 
 reference = test_train.reference  # the uninterrupted local run every bucket run must match
 # Reconstructions at the last step (the monitors' probes off: they would compile more).

@@ -16,10 +16,11 @@ import pytest
 from PIL import Image
 
 from configs import fcmae_demo
+from core import logs
 from fcmae import pretrain
 from models import pretrained as pretrained_weights
 from tests.helpers import SCAN, override
-from trainer import checkpoint, logs, loop
+from trainer import checkpoint, loop
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 12

@@ -20,8 +20,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from trainer import errors, storage
-from trainer.errors import UserError
+from core import errors, storage
+from core.errors import UserError
 
 
 class CheckpointError(UserError, ValueError):

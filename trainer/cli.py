@@ -3,7 +3,7 @@ and what a user sees when something is wrong.
 
 An error in what the user gave (config field or argument, data, checkpoint, weights, topology)
 is one message on stderr and exit status 2: the project's own exceptions for bad input derive from
-`trainer.errors.UserError`. Anything else is a bug and keeps its traceback. FCMAE_TRACEBACK=1
+`core.errors.UserError`. Anything else is a bug and keeps its traceback. FCMAE_TRACEBACK=1
 shows the traceback of user errors too.
 """
 
@@ -16,8 +16,8 @@ from collections.abc import Callable
 
 from absl import flags
 
-from trainer import sharding, storage
-from trainer.errors import UserError
+from core import sharding, storage
+from core.errors import fail
 
 CONFIG_HELP = (
   "The config fields, their meaning, defaults and checks are listed by `python -m "
@@ -67,12 +67,6 @@ def define_flags(config_help: str) -> None:
   flags.DEFINE_integer("process_id", -1, "This process's index (with --coordinator_address).")
 
 
-def fail(message: str, status: int = 2):
-  """Ends the process with one message on stderr."""
-  print(f"error: {message}", file=sys.stderr, flush=True)
-  sys.exit(status)
-
-
 def parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parsing (app.run's flags_parser) with one-line messages for bad flags, config
   files, arguments and overrides."""
@@ -114,27 +108,6 @@ def _innermost(error: BaseException) -> str:
       error = error.__cause__
     else:
       return str(inner) if isinstance(inner, str) else str(error)
-
-
-def guarded(main: Callable) -> Callable:
-  """main(argv) whose user errors end in one message and exit status 2, and whose Ctrl-C (the
-  second one, after the first asked for a checkpoint) ends without a traceback."""
-
-  def wrapper(argv):
-    try:
-      return main(argv)
-    except KeyboardInterrupt:
-      fail(
-        "interrupted; the run stopped without saving (the checkpoints saved before are "
-        "intact: run the same command again to resume).",
-        status=130,
-      )
-    except Exception as e:  # noqa: BLE001
-      if isinstance(e, UserError) and not os.environ.get("FCMAE_TRACEBACK"):
-        fail(str(e))
-      raise
-
-  return wrapper
 
 
 def read_config(flag_values):
@@ -202,7 +175,7 @@ def start(flag_values, config) -> None:
   import jax
   from absl import logging as absl_logging
 
-  from trainer.logs import say
+  from core.logs import say
 
   # Library INFO logs (orbax writes several lines per save) drown the progress lines.
   absl_logging.set_verbosity(absl_logging.WARNING)

@@ -19,56 +19,17 @@ run does not fit the device's memory (with 10% headroom), saying by how much and
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 import re
 import sys
 from collections.abc import Callable
 
+from core import cost as cost_lib
+from core import errors
 from data import info as data_info
 from models import layers
-from trainer import cost as cost_lib
-from trainer import errors, loop
-from trainer.errors import UserError
-
-TPU_GENERATIONS = ("v4", "v5e", "v5p", "v6e")
-
-
-class TopologyError(UserError, ValueError):
-  """A topology that cannot be compiled for here (unknown, or its compiler not installed)."""
-
-
-def topology_devices(topology: str) -> tuple[str, list]:
-  """(platform, devices) of a topology name: 'v5e:4x4', 'v5p:4x4x4', 'h100:8', 'h100:2x8'."""
-  from jax.experimental import topologies
-
-  generation, _, shape = topology.partition(":")
-  if generation in TPU_GENERATIONS:
-    os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")  # no metadata server to ask
-    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # no TPU to hold: no lock needed
-    if importlib.util.find_spec("libtpu") is None:
-      raise TopologyError(
-        f"--compile_only={topology} needs the TPU runtime: pip install -r requirements-tpu.txt"
-      )
-    try:
-      desc = topologies.get_topology_desc(platform="tpu", topology_name=topology)
-    except Exception as e:  # noqa: BLE001 (libtpu's error types are not public)
-      raise TopologyError(
-        f"--compile_only={topology}: the TPU runtime does not know this topology "
-        f"({errors.one_line(e)}). Use GENERATION:SHAPE, e.g. v4:2x2x2, v5e:4x4, "
-        "v5p:4x4x4, v6e:8x8."
-      ) from None
-    return "tpu", list(desc.devices)
-  from trainer import gpu_targets
-
-  if generation in gpu_targets.TARGETS:
-    return "gpu", gpu_targets.devices(generation, shape, topology)
-  raise TopologyError(
-    f"--compile_only={topology}: unknown topology. TPU: {', '.join(TPU_GENERATIONS)} "
-    f"with a shape (v5e:4x4, v5p:4x4x4); GPU: {', '.join(gpu_targets.TARGETS)} with "
-    "GPUs per node or NODESxGPUS (h100:8, h100:2x8)."
-  )
+from trainer import gpu_targets, loop
+from trainer import topology as topology_lib
 
 
 def _out_of_memory(error: Exception) -> str | None:
@@ -88,7 +49,7 @@ def _out_of_memory(error: Exception) -> str | None:
 
 def compile_and_report(config, make_task: Callable, topology: str, *, out=sys.stdout) -> int:
   """Compiles the run of `config` for `topology`; prints the report; returns the exit status."""
-  platform, devices = topology_devices(topology)
+  platform, devices = topology_lib.devices(topology)
   info = data_info.IMAGENET_1K
   if "num_classes" in config.data and config.data.num_classes > 0:
     info = data_info.DatasetInfo(
@@ -109,8 +70,6 @@ def compile_and_report(config, make_task: Callable, topology: str, *, out=sys.st
     result["depthwise_impl"] = layers.default_depthwise_impl()
     options = None
     if platform == "gpu":
-      from trainer import gpu_targets
-
       options = gpu_targets.COMPILER_OPTIONS
     try:
       step = run_.compile_train_step(options)

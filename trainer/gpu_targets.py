@@ -12,8 +12,6 @@ shapes Triton does not take on a GPU).
 
 from __future__ import annotations
 
-import importlib.util
-
 # SMs, boost clock (GHz), memory (bytes, as CUDA reports it), memory bandwidth (B/s), L2 (bytes),
 # shared memory per SM and the most one block may opt into (bytes), FP32 units per SM, compute
 # capability. Sources: NVIDIA's H100 / H200 / A100 datasheets and CUDA's device properties.
@@ -91,27 +89,11 @@ device_description_str: "{t["name"]}"
 """
 
 
-def devices(gpu: str, shape: str, topology: str) -> list:
-  """The devices of `shape` ('8': one node of 8 GPUs; '2x8': two nodes of 8) of a GPU type."""
+def devices(gpu: str, nodes: int, per_node: int) -> list:
+  """The devices of `nodes` nodes of `per_node` GPUs of a type of TARGETS (needs JAX's CUDA
+  plugin; trainer/topology.py checks it is installed)."""
   from jax.experimental import topologies
 
-  from trainer.compile_only import TopologyError
-
-  parts = shape.split("x")
-  if not all(p.isdigit() and int(p) > 0 for p in parts) or len(parts) > 2:
-    raise TopologyError(
-      f"--compile_only={topology}: a GPU shape is GPUS or NODESxGPUS (h100:8, h100:2x8)."
-    )
-  nodes, per_node = (1, int(parts[0])) if len(parts) == 1 else (int(parts[0]), int(parts[1]))
-  try:
-    plugin = importlib.util.find_spec("jax_plugins.xla_cuda12")
-  except ModuleNotFoundError:  # no jax_plugins package at all
-    plugin = None
-  if plugin is None:
-    raise TopologyError(
-      f"--compile_only={topology} needs JAX's CUDA plugin: "
-      "pip install -r requirements-gpu-compile.txt"
-    )
   desc = topologies.get_topology_desc(
     platform="cuda", target_config=target_config(gpu), topology=f"1x{nodes}x{per_node}"
   )

@@ -5,7 +5,7 @@ config -> mesh -> data -> state (born sharded) -> jitted step -> checkpoints and
 A `Task` says what differs between the two jobs: how to make the params, the loss, the input
 stream and what to evaluate. Everything else lives here once: the mesh, the optimizer from the
 config, the sharded train state, the train step compiled ahead of time (its compile time, memory
-and FLOPs reported: trainer/cost.py), resume from WORKDIR/checkpoints (including the data
+and FLOPs reported: core/cost.py), resume from WORKDIR/checkpoints (including the data
 position: the stream restarts at the saved step), SIGTERM (save and stop), the NaN stop,
 profiling, and the logs.
 
@@ -20,54 +20,25 @@ import dataclasses
 import math
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
 
+from core import cost as cost_lib
+from core import logs, sharding, storage
+from core import task as task_lib
+from core.errors import UserError
 from data import info as data_info
-from trainer import checkpoint, logs, optim, preemption, sharding, storage
-from trainer import cost as cost_lib
+from trainer import checkpoint, optim, preemption
 from trainer import profiler as profiler_lib
 from trainer import workdir as workdir_lib
-from trainer.errors import UserError
 
 
 class NonFiniteLossError(UserError, FloatingPointError):
   """The loss became NaN or Inf; the run stopped without saving the bad state."""
-
-
-@dataclasses.dataclass
-class Task:
-  """The job-specific parts of a run.
-
-  fresh_params: () -> params, traced under jit (so it must be jax-only).
-  loss_fn: (params, batch, rng) -> (loss, dict of scalar metrics): the mean over the batch, a dict
-    of global arrays with "key", one PRNG key per example (for per-example randomness: the same
-    whichever micro-batch the example lands in); rng is one key for the whole (micro-)batch.
-  train_batches: (start_step) -> iterator of this process's local numpy batches.
-  steps_per_epoch: global steps in one pass over the training data.
-  load_pretrained: optional (fresh params) -> params, called once when a run starts from scratch
-    (finetuning loads a pretrained encoder here).
-  evaluate: optional (state, step) -> dict of metrics, called every config.eval_every_steps and at
-    the end (pretraining writes reconstruction pictures, finetuning measures accuracy).
-  compile_eval: optional (run, compiler_options) -> cost.StepCost of the evaluation step, for
-    --compile_only.
-  evaluate_at_start: evaluate before the first step of a fresh run too (pretraining's monitors:
-    the figures at initialisation).
-  """
-
-  fresh_params: Callable[[], Any]
-  loss_fn: Callable[..., tuple[jax.Array, dict]]
-  train_batches: Callable[[int], Iterator[dict]]
-  steps_per_epoch: int
-  load_pretrained: Callable[[Any], Any] | None = None
-  evaluate: Callable[[dict, int], dict] | None = None
-  skipped_images: Callable[[], int] | None = None
-  compile_eval: Callable[..., cost_lib.StepCost] | None = None
-  evaluate_at_start: bool = False
 
 
 @dataclasses.dataclass
@@ -96,16 +67,7 @@ class Setup:
     )
 
 
-def abstract_batch(config, batch_sharding, batch_size: int | None = None) -> dict:
-  """A global batch of the config as sharded ShapeDtypeStructs (data/info.py: batch_spec's layout)."""
-  spec = data_info.batch_spec(batch_size or config.batch_size, config.data.image_size)
-  return {
-    name: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharding)
-    for name, (shape, dtype) in spec.items()
-  }
-
-
-def setup(config, task: Task, *, devices=None) -> Setup:
+def setup(config, task: task_lib.Task, *, devices=None) -> Setup:
   """The mesh, optimizer, sharded state initializer and jitted train step of a config.
 
   With config.grad_accum_steps = k > 1 the step splits the global batch into k micro-batches,
@@ -190,12 +152,12 @@ def setup(config, task: Task, *, devices=None) -> Setup:
       abstract_state,
       state_shardings,
     ),
-    abstract_batch=abstract_batch(config, batch_sharding),
+    abstract_batch=data_info.abstract_batch(config, batch_sharding),
     total_steps=optim.total_steps(config, task.steps_per_epoch),
   )
 
 
-def restore_or_init(run: Setup, task: Task, ckpt: checkpoint.Checkpointer) -> dict:
+def restore_or_init(run: Setup, task: task_lib.Task, ckpt: checkpoint.Checkpointer) -> dict:
   """Resumes from the newest checkpoint of the workdir that can be restored (an unreadable one
   is moved aside: checkpoint.Checkpointer.restore_latest), else starts fresh (maybe from
   task.load_pretrained)."""
@@ -213,7 +175,7 @@ def restore_or_init(run: Setup, task: Task, ckpt: checkpoint.Checkpointer) -> di
 
 
 def train_and_evaluate(
-  config, workdir: str, task: Task, *, devices=None, allow_config_change: bool = False
+  config, workdir: str, task: task_lib.Task, *, devices=None, allow_config_change: bool = False
 ) -> dict:
   """Runs (or resumes) the job in `workdir` to config's total steps; returns the final state.
 
@@ -318,7 +280,7 @@ def train_and_evaluate(
       storage.rmtree(workdir)  # made by this start, which failed
 
 
-def evaluate_only(config, workdir: str, task: Task, *, devices=None) -> dict:
+def evaluate_only(config, workdir: str, task: task_lib.Task, *, devices=None) -> dict:
   """Evaluates the latest checkpoint of `workdir`, or else the task's initial params (e.g. a
   pretrained model), writes one row to metrics.jsonl and returns it."""
   if task.evaluate is None:

@@ -8,7 +8,7 @@ import os
 import jax
 
 from configs import schema
-from trainer import logs, storage
+from core import logs, storage
 
 
 class Profiler:

@@ -7,7 +7,7 @@ to another; more steps or epochs extend the run. Whenever the config changes, th
 is kept as config.<step>.json, so the history says which steps ran under which config. Metrics
 rows of steps past the restored checkpoint (done again after a resume) move to
 metrics.discarded.jsonl, so metrics.jsonl has one row per step. The workdir may be local or
-gs://BUCKET/PATH (trainer/storage.py).
+gs://BUCKET/PATH (core/storage.py).
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import os
 from typing import Any
 
 from configs import schema
-from trainer import storage
-from trainer.errors import UserError
+from core import storage
+from core.errors import UserError
 
 
 class ConfigChangeError(UserError, ValueError):

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 
 from classify import task
+from core import logs
 from data import demo, eval_pipeline, on_device, sources
 from models import convert
 from tests.helpers import finetune_config
-from trainer import logs
+from trainer import loop
 
 DEMO_CLASSES = len(demo.CLASSES)
 ONE = jax.devices()[:1]
@@ -34,7 +35,9 @@ def test_eval_of_a_converted_checkpoint_is_exact_and_matches_its_logits(tmp_path
   _hf_checkpoint(tmp_path / "hf")
   convert.main([str(tmp_path / "hf"), str(tmp_path / "converted")])
   config = finetune_config(init_from=str(tmp_path / "converted"), eval_only=True, batch_size=64)
-  result = task.evaluate_only(config, str(tmp_path / "eval"), devices=ONE)
+  result = loop.evaluate_only(
+    config, str(tmp_path / "eval"), task.make_task(config, str(tmp_path / "eval")), devices=ONE
+  )
   # The demo's 240 validation images do not fill whole batches of 64: all counted, once.
   info = sources.dataset_info("demo")
   assert info.num_eval_examples % 64 != 0

@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 
 from configs import fcmae_demo
+from core import logs, sharding
 from data import demo
 from fcmae import pretrain, probe
 from models import convnextv2
 from tests.helpers import SCAN, override
-from trainer import logs, loop, sharding
+from trainer import loop
 
 
 def _clusters(n, classes=4, dim=8, noise=0.8, seed=0):

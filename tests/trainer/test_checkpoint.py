@@ -11,8 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from core import sharding
 from models import pretrained as pretrained_weights
-from trainer import checkpoint, sharding
+from trainer import checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

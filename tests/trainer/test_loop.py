@@ -8,10 +8,11 @@ import pytest
 
 from classify import task as finetune_task
 from configs import fcmae_demo, finetune_demo
+from core import logs
 from fcmae import pretrain
 from models import pretrained as pretrained_weights
 from tests.helpers import override
-from trainer import logs, loop
+from trainer import loop
 
 ONE = jax.devices()[:1]
 SHORT = {

@@ -20,7 +20,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from trainer.errors import UserError
+from core.errors import UserError
 
 DATA_AXES = ("data", "fsdp")
 

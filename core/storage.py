@@ -21,8 +21,8 @@ import os
 import shutil
 import tempfile
 
-from trainer import errors
-from trainer.errors import UserError
+from core import errors
+from core.errors import UserError
 
 EMULATOR = "STORAGE_EMULATOR_HOST"
 

@@ -1,7 +1,7 @@
 """Run logs: WORKDIR/metrics.jsonl, TensorBoard events, and a progress line with an ETA.
 
 Only process 0 writes; the other processes get a writer that does nothing. The workdir may be a
-local directory or gs://BUCKET/PATH (trainer/storage.py): a row is in metrics.jsonl and its
+local directory or gs://BUCKET/PATH (core/storage.py): a row is in metrics.jsonl and its
 scalars in the events file before the progress line reports it.
 """
 
@@ -16,7 +16,7 @@ import time
 
 import jax
 
-from trainer import storage
+from core import storage
 
 
 class MetricWriter:

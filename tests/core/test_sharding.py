@@ -1,12 +1,13 @@
-"""trainer/sharding.py: the mesh, the FSDP rule on real parameter trees, and global batches."""
+"""core/sharding.py: the mesh, the FSDP rule on real parameter trees, and global batches."""
 
 import jax
 import numpy as np
 
 from configs import fcmae_demo
+from core import sharding
 from data import pipeline
 from fcmae import pretrain
-from trainer import loop, sharding
+from trainer import loop
 
 
 def test_params_are_really_sharded_over_fsdp():

@@ -13,9 +13,11 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import os
 import re
 import sys
 import threading
+from collections.abc import Callable
 
 # Status codes of absl::Status, which tensorstore, XLA and the TPU runtime put in their messages.
 _STATUS = re.compile(
@@ -64,3 +66,30 @@ def quiet_aftermath():
     gc.collect()  # the failed reads' coroutines, while their complaints are still dropped
     sys.unraisablehook, threading.excepthook = hooks
     asyncio_logger.setLevel(level)
+
+
+def fail(message: str, status: int = 2):
+  """Ends the process with one message on stderr."""
+  print(f"error: {message}", file=sys.stderr, flush=True)
+  sys.exit(status)
+
+
+def guarded(main: Callable) -> Callable:
+  """main(argv) whose user errors end in one message and exit status 2, and whose Ctrl-C (the
+  second one, after the first asked for a checkpoint) ends without a traceback."""
+
+  def wrapper(argv):
+    try:
+      return main(argv)
+    except KeyboardInterrupt:
+      fail(
+        "interrupted; the run stopped without saving (the checkpoints saved before are "
+        "intact: run the same command again to resume).",
+        status=130,
+      )
+    except Exception as e:  # noqa: BLE001
+      if isinstance(e, UserError) and not os.environ.get("FCMAE_TRACEBACK"):
+        fail(str(e))
+      raise
+
+  return wrapper

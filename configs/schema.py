@@ -181,6 +181,13 @@ FIELDS: tuple[Field, ...] = (
     "stochastic depth, rising linearly to this in the last block",
     check=between(0, 1, hi_open=True, what="a rate"),
   ),
+  F(
+    "model.in_chans",
+    3,
+    "input channels: 3 RGB, 1 greyscale, any C >= 1 from .npy images; 3-channel weights are "
+    "adapted to C (timm's adapt_input_conv)",
+    check=positive,
+  ),
   F("model.head_init_scale", 1.0, "scale of the classifier head's initial weights", jobs=FINETUNE),
   # The data.
   F(

@@ -23,7 +23,6 @@ from collections.abc import Callable
 import tensorflow as tf
 
 from data import resample
-from data.info import IMAGENET_MEAN, IMAGENET_STD  # noqa: F401 (re-exported)
 
 # --------------------------------------------------------------------------
 # Small helpers

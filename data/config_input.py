@@ -47,6 +47,6 @@ def steps_per_epoch(config, info: DatasetInfo, *, training: bool = True) -> int:
 
 def skipped_images() -> int:
   """Images this process skipped as unreadable so far (Task.skipped_images)."""
-  from data import pipeline
+  from data import skips
 
-  return pipeline.skipped_images()
+  return skips.skipped_images()

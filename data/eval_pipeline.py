@@ -1,6 +1,6 @@
 """One exact pass over an evaluation split: every example once on any number of processes,
 padded to equal batch counts (``mask`` 0 on padding), resize + center crop on the host, uint8 to
-the device. Corrupt images become padding and are counted as in training (``data/pipeline.py``).
+the device. Corrupt images become padding and are counted as in training (``data/skips.py``).
 """
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ from collections.abc import Iterator
 import numpy as np
 import tensorflow as tf
 
-from data import pipeline, transforms
+from data import transforms
+from data.skips import SkipTracker, transformed
 from data.sources import Source, check_process, get_source, tf_options
 
 
@@ -44,7 +45,7 @@ class EvalIterator:
     shard_sizes = [source.shard_size(split, i, process_count) for i in range(process_count)]
     self.shard_size = shard_sizes[process_index]
     self.num_batches = -(-max(shard_sizes) // local_batch_size)  # ceil
-    self._tracker = pipeline.SkipTracker(
+    self._tracker = SkipTracker(
       lambda epoch, pos: source.describe(split, process_index, process_count, None, pos, 0)
     )
     self._batches = self._generate()
@@ -69,7 +70,7 @@ class EvalIterator:
     transform = transforms.eval_transform(
       self.image_size, float(self.crop_pct), encoded=self.source.encoded
     )
-    ds = pipeline.transformed(self.source, transform, ds, lambda pos: tf.zeros([2], tf.int64))
+    ds = transformed(self.source, transform, ds, lambda pos: tf.zeros([2], tf.int64))
     ds = ds.batch(self.batch_size)
     if self.prefetch:
       ds = ds.prefetch(self.prefetch)

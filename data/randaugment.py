@@ -15,7 +15,8 @@ import re
 import tensorflow as tf
 
 from data import randaugment_kernels
-from data.augment import IMAGENET_MEAN, split_seed, to_uint8, uniform
+from data.augment import split_seed, to_uint8, uniform
+from data.info import IMAGENET_MEAN
 
 # timm's RandAugment fill colour: round(255 * mean) = (124, 116, 104).
 IMAGENET_MEAN_PIXEL = tuple(min(255, round(255 * m)) for m in IMAGENET_MEAN)

@@ -25,7 +25,7 @@ import tensorflow_datasets as tfds
 
 from core.errors import UserError
 from data import demo
-from data.info import IMAGENET_1K, DatasetError, DatasetInfo  # noqa: F401 (re-exported)
+from data.info import DatasetError, DatasetInfo
 
 # TF must never grab an accelerator: JAX owns it.
 try:
@@ -97,7 +97,7 @@ class Source:
   name: str
   num_classes: int
   # True: the training stream reads one global order of the whole split
-  # (_GlobalTrainPipeline); False: per-process shards (_ShardedTrainPipeline).
+  # (data/global_stream.py); False: per-process shards (data/sharded_stream.py).
   global_order = False
 
   def split_size(self, split: str) -> int:

@@ -29,7 +29,8 @@ from PIL import Image, ImageDraw, ImageFont
 
 from core import errors, logs, storage
 from core.errors import UserError
-from data import augment, eval_pipeline, on_device
+from data import eval_pipeline, on_device
+from data.info import IMAGENET_MEAN, IMAGENET_STD
 from fcmae import masking
 from fcmae import model as fcmae_model
 from models import pretrained
@@ -60,7 +61,7 @@ def reconstruction_grid(images, pred, mask, norm_pix_loss: bool) -> np.ndarray:
   recon = as_image(pred)
   pixel_mask = as_image(np.repeat(mask[..., None], p * p * 3, axis=-1))
   pasted = images * (1 - pixel_mask) + recon * pixel_mask
-  mean, std = np.asarray(augment.IMAGENET_MEAN), np.asarray(augment.IMAGENET_STD)
+  mean, std = np.asarray(IMAGENET_MEAN), np.asarray(IMAGENET_STD)
   to_uint8 = lambda x: np.clip((x * std + mean) * 255 + 0.5, 0, 255).astype(np.uint8)
   grey_masked = np.where(pixel_mask > 0, 128, to_uint8(images)).astype(np.uint8)
   columns = [to_uint8(images), grey_masked, to_uint8(recon), to_uint8(pasted)]
@@ -134,7 +135,7 @@ def load_images(paths, image_size: int) -> np.ndarray:
     )
     left, top = (image.size[0] - image_size) // 2, (image.size[1] - image_size) // 2
     image = np.asarray(image.crop((left, top, left + image_size, top + image_size)), np.float32)
-    out.append((image / 255 - np.asarray(augment.IMAGENET_MEAN)) / np.asarray(augment.IMAGENET_STD))
+    out.append((image / 255 - np.asarray(IMAGENET_MEAN)) / np.asarray(IMAGENET_STD))
   return np.stack(out).astype(np.float32)
 
 

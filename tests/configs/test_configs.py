@@ -12,7 +12,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from classify import task as finetune_task
-from data import sources
+from data.info import IMAGENET_1K
 from fcmae import pretrain
 from models import convnextv2
 from trainer import loop, optim
@@ -296,7 +296,7 @@ def test_each_config_builds_its_run_as_train_py_and_finetune_py_do(size):
   the classifier with the config's dtype, depthwise form, drop path, head scale and layer-decay
   scheme (group only where the depths allow it)."""
   p = load(f"fcmae_{size}")
-  run = loop.setup(p, pretrain.make_task(p, None, info=sources.IMAGENET_1K))
+  run = loop.setup(p, pretrain.make_task(p, None, info=IMAGENET_1K))
   params = run.abstract_state["params"]
   assert params["mask_token"].shape == (512,)
   assert params["pred"]["kernel"].shape == (512, 32 * 32 * 3)
@@ -304,7 +304,7 @@ def test_each_config_builds_its_run_as_train_py_and_finetune_py_do(size):
   assert run.total_steps == 1600 * (1_281_167 // 4096)
 
   f = load(f"finetune_{size}")
-  task = finetune_task.make_task(f, None, info=sources.IMAGENET_1K)
+  task = finetune_task.make_task(f, None, info=IMAGENET_1K)
   run = loop.setup(f, task)
   params = run.abstract_state["params"]
   paper_m = convnextv2.VARIANTS[size]["params_m"]

@@ -8,7 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from data import eval_pipeline, pipeline, sources
+from data import eval_pipeline, skips, sources
+from data.info import DatasetInfo
 from tests.data.helpers import (
   GOOD_TRAIN,
   GOOD_VAL,
@@ -57,15 +58,15 @@ def test_eval_is_exact_with_padding_and_simulated_processes(process_count):
 def test_folder_info_and_eval_with_corrupt_files(image_folder, caplog):
   name = f"folder:{image_folder}"
   info = sources.dataset_info(name)
-  assert info == sources.DatasetInfo(num_classes=2, num_train_examples=8, num_eval_examples=3)
+  assert info == DatasetInfo(num_classes=2, num_train_examples=8, num_eval_examples=3)
 
-  before = pipeline.skipped_images()
+  before = skips.skipped_images()
   palette = [c for _, c in GOOD_TRAIN.values()]
   with caplog.at_level(logging.WARNING, logger="data.pipeline"):
     it = eval_pipeline.eval_iterator(name, image_size=16, local_batch_size=3, split="train")
     batches = list(it)
   assert len(batches) == math.ceil(8 / 3)
-  assert it.num_skipped == 2 and pipeline.skipped_images() - before == 2
+  assert it.num_skipped == 2 and skips.skipped_images() - before == 2
   assert sum(b["mask"].sum() for b in batches) == 6
   real = [
     (img, lab) for b in batches for img, lab, m in zip(b["image"], b["label"], b["mask"]) if m

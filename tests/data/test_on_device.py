@@ -5,12 +5,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from data import augment, on_device
+from data import on_device
+from data.info import IMAGENET_MEAN, IMAGENET_STD
 
 
 def test_normalize_is_the_imagenet_normalization():
   pixels = np.random.default_rng(0).integers(0, 256, (2, 4, 5, 3), np.uint8)
-  expected = (pixels / 255.0 - np.asarray(augment.IMAGENET_MEAN)) / np.asarray(augment.IMAGENET_STD)
+  expected = (pixels / 255.0 - np.asarray(IMAGENET_MEAN)) / np.asarray(IMAGENET_STD)
   np.testing.assert_allclose(
     on_device.normalize(jnp.asarray(pixels)), expected, rtol=1e-6, atol=1e-6
   )

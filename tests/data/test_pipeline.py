@@ -7,7 +7,8 @@ import logging
 import numpy as np
 import pytest
 
-from data import demo, eval_pipeline, pipeline, sources
+from data import demo, eval_pipeline, pipeline, skips, sources
+from data.info import DatasetInfo, batch_spec
 from tests.data.helpers import (
   GOOD_TRAIN,
   GOOD_TRAIN_CLASSES,
@@ -29,7 +30,7 @@ pytestmark = pytest.mark.xdist_group("pipeline")
 
 def test_train_batches_are_uint8_pixels_of_the_layout_batch_spec_names():
   it = pipeline.train_iterator("demo", image_size=S, local_batch_size=8, seed=0)
-  spec = pipeline.batch_spec(8, S)
+  spec = batch_spec(8, S)
   for batch in take(it, 3):
     assert set(batch) == set(spec)
     for name, (shape, dtype) in spec.items():
@@ -148,15 +149,13 @@ def test_folder_training_survives_corrupt_files(image_folder, caplog):
   name = f"folder:{image_folder}"
   palette = [c for _, c in GOOD_TRAIN.values()]
   good = {str(image_folder / "train" / rel): k for k, rel in enumerate(GOOD_TRAIN)}
-  before = pipeline.skipped_images()
+  before = skips.skipped_images()
   it = pipeline.train_iterator(name, image_size=16, local_batch_size=2, seed=0, augment="none")
   assert it.steps_per_epoch == 4  # 8 files // 2, corrupt files included
   with caplog.at_level(logging.WARNING, logger="data.pipeline"):
     batches = take(it, 12)  # 3 epochs; every batch is full
   assert all(b["image"].shape == (2, 16, 16, 3) for b in batches)
-  assert (
-    it.num_skipped == 6 and pipeline.skipped_images() - before == 6
-  )  # 2 corrupt files x 3 epochs
+  assert it.num_skipped == 6 and skips.skipped_images() - before == 6  # 2 corrupt files x 3 epochs
   assert "bad.jpg" in caplog.text and "trunc.jpeg" in caplog.text
   for epoch in range(3):
     ids = identify(
@@ -222,9 +221,7 @@ def test_folder_all_corrupt_raises(tmp_path):
 
 def test_tfds_train_end_to_end(tfds_dir, no_network):
   name = "fcmae_tiny_tfds"
-  assert sources.dataset_info(name, data_dir=tfds_dir) == sources.DatasetInfo(
-    4, TFDS_TRAIN, TFDS_VAL
-  )
+  assert sources.dataset_info(name, data_dir=tfds_dir) == DatasetInfo(4, TFDS_TRAIN, TFDS_VAL)
   kwargs = dict(
     data_dir=tfds_dir, image_size=8, local_batch_size=4, seed=5, augment="none", process_count=2
   )

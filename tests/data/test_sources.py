@@ -6,37 +6,38 @@ import os
 import pytest
 
 from data import demo, eval_pipeline, pipeline, sources
+from data.info import DatasetError, DatasetInfo
 from tests.data.helpers import S, write_image
 
 
 def test_dataset_info_demo():
   info = sources.dataset_info("demo")
-  assert info == sources.DatasetInfo(
+  assert info == DatasetInfo(
     num_classes=len(demo.CLASSES), num_train_examples=1200, num_eval_examples=240
   )
 
 
 def test_folder_errors(tmp_path):
-  with pytest.raises(sources.DatasetError, match="missing"):
+  with pytest.raises(DatasetError, match="missing"):
     sources.dataset_info(f"folder:{tmp_path / 'missing'}")
   (tmp_path / "no_train" / "val" / "cat").mkdir(parents=True)
-  with pytest.raises(sources.DatasetError, match="train/"):
+  with pytest.raises(DatasetError, match="train/"):
     sources.dataset_info(f"folder:{tmp_path / 'no_train'}")
 
   root = tmp_path / "extra_val_class"
   write_image(str(root / "train" / "cat" / "a.png"), (1, 2, 3), (8, 8))
   write_image(str(root / "val" / "bird" / "b.png"), (1, 2, 3), (8, 8))
-  with pytest.raises(sources.DatasetError, match="'bird'"):
+  with pytest.raises(DatasetError, match="'bird'"):
     sources.dataset_info(f"folder:{root}")
 
   root = tmp_path / "empty_val"
   write_image(str(root / "train" / "cat" / "a.png"), (1, 2, 3), (8, 8))
   (root / "val" / "cat").mkdir(parents=True)
-  with pytest.raises(sources.DatasetError, match="no images"):
+  with pytest.raises(DatasetError, match="no images"):
     sources.dataset_info(f"folder:{root}")
   root = tmp_path / "no_val"
   write_image(str(root / "train" / "cat" / "a.png"), (1, 2, 3), (8, 8))
-  with pytest.raises(sources.DatasetError, match="val"):
+  with pytest.raises(DatasetError, match="val"):
     sources.dataset_info(f"folder:{root}")
 
 

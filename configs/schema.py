@@ -140,6 +140,31 @@ def _profile_steps(v, c):
   return None
 
 
+def parse_channel_stats(v: str) -> tuple[float, ...]:
+  """config.data.mean / data.std 'A,B,C' -> (A, B, C); '' -> ()."""
+  try:
+    return tuple(float(x) for x in v.split(",")) if v.strip() else ()
+  except ValueError:
+    raise ConfigError(f"{v!r}: expected numbers separated by commas, e.g. 0.5,0.5,0.5") from None
+
+
+def _channel_stats(v, c):
+  try:
+    values = parse_channel_stats(v)
+  except ConfigError:
+    return "expected numbers separated by commas, one per channel, e.g. 0.45,0.45,0.45"
+  if values and len(values) != c.model.in_chans:
+    return f"expected {c.model.in_chans} values (model.in_chans), got {len(values)}"
+  return None
+
+
+def _channel_std(v, c):
+  problem = _channel_stats(v, c)
+  if problem is None and any(x <= 0 for x in parse_channel_stats(v)):
+    return "expected standard deviations > 0"
+  return problem
+
+
 def _fsdp_default(variant):
   return -1 if variant in recipes.FSDP_SIZES else 1
 
@@ -193,9 +218,25 @@ FIELDS: tuple[Field, ...] = (
   F(
     "data.name",
     "imagenet2012",
-    "a TFDS name, 'folder:/path' (train/<class>/*, val/<class>/*) or 'demo'",
+    "a TFDS name, 'folder:/path' (train/<class>/*, val/<class>/*, or any images at any depth, "
+    "unlabeled; gs:// works) or 'demo'",
   ),
   F("data.data_dir", "", "TFDS data_dir (gs:// works); '' = TFDS's default", FREE),
+  F(
+    "data.mean",
+    "",
+    "per-channel mean of the pixels in [0, 1], 'A,B,C'; '' = ImageNet's for 3 channels, else "
+    "computed from the data (data.stats_images) and kept in the workdir",
+    check=_channel_stats,
+  ),
+  F("data.std", "", "per-channel standard deviation, as data.mean", check=_channel_std),
+  F(
+    "data.stats_images",
+    256,
+    "the first images of the file list data.mean / data.std are computed over when ''",
+    FREE,
+    positive,
+  ),
   F("data.image_size", 224, "training and evaluation resolution", check=_image_size),
   F(
     "data.crop_scale_min",
@@ -346,6 +387,14 @@ FIELDS: tuple[Field, ...] = (
     PRETRAIN,
   ),
   F("probe.batch_size", 0, "batch for embedding; 0 = batch_size", FREE, non_negative, PRETRAIN),
+  F(
+    "probe.data",
+    "",
+    "the labeled data the monitors evaluate on (a TFDS name, folder: with class folders); "
+    "'' = data.name, and none when it has no labels",
+    FREE,
+    jobs=PRETRAIN,
+  ),
   # Finetuning.
   F(
     "init_from",

@@ -17,9 +17,11 @@ PyTorch/PIL reference: the random streams are Philox (TF) rather than torch/pyth
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Callable
 
+import numpy as np
 import tensorflow as tf
 
 from data import resample
@@ -108,20 +110,90 @@ def crop_window(
   return tf.cast(tf.stack([top, left, crop_h, crop_w]), tf.int32)
 
 
-def decode_crop(data: tf.Tensor, window: Callable[[tf.Tensor], tf.Tensor]) -> tf.Tensor:
-  """Decodes the window `window(shape)` of an encoded image: uint8 [h, w, 3].
+def decode_crop(
+  data: tf.Tensor, window: Callable[[tf.Tensor], tf.Tensor], channels: int = 3
+) -> tf.Tensor:
+  """Decodes the window `window(shape)` of an encoded image: uint8 [h, w, channels].
 
   A JPEG decodes only the window (its shape read from the header first); other formats (PNG,
-  GIF, BMP, WebP) decode whole and are cropped. Unreadable bytes raise, at decode time."""
+  GIF, BMP, WebP, .npy) decode whole (`decode`) and are cropped. Unreadable bytes raise, at
+  decode time."""
 
   def jpeg():
-    return tf.io.decode_and_crop_jpeg(data, window(tf.io.extract_jpeg_shape(data)), channels=3)
+    return _decode_jpeg(data, channels, window(tf.io.extract_jpeg_shape(data)))
 
   def other():
-    image = tf.io.decode_image(data, channels=3, expand_animations=False, dtype=tf.uint8)
-    return crop(tf.ensure_shape(image, [None, None, 3]), window(tf.shape(image)))
+    image = decode(data, channels)
+    return crop(image, window(tf.shape(image)))
 
+  if channels not in (1, 3):
+    return other()
   return tf.cond(tf.io.is_jpeg(data), jpeg, other)
+
+
+NPY_MAGIC = b"\x93NUMPY"
+
+
+def _decode_jpeg(data: tf.Tensor, channels: int, window: tf.Tensor | None = None) -> tf.Tensor:
+  """A JPEG (or its window) as uint8 [h, w, channels]; a CMYK JPEG to one channel goes through
+  RGB (libjpeg converts CMYK to RGB only), rounded ITU-R 601 luma as tf.image computes it."""
+
+  def direct(n):
+    if window is None:
+      return tf.io.decode_jpeg(data, channels=n)
+    return tf.io.decode_and_crop_jpeg(data, window, channels=n)
+
+  if channels != 1:
+    return direct(channels)
+
+  def via_rgb():
+    grey = tf.image.rgb_to_grayscale(tf.cast(direct(3), tf.float32))
+    return tf.cast(tf.clip_by_value(tf.round(grey), 0, 255), tf.uint8)
+
+  return tf.cond(tf.io.extract_jpeg_shape(data)[2] == 4, via_rgb, lambda: direct(1))
+
+
+def decode(data: tf.Tensor, channels: int = 3) -> tf.Tensor:
+  """The whole image of a file's bytes as uint8 [h, w, channels].
+
+  Image files (1 or 3 channels): JPEG (CMYK too), PNG (8 and 16 bit), BMP, GIF, WebP; greyscale,
+  RGB and RGBA are converted to `channels` as TensorFlow's decoders do (alpha dropped, grey
+  repeated, colour and CMYK to luma). A `.npy` array (H, W, C), any C, must have C == channels
+  (else it fails, as a corrupt image does); see `npy_pixels` for its dtypes."""
+
+  def image():
+    out = tf.cond(
+      tf.io.is_jpeg(data),
+      lambda: _decode_jpeg(data, channels),
+      lambda: tf.io.decode_image(data, channels=channels, expand_animations=False, dtype=tf.uint8),
+    )
+    return tf.ensure_shape(out, [None, None, channels])
+
+  def array():
+    out = tf.numpy_function(npy_pixels, [data, channels], tf.uint8, stateful=False)
+    return tf.ensure_shape(out, [None, None, channels])
+
+  if channels not in (1, 3):
+    return array()
+  return tf.cond(tf.strings.substr(data, 0, len(NPY_MAGIC)) == NPY_MAGIC, array, image)
+
+
+def npy_pixels(data: bytes, channels) -> np.ndarray:
+  """A .npy file's bytes -> uint8 [H, W, channels]. (H, W, C) with C == channels ((H, W) when
+  channels is 1); uint8 as it is, uint16 scaled by 255 / 65535 (as 16-bit PNGs are), float32 in
+  [0, 1] scaled by 255 (clipped). Anything else raises ValueError (a corrupt image)."""
+  array = np.load(io.BytesIO(data), allow_pickle=False)
+  if array.ndim == 2:
+    array = array[:, :, None]
+  if array.ndim != 3 or array.shape[-1] != int(channels):
+    raise ValueError(f"a .npy image of shape {array.shape}, expected (H, W, {int(channels)})")
+  if array.dtype == np.uint8:
+    return np.ascontiguousarray(array)
+  if array.dtype == np.uint16:
+    return ((array.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+  if array.dtype == np.float32:
+    return np.round(np.clip(array, 0.0, 1.0) * 255).astype(np.uint8)
+  raise ValueError(f"a .npy image of dtype {array.dtype}: expected uint8, uint16 or float32")
 
 
 def crop(image: tf.Tensor, window: tf.Tensor) -> tf.Tensor:

@@ -27,6 +27,7 @@ def train_stream(config, augment: str, **augment_options) -> Callable[[int], Ite
       process_count=jax.process_count(),
       augment=augment,
       augment_options={"scale": (config.data.crop_scale_min, 1.0), **augment_options},
+      channels=config.model.in_chans,
     )
 
   return batches

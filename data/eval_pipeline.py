@@ -33,6 +33,7 @@ class EvalIterator:
     process_count: int,
     crop_pct: float,
     prefetch: int = 2,
+    channels: int = 3,
   ):
     check_process(process_index, process_count)
     if local_batch_size < 1:
@@ -42,6 +43,7 @@ class EvalIterator:
     self.source, self.split, self.batch_size = source, split, local_batch_size
     self.process_index, self.process_count = process_index, process_count
     self.image_size, self.crop_pct, self.prefetch = image_size, crop_pct, prefetch
+    self.channels = channels
     shard_sizes = [source.shard_size(split, i, process_count) for i in range(process_count)]
     self.shard_size = shard_sizes[process_index]
     self.num_batches = -(-max(shard_sizes) // local_batch_size)  # ceil
@@ -68,7 +70,7 @@ class EvalIterator:
       self.split, self.process_index, self.process_count, epoch=None, seed=0, start=0, stop=None
     )
     transform = transforms.eval_transform(
-      self.image_size, float(self.crop_pct), encoded=self.source.encoded
+      self.image_size, float(self.crop_pct), encoded=self.source.encoded, channels=self.channels
     )
     ds = transformed(self.source, transform, ds, lambda pos: tf.zeros([2], tf.int64))
     ds = ds.batch(self.batch_size)
@@ -90,7 +92,7 @@ class EvalIterator:
     """Pads a (possibly partial or absent) batch to batch_size: zero images, mask 0."""
     n, b, s = (0 if batch is None else len(batch["label"])), self.batch_size, self.image_size
     out = {
-      "image": np.zeros((b, s, s, 3), np.uint8),  # [B, S, S, 3]
+      "image": np.zeros((b, s, s, self.channels), np.uint8),  # [B, S, S, C]
       "label": np.zeros((b,), np.int32),  # [B]
       "mask": np.zeros((b,), np.float32),
     }  # [B]
@@ -111,12 +113,13 @@ def eval_iterator(
   process_count: int = 1,
   split: str = "validation",
   crop_pct: float = 0.875,
+  channels: int = 3,
 ) -> EvalIterator:
   """One pass over this process's shard of an eval split, padded for exactness.
 
   Every process yields the same number of batches, ceil(max shard size /
   local_batch_size), computed from all shard sizes; the last ones are padded
-  with zero images. Batches: ``image`` uint8 [B, S, S, 3], ``label`` int32
+  with zero images. Batches: ``image`` uint8 [B, S, S, C], ``label`` int32
   [B], ``mask`` float32 [B] (1 = real example, 0 = padding). Preprocessing:
   shorter side -> int(image_size / crop_pct) bicubic + center crop (squash
   resize to image_size x image_size when image_size >= 384).
@@ -129,4 +132,5 @@ def eval_iterator(
     process_index=process_index,
     process_count=process_count,
     crop_pct=crop_pct,
+    channels=channels,
   )

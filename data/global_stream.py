@@ -63,7 +63,7 @@ class GlobalTrainStream(TrainStream):
   def step_batches(self, start_step: int) -> tf.data.Dataset:
     """One element per global step >= start_step: this process's decodable examples of it.
 
-    Elements: image uint8 [<=B, S, S, 3], label int32 [<=B], pos int64 [<=B]
+    Elements: image uint8 [<=B, S, S, C], label int32 [<=B], pos int64 [<=B]
     (positions in the epoch's order) and step int64 []; a step whose images
     are all corrupt yields an empty batch (never nothing: an all-corrupt
     split would otherwise spin forever inside tf.data).
@@ -83,7 +83,7 @@ class GlobalTrainStream(TrainStream):
       ds = transformed(source, transform, ds, lambda p: example_seed(aug_base, epoch, p))
       empty = tf.data.Dataset.from_tensors(
         {
-          "image": tf.zeros([0, size, size, 3], tf.uint8),
+          "image": tf.zeros([0, size, size, self.channels], tf.uint8),
           "label": tf.zeros([0], tf.int32),
           "pos": tf.zeros([0], tf.int64),
         }
@@ -111,7 +111,7 @@ class GlobalTrainStream(TrainStream):
     epoch, k = divmod(step, self.steps_per_epoch)
     first = self._first_position(k)
     s = self.image_size
-    image = np.empty((b, s, s, 3), np.uint8)  # [B, S, S, 3]
+    image = np.empty((b, s, s, self.channels), np.uint8)  # [B, S, S, C]
     label = np.empty((b,), np.int32)  # [B]
     present = np.zeros((b,), bool)
     slots = batch["pos"] - first

@@ -31,10 +31,12 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGENET_1K = DatasetInfo(num_classes=1000, num_train_examples=1_281_167, num_eval_examples=50_000)
 
 
-def batch_spec(batch_size: int, image_size: int) -> dict[str, tuple[tuple[int, ...], Any]]:
-  """The layout of a training batch: {'image': ((B, S, S, 3), uint8), 'label': ((B,), int32)}."""
+def batch_spec(
+  batch_size: int, image_size: int, channels: int = 3
+) -> dict[str, tuple[tuple[int, ...], Any]]:
+  """The layout of a training batch: {'image': ((B, S, S, C), uint8), 'label': ((B,), int32)}."""
   return {
-    "image": ((batch_size, image_size, image_size, 3), np.uint8),
+    "image": ((batch_size, image_size, image_size, channels), np.uint8),
     "label": ((batch_size,), np.int32),
   }
 
@@ -43,7 +45,7 @@ def abstract_batch(config, batch_sharding, batch_size: int | None = None) -> dic
   """A global batch of the config as sharded ShapeDtypeStructs (batch_spec's layout)."""
   import jax
 
-  spec = batch_spec(batch_size or config.batch_size, config.data.image_size)
+  spec = batch_spec(batch_size or config.batch_size, config.data.image_size, config.model.in_chans)
   return {
     name: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharding)
     for name, (shape, dtype) in spec.items()

@@ -1,10 +1,10 @@
 """The parts of the input pipeline that run inside the jitted step, on the accelerator.
 
 Batches cross to the device as uint8 pixels (a quarter of float32's bytes); `normalize` turns
-them into ImageNet-normalized floats there. Random erasing (timm's `RandomErasing`, pixel mode,
-one box) draws normal noise in that normalized space, so it runs here too, per example, from the
-example's own key: the same image gets the same box whichever micro-batch, device or process it
-lands on. Mixup / CutMix (`data/mixup.py`) also run on the device, on the whole batch.
+them into normalized floats there (ImageNet's statistics, or the data's own, per channel). Random
+erasing (timm's `RandomErasing`, pixel mode, one box) draws normal noise in that normalized space,
+so it runs here too, per example, from the example's own key: the same image gets the same box
+whichever micro-batch, device or process it lands on. Mixup / CutMix (`data/mixup.py`) also run on the device, on the whole batch.
 """
 
 from __future__ import annotations
@@ -17,10 +17,15 @@ import jax.numpy as jnp
 from data.info import IMAGENET_MEAN, IMAGENET_STD
 
 
-def normalize(images: jax.Array) -> jax.Array:
-  """uint8 (B, H, W, 3) -> float32 (B, H, W, 3): x / 255, then (x - mean) / std."""
+def normalize(images: jax.Array, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> jax.Array:
+  """uint8 (B, H, W, C) -> float32 (B, H, W, C): x / 255, then (x - mean) / std per channel (the
+  statistics of data/normalization.py; ImageNet's by default, for 3 channels)."""
+  if len(mean) != images.shape[-1] or len(std) != images.shape[-1]:
+    raise ValueError(
+      f"normalisation statistics for {len(mean)} channels, images of {images.shape[-1]}"
+    )
   x = images.astype(jnp.float32) * (1.0 / 255.0)
-  return (x - jnp.asarray(IMAGENET_MEAN, jnp.float32)) / jnp.asarray(IMAGENET_STD, jnp.float32)
+  return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
 
 
 def _erase_one(

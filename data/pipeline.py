@@ -49,6 +49,7 @@ class TrainIterator:
     augment: str,
     augment_options: dict | None,
     prefetch: int,
+    channels: int = 3,
   ):
     check_process(process_index, process_count)
     if local_batch_size < 1 or start_step < 0:
@@ -57,13 +58,14 @@ class TrainIterator:
       source=source,
       split=split,
       image_size=image_size,
+      channels=channels,
       batch_size=local_batch_size,
       seed=seed,
       process_index=process_index,
       process_count=process_count,
       prefetch=prefetch,
       transform=transforms.train_transform(
-        augment, image_size, augment_options, encoded=source.encoded
+        augment, image_size, augment_options, encoded=source.encoded, channels=channels
       ),
     )
     if source.global_order:
@@ -137,11 +139,12 @@ def train_iterator(
   augment_options: dict | None = None,
   split: str = "train",
   prefetch: int = 2,
+  channels: int = 3,
 ) -> TrainIterator:
   """Infinite, deterministic, resumable iterator of this process's training batches.
 
   Yields dicts of numpy arrays: ``image`` uint8 [local_batch_size,
-  image_size, image_size, 3] (pixels; normalized on the device) and ``label`` int32
+  image_size, image_size, channels] (pixels; normalized on the device) and ``label`` int32
   [local_batch_size]. Folder/demo: each epoch visits the whole split in one
   order drawn from (seed, epoch), global batch k is the next
   local_batch_size * process_count examples of it and this process gets
@@ -172,4 +175,5 @@ def train_iterator(
     augment=augment,
     augment_options=augment_options,
     prefetch=prefetch,
+    channels=channels,
   )

@@ -4,7 +4,8 @@ Selected by name:
 
 * a TFDS name (default ``'imagenet2012'``), read from an already prepared ``data_dir``
   (never downloaded here; the error says how to prepare it);
-* ``'folder:PATH'``: ``PATH/train/<class>/<image>`` and ``PATH/val/<class>/<image>``;
+* ``'folder:PATH'`` (local or gs://): ``PATH/train/<class>/<image>`` and
+  ``PATH/val/<class>/<image>``, or every image under PATH, unlabeled (``data/folders.py``);
 * ``'demo'``: the built-in synthetic set (``data/demo.py``), no files, no network.
 
 A source says how big its splits and per-process shards are and yields still-encoded records
@@ -23,8 +24,9 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from core import storage
 from core.errors import UserError
-from data import demo
+from data import demo, folders
 from data.info import DatasetError, DatasetInfo
 
 # TF must never grab an accelerator: JAX owns it.
@@ -33,7 +35,6 @@ try:
 except (RuntimeError, ValueError):  # TF runtime already initialised; nothing we can do then.
   pass
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 # Records held in the shuffle buffer after TFDS's file-level shuffle (encoded
 # images, ~110 KB each for ImageNet -> ~1.1 GB).
 TFDS_SHUFFLE_BUFFER = 10_000
@@ -217,17 +218,34 @@ class _DemoSource(_ArraySource):
 
 
 class _FolderSource(_ArraySource):
+  """folder:DIR, labeled (DIR/train/<class>/...) or not (every image under DIR): data/folders.py."""
+
   def __init__(self, root: str):
-    self.root = os.path.abspath(os.path.expanduser(root))
-    self.name = f"folder:{self.root}"
-    self.classes = _folder_classes(self.root)
-    self.num_classes = len(self.classes)
+    self.root = root
+    self.name = f"folder:{root}"
+    self.labeled = folders.is_labeled(root)
+    self.classes = tuple(folders.class_dirs(folders.join(root, "train"))) if self.labeled else ()
+    self.num_classes = len(self.classes)  # 0: unlabeled
 
   def _read_split(self, split):
-    return _scan_folder_split(self.root, _folder_split(split))
+    if self.labeled:
+      paths, labels, _ = folders.labeled_split(self.root, _folder_split(split))
+    else:  # no split: training and "validation" (the pictures) read the same images
+      _folder_split(split)
+      paths = [folders.join(self.root, f) for f in folders.image_files(self.root)]
+      labels = [0] * len(paths)
+    return np.array(paths, dtype=object), np.array(labels, dtype=np.int32)
 
   def read(self, payload):
-    return tf.io.read_file(payload)
+    if not storage.is_remote(self.root):
+      return tf.io.read_file(payload)
+    # gs:// through the storage layer (TensorFlow's own GCS client cannot reach an emulator).
+    data = tf.numpy_function(_read_remote, [payload], tf.string, stateful=False)
+    return tf.ensure_shape(data, [])
+
+
+def _read_remote(path: bytes) -> bytes:
+  return storage.read_bytes(path.decode())
 
 
 class DatasetNotPreparedError(UserError, FileNotFoundError):
@@ -329,66 +347,8 @@ def get_source(name: str, data_dir: str | None) -> Source:
   if name == "demo":
     return _DemoSource()
   if name.startswith("folder:"):
-    return _FolderSource(name[len("folder:") :])
+    return _FolderSource(folders.root_of(name))
   return _TfdsSource(name, data_dir)
-
-
-# --------------------------------------------------------------------------
-# Folder scanning
-# --------------------------------------------------------------------------
-
-
-def _class_dirs(split_dir: str) -> list[str]:
-  return sorted(e.name for e in os.scandir(split_dir) if e.is_dir() and not e.name.startswith("."))
-
-
-@functools.lru_cache(maxsize=32)
-def _folder_classes(root: str) -> tuple[str, ...]:
-  """Sorted class names = subdirectories of ROOT/train."""
-  train_dir = os.path.join(root, "train")
-  if not os.path.isdir(root):
-    raise DatasetError(f"dataset folder {root!r} does not exist")
-  if not os.path.isdir(train_dir):
-    raise DatasetError(
-      f"dataset folder {root!r} has no train/ directory ({train_dir!r}); "
-      f"expected ROOT/train/<class>/<images>"
-    )
-  classes = _class_dirs(train_dir)
-  if not classes:
-    raise DatasetError(f"{train_dir!r} has no class subdirectories")
-  return tuple(classes)
-
-
-@functools.lru_cache(maxsize=64)
-def _scan_folder_split(root: str, split_dir_name: str) -> tuple[np.ndarray, np.ndarray]:
-  """(paths object [N], labels int32 [N]) of ROOT/<split>/<class>/**, sorted."""
-  classes = _folder_classes(root)
-  index = {c: i for i, c in enumerate(classes)}
-  split_dir = os.path.join(root, split_dir_name)
-  if not os.path.isdir(split_dir):
-    raise DatasetError(f"split directory {split_dir!r} does not exist")
-  paths, labels = [], []
-  for cls in _class_dirs(split_dir):
-    if cls not in index:
-      raise DatasetError(
-        f"class {cls!r} in {split_dir!r} is not a class of {os.path.join(root, 'train')!r}"
-      )
-    files = []
-    for dirpath, dirnames, filenames in os.walk(os.path.join(split_dir, cls), followlinks=True):
-      dirnames.sort()
-      files.extend(
-        os.path.join(dirpath, f)
-        for f in filenames
-        if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith(".")
-      )
-    files.sort()
-    paths.extend(files)
-    labels.extend([index[cls]] * len(files))
-  if not paths:
-    raise DatasetError(
-      f"split directory {split_dir!r} contains no images (extensions {', '.join(IMAGE_EXTENSIONS)})"
-    )
-  return np.array(paths, dtype=object), np.array(labels, dtype=np.int32)
 
 
 # --------------------------------------------------------------------------

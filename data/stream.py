@@ -30,6 +30,7 @@ class TrainStream:
   source: Source
   split: str
   image_size: int
+  channels: int
   batch_size: int  # local
   steps_per_epoch: int
   seed: int
@@ -44,7 +45,7 @@ class TrainStream:
     raise NotImplementedError
 
   def batches(self, start_step: int) -> Iterator[dict[str, np.ndarray]]:
-    """Full batches (image [B, S, S, 3], label [B]) from step `start_step` on."""
+    """Full batches (image [B, S, S, C], label [B]) from step `start_step` on."""
     raise NotImplementedError
 
   def numpy_iterator(self, ds: tf.data.Dataset):

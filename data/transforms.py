@@ -31,6 +31,7 @@ import tensorflow as tf
 from data.augment import (
   crop,
   crop_window,
+  decode,
   decode_crop,
   eval_resize_crop,
   random_horizontal_flip,
@@ -53,13 +54,12 @@ _OPTION_DEFAULTS = {
 }
 
 _SEED_SPEC = tf.TensorSpec([2], tf.int64)
-_PIXELS_SPEC = tf.TensorSpec([None, None, 3], tf.uint8)
 _BYTES_SPEC = tf.TensorSpec([], tf.string)
 
 
 @dataclasses.dataclass(frozen=True)
 class Transform:
-  """decode: (payload, seed [2]) -> uint8 [h, w, 3]; finish: (image, seed [2]) -> uint8 [S, S, 3]."""
+  """decode: (payload, seed [2]) -> uint8 [h, w, C]; finish: (image, seed [2]) -> uint8 [S, S, C]."""
 
   decode: Any
   finish: Any
@@ -80,45 +80,47 @@ def resolve_options(augment: str, options: dict | None) -> dict:
   return merged
 
 
-def _decode_whole(payload: tf.Tensor, encoded: bool) -> tf.Tensor:
-  if not encoded:
-    return payload
-  image = tf.io.decode_image(payload, channels=3, expand_animations=False, dtype=tf.uint8)
-  return tf.ensure_shape(image, [None, None, 3])
-
-
-def _functions(decode_fn, finish_fn, encoded: bool) -> Transform:
-  payload = _BYTES_SPEC if encoded else _PIXELS_SPEC
+def _functions(decode_fn, finish_fn, encoded: bool, channels: int) -> Transform:
+  pixels = tf.TensorSpec([None, None, channels], tf.uint8)
+  payload = _BYTES_SPEC if encoded else pixels
   return Transform(
     decode=tf.function(decode_fn, input_signature=[payload, _SEED_SPEC], autograph=False),
-    finish=tf.function(finish_fn, input_signature=[_PIXELS_SPEC, _SEED_SPEC], autograph=False),
+    finish=tf.function(finish_fn, input_signature=[pixels, _SEED_SPEC], autograph=False),
   )
 
 
 def train_transform(
-  augment: str, image_size: int, options: dict | None = None, *, encoded: bool = True
+  augment: str,
+  image_size: int,
+  options: dict | None = None,
+  *,
+  encoded: bool = True,
+  channels: int = 3,
 ) -> Transform:
-  """The transform of a recipe; encoded: payloads are image files' bytes (else uint8 pixels).
+  """The transform of a recipe; encoded: payloads are image files' bytes (else uint8 pixels),
+  decoded to `channels` channels (data/augment.py's decode).
 
   options: 'scale', 'ratio', 'hflip', 'randaugment' (timm spec or '') for the random recipes;
   'crop_pct' for 'none'. Bad options raise here, not inside a tf.data thread."""
   opts = resolve_options(augment, options)
   frozen = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in opts.items()))
-  return _train_transform(augment, image_size, frozen, encoded)
+  return _train_transform(augment, image_size, frozen, encoded, channels)
 
 
 @functools.lru_cache(maxsize=64)
-def _train_transform(augment: str, image_size: int, options: tuple, encoded: bool) -> Transform:
+def _train_transform(
+  augment: str, image_size: int, options: tuple, encoded: bool, channels: int
+) -> Transform:
   opts = dict(options)
   if augment == "none":
-    return eval_transform(image_size, float(opts["crop_pct"]), encoded=encoded)
+    return eval_transform(image_size, float(opts["crop_pct"]), encoded=encoded, channels=channels)
   ra_config = parse_rand_augment(opts["randaugment"]) if opts["randaugment"] else None
   scale, ratio, hflip = tuple(opts["scale"]), tuple(opts["ratio"]), float(opts["hflip"])
 
   def decode(payload, seed):
     window = lambda shape: crop_window(shape, split_seed(seed, 4)[0], scale, ratio)
     if encoded:
-      return decode_crop(payload, window)
+      return decode_crop(payload, window, channels)
     return crop(payload, window(tf.shape(payload)))
 
   def finish(image, seed):
@@ -130,14 +132,17 @@ def _train_transform(augment: str, image_size: int, options: tuple, encoded: boo
       image = rand_augment(image, s[2], ra_config)
     return image
 
-  return _functions(decode, finish, encoded)
+  return _functions(decode, finish, encoded, channels)
 
 
 @functools.lru_cache(maxsize=64)
-def eval_transform(image_size: int, crop_pct: float, *, encoded: bool = True) -> Transform:
+def eval_transform(
+  image_size: int, crop_pct: float, *, encoded: bool = True, channels: int = 3
+) -> Transform:
   """Evaluation: the whole image decoded, then resize + center crop (the seed is unused)."""
   return _functions(
-    lambda payload, seed: _decode_whole(payload, encoded),
+    lambda payload, seed: decode(payload, channels) if encoded else payload,
     lambda image, seed: eval_resize_crop(image, image_size, crop_pct),
     encoded,
+    channels,
   )

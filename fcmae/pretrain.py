@@ -3,17 +3,44 @@
 Per step: a fresh random mask per image (from the image's own key), the FCMAE loss on the masked
 images. Before the first step and every eval_every_steps: a figure of reconstructions
 (WORKDIR/reconstructions/, TensorBoard) and, on a labelled dataset, the kNN and linear-probe
-top-1 of the encoder's features (fcmae/probe.py; config.probe.enabled=False turns them off).
+top-1 of the encoder's features (fcmae/probe.py; config.probe.enabled=False turns them off), on
+probe.data, or on the training data when it has labels (an unlabeled folder has none: they are
+skipped, with a line that says so). The data's file list and normalisation statistics are fixed
+first (data/prepare.py).
 """
 
 from __future__ import annotations
 
 from core import task as task_lib
-from data import config_input, on_device
-from data.info import DatasetInfo
+from core.logs import say
+from data import config_input, normalization, on_device
+from data.info import DatasetError, DatasetInfo
 from fcmae import masking
 from fcmae import model as fcmae_model
 from models import convnextv2, layers
+
+
+def _monitored_data(config, info: DatasetInfo) -> str | None:
+  """The data the kNN and linear-probe monitors evaluate on: probe.data (which must have labels),
+  else data.name when it has labels; None (and a line that says why) when there is none."""
+  from data import sources
+
+  if config.probe.data:
+    probe_info = sources.dataset_info(config.probe.data, config.data.data_dir or None)
+    if probe_info.num_classes < 2:
+      raise DatasetError(
+        f"probe.data={config.probe.data!r} has no labels: the monitors need a labeled source "
+        "(a folder: with train/<class>/ and val/<class>/ folders, or a TFDS name)"
+      )
+    return config.probe.data
+  if info.num_classes > 1:
+    return config.data.name
+  say(
+    f"Monitors: kNN and linear probe skipped: {config.data.name} has no labels (set "
+    "--config.probe.data to a labeled source, a folder: with class folders or a TFDS name, to "
+    "evaluate on it); the reconstruction pictures are drawn from its images."
+  )
+  return None
 
 
 def make_task(config, workdir: str | None, info: DatasetInfo | None = None) -> task_lib.Task:
@@ -23,13 +50,18 @@ def make_task(config, workdir: str | None, info: DatasetInfo | None = None) -> t
   grid = masking.grid_shape(config.data.image_size)
   num_patches = grid[0] * grid[1]
   if info is None:  # the input pipeline (TensorFlow) only where data is read
-    from data import sources
+    from data import prepare
 
-    info = sources.dataset_info(config.data.name, config.data.data_dir or None)
+    if config.probe.data and workdir and config.probe.enabled:
+      _monitored_data(config, DatasetInfo(0, 0, 0))  # refused before anything is written
+    prepared = prepare.prepare(config, workdir)
+    info, stats = prepared.info, prepared.stats
+  else:
+    stats = normalization.given(config) or normalization.placeholder(config.model.in_chans)
 
   def task_loss(params, batch, rng):
     del rng  # the mask and drop path are drawn per example, from the example's own key
-    images = on_device.normalize(batch["image"])
+    images = on_device.normalize(batch["image"], stats.mean, stats.std)
     keys = batch["key"]
     mask = masking.random_mask(
       layers.fold_in(keys, 0), images.shape[0], num_patches, config.fcmae.mask_ratio
@@ -42,13 +74,14 @@ def make_task(config, workdir: str | None, info: DatasetInfo | None = None) -> t
   if workdir:  # pictures and monitors read the validation data
     from fcmae import probe, visualize
 
-    pictures = visualize.Reconstructions(config, loss_fn, workdir)
-  if workdir and config.probe.enabled and info.num_classes > 1:  # a labelled dataset
-    monitor = probe.Monitor(
-      probe.Settings.from_config(config),
-      config.model.variant,
-      **convnextv2.config_options(config.model),
-    )
+    pictures = visualize.Reconstructions(config, loss_fn, workdir, stats)
+    monitored = _monitored_data(config, info) if config.probe.enabled else None
+    if monitored is not None:
+      monitor = probe.Monitor(
+        probe.Settings.from_config(config, stats),
+        config.model.variant,
+        **convnextv2.config_options(config.model),
+      )
 
   def evaluate(state, step):
     pictures.write(state["params"], step)

@@ -33,6 +33,7 @@ import numpy as np
 
 from core import errors, sharding
 from data import eval_pipeline, on_device, sources
+from data.info import IMAGENET_MEAN, IMAGENET_STD
 from models import convnextv2
 
 L2_GRID = tuple(10.0**e for e in range(-3, 4))  # times the number of training examples
@@ -49,17 +50,25 @@ class Settings:
   k: int = 20
   temperature: float = 0.07
   batch_size: int = 256  # global, for embedding
+  channels: int = 3
+  mean: tuple[float, ...] = IMAGENET_MEAN  # the normalisation of the run (data/normalization.py)
+  std: tuple[float, ...] = IMAGENET_STD
 
   @classmethod
-  def from_config(cls, config) -> Settings:
+  def from_config(cls, config, stats=None) -> Settings:
+    """The monitors of a pretraining config: on probe.data when it names a labeled source, else
+    on data.name; images normalised as the run's (`stats`, data/normalization.py)."""
     return cls(
-      data=config.data.name,
+      data=config.probe.data or config.data.name,
       data_dir=config.data.data_dir or None,
       image_size=config.data.image_size,
       train_examples=config.probe.train_examples,
       k=config.probe.k,
       temperature=config.probe.temperature,
       batch_size=config.probe.batch_size or config.batch_size,
+      channels=config.model.in_chans,
+      mean=tuple(stats.mean) if stats else IMAGENET_MEAN,
+      std=tuple(stats.std) if stats else IMAGENET_STD,
     )
 
 
@@ -135,7 +144,8 @@ class Monitor:
     self.num_classes = info.num_classes
     self.train_split = f"train[:{settings.train_examples}]"
     apply_fn, _ = convnextv2.build(variant, num_classes=0, abstract=True, **model_options)
-    self._embed = jax.jit(lambda params, images: apply_fn(params, on_device.normalize(images)))
+    normalize = lambda images: on_device.normalize(images, settings.mean, settings.std)
+    self._embed = jax.jit(lambda params, images: apply_fn(params, normalize(images)))
 
   def features(self, params, split: str) -> tuple[np.ndarray, np.ndarray]:
     """(features (N, C) float32, labels (N,)) of every example of `split`, in order."""
@@ -153,6 +163,7 @@ class Monitor:
       process_index=jax.process_index(),
       process_count=jax.process_count(),
       split=split,
+      channels=s.channels,
     ):
       images = sharding.make_global_batch({"image": batch["image"]}, batch_sharding)["image"]
       out = self._embed(params, images)

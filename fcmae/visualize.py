@@ -44,35 +44,46 @@ class ImageError(UserError, ValueError):
   """An image or a run that cannot be read."""
 
 
-def reconstruction_grid(images, pred, mask, norm_pix_loss: bool) -> np.ndarray:
-  """uint8 (B*S, 4*S, 3) picture from normalized images (B, S, S, 3), pred (B, L, 3072) and
-  mask (B, L)."""
+def reconstruction_grid(
+  images, pred, mask, norm_pix_loss: bool, mean=IMAGENET_MEAN, std=IMAGENET_STD
+) -> np.ndarray:
+  """uint8 (B*S, 4*S, 3) picture from images (B, S, S, C) normalized with (mean, std),
+  pred (B, L, 32*32*C) and mask (B, L). One channel is shown grey, two or more than three by
+  their first channel (grey) or first three (as RGB)."""
   images = np.asarray(images, np.float64)
   pred, mask = np.asarray(pred, np.float64), np.asarray(mask, np.float64)
   p = masking.PATCH_SIZE
   grid = masking.grid_shape(images.shape[1:3])
   b = images.shape[0]
-  target = fcmae_model.patchify(images, grid).reshape(b, grid[0] * grid[1], -1)  # (B, L, 3072)
+  c = images.shape[-1]
+  target = fcmae_model.patchify(images, grid).reshape(b, grid[0] * grid[1], -1)  # (B, L, p*p*C)
   if norm_pix_loss:
-    mean = target.mean(-1, keepdims=True)
-    std = np.sqrt(target.var(-1, ddof=1, keepdims=True) + 1e-6)
-    pred = pred * std + mean
-  as_image = lambda patches: fcmae_model.unpatchify(patches.reshape(b, -1, p, p, 3), grid)
+    patch_mean = target.mean(-1, keepdims=True)
+    patch_std = np.sqrt(target.var(-1, ddof=1, keepdims=True) + 1e-6)
+    pred = pred * patch_std + patch_mean
+  as_image = lambda patches: fcmae_model.unpatchify(patches.reshape(b, -1, p, p, c), grid)
   recon = as_image(pred)
-  pixel_mask = as_image(np.repeat(mask[..., None], p * p * 3, axis=-1))
+  pixel_mask = as_image(np.repeat(mask[..., None], p * p * c, axis=-1))
   pasted = images * (1 - pixel_mask) + recon * pixel_mask
-  mean, std = np.asarray(IMAGENET_MEAN), np.asarray(IMAGENET_STD)
-  to_uint8 = lambda x: np.clip((x * std + mean) * 255 + 0.5, 0, 255).astype(np.uint8)
+  mean, std = np.asarray(mean, np.float64), np.asarray(std, np.float64)
+  shown = [0, 1, 2] if c >= 3 else [0, 0, 0]
+
+  def to_uint8(x):
+    return np.clip((x * std + mean)[..., shown] * 255 + 0.5, 0, 255).astype(np.uint8)
+
+  pixel_mask = pixel_mask[..., shown]
   grey_masked = np.where(pixel_mask > 0, 128, to_uint8(images)).astype(np.uint8)
   columns = [to_uint8(images), grey_masked, to_uint8(recon), to_uint8(pasted)]
   rows = [np.concatenate([c[i] for c in columns], axis=1) for i in range(images.shape[0])]
   return np.concatenate(rows, axis=0)
 
 
-def figure(images, pred, mask, norm_pix_loss: bool, title: str) -> np.ndarray:
+def figure(
+  images, pred, mask, norm_pix_loss: bool, title: str, mean=IMAGENET_MEAN, std=IMAGENET_STD
+) -> np.ndarray:
   """uint8 (HEADER + B*T, 4*T, 3): `reconstruction_grid` with its columns named and `title` above,
   each tile scaled (nearest) to T >= 128 pixels."""
-  grid = reconstruction_grid(images, pred, mask, norm_pix_loss)
+  grid = reconstruction_grid(images, pred, mask, norm_pix_loss, mean, std)
   size = np.asarray(images).shape[1]
   scale = -(-128 // size)
   tiles = grid.repeat(scale, axis=0).repeat(scale, axis=1)
@@ -106,15 +117,24 @@ def png_bytes(picture: np.ndarray) -> bytes:
   return out.getvalue()
 
 
-def sample_images(config, num: int = NUM_IMAGES) -> np.ndarray:
-  """The first `num` validation images of the config's dataset, eval-preprocessed, normalized."""
+def sample_images(
+  config, num: int = NUM_IMAGES, mean=IMAGENET_MEAN, std=IMAGENET_STD
+) -> np.ndarray:
+  """The first `num` readable validation images of the config's dataset (of an unlabeled
+  folder: the first files of its list, the user's own images), eval-preprocessed, normalized."""
   batches = eval_pipeline.eval_iterator(
     config.data.name,
     data_dir=config.data.data_dir or None,
     image_size=config.data.image_size,
     local_batch_size=num,
+    channels=config.model.get("in_chans", 3),  # a run's config.json from before in_chans
   )
-  return np.asarray(on_device.normalize(next(iter(batches))["image"][:num]))
+  images = []
+  for batch in batches:  # unreadable images are padding (mask 0): passed over
+    images += list(batch["image"][batch["mask"] > 0])
+    if len(images) >= num:
+      break
+  return np.asarray(on_device.normalize(np.stack(images[:num]), mean, std))
 
 
 def load_images(paths, image_size: int) -> np.ndarray:
@@ -143,8 +163,8 @@ class Reconstructions:
   """For the training loop: WORKDIR/reconstructions/step_<step>.png and the same figure in
   WORKDIR/tensorboard, on fixed images with fixed masks."""
 
-  def __init__(self, config, loss_fn, workdir: str, num: int = NUM_IMAGES):
-    self.config, self.num = config, num
+  def __init__(self, config, loss_fn, workdir: str, stats, num: int = NUM_IMAGES):
+    self.config, self.num, self.stats = config, num, stats  # stats: data/normalization.py
     self.directory = os.path.join(workdir, "reconstructions")
     self._tensorboard = os.path.join(workdir, "tensorboard")
     self._loss_fn = jax.jit(loss_fn)
@@ -153,7 +173,7 @@ class Reconstructions:
 
   def write(self, params, step: int) -> str | None:
     if self._images is None:
-      self._images = sample_images(self.config, self.num)
+      self._images = sample_images(self.config, self.num, self.stats.mean, self.stats.std)
       grid = masking.grid_shape(self.config.data.image_size)
       self._mask = masking.random_mask(
         jax.random.key(0), len(self._images), grid[0] * grid[1], self.config.fcmae.mask_ratio
@@ -169,6 +189,8 @@ class Reconstructions:
       self._mask,
       self.config.fcmae.norm_pix_loss,
       title(f"step {step}", self.last_loss, self._mask),
+      self.stats.mean,
+      self.stats.std,
     )
     png = png_bytes(picture)
     writer = logs.EventWriter(self._tensorboard)

@@ -90,6 +90,12 @@ def _files(tmp_path):
   (tmp_path / "random.pt").write_bytes(rng.integers(0, 256, 4096, np.uint8).tobytes())
   (tmp_path / "cut.safetensors").write_bytes(b"\xff" * 8 + b"{not json")
   (tmp_path / "not_an_image.jpg").write_bytes(b"plain text, no image")
+  (tmp_path / "empty_folder" / "sub").mkdir(parents=True)
+  (tmp_path / "empty_folder" / "notes.txt").write_text("no image here")
+  (tmp_path / "unreadable" / "x").mkdir(parents=True)
+  (tmp_path / "unreadable" / "x" / "a.jpg").write_bytes(b"plain text, no image")
+  (tmp_path / "bands").mkdir()
+  np.save(tmp_path / "bands" / "a.npy", np.zeros((8, 8, 5), np.uint8))
   bert = {"model_type": "bert", "architectures": ["BertForMaskedLM"]}
   write_repo(tmp_path / "hf" / "hub", "acme/bert-tiny", {"config.json": json_bytes(bert)})
   return tmp_path
@@ -191,6 +197,27 @@ CASES = [
     "missing_image_folder",
     TRAIN + ["--workdir", "{tmp}/w", "--config.data.name=folder:{tmp}/nope"],
     ["{tmp}/nope", "does not exist"],
+  ),
+  (
+    "empty_image_folder",
+    TRAIN + ["--workdir", "{tmp}/w", "--config.data.name=folder:{tmp}/empty_folder"],
+    ["{tmp}/empty_folder", "holds no image files"],
+  ),
+  (
+    "no_readable_image_in_the_folder",
+    TRAIN + ["--workdir", "{tmp}/w", "--config.data.name=folder:{tmp}/unreadable"],
+    ["folder:{tmp}/unreadable", "could be read", "x/a.jpg"],
+  ),
+  (
+    "npy_of_another_channel_count",
+    TRAIN
+    + [
+      "--workdir",
+      "{tmp}/w",
+      "--config.data.name=folder:{tmp}/bands",
+      "--config.model.in_chans=4",
+    ],
+    ["{tmp}/bands/a.npy", "5 channels", "model.in_chans=4"],
   ),
   (
     "imagenet_not_prepared",

@@ -188,3 +188,53 @@ def process_count_invariant(name, *, runs, process_count, local_batch_size, **kw
     ]
     assert_same_batches(merged, single)
   return single_it.steps_per_epoch
+
+
+def _photo(name: str, size: int = 80) -> Image.Image:
+  """A photograph that scikit-image ships, shrunk to `size` pixels on its shorter side."""
+  from skimage import data as skdata
+
+  image = Image.fromarray(getattr(skdata, name)())
+  scale = size / min(image.size)
+  return image.resize((round(image.size[0] * scale), round(image.size[1] * scale)))
+
+
+def make_unlabeled_folder(root):
+  """ROOT holding 8 image files at depths 1 to 3, no classes: JPEG, PNG, 16-bit greyscale PNG,
+  greyscale JPEG, RGBA PNG, CMYK JPEG, one corrupt JPEG; and files that are not images (a note,
+  a .DS_Store, a hidden folder). Returns the relative paths of the 8 image files, sorted."""
+  files = {
+    "astronaut.jpg": lambda p: _photo("astronaut").save(p, quality=90),
+    "a/coffee.png": lambda p: _photo("coffee").save(p),
+    "a/b/camera16.png": lambda p: Image.fromarray(
+      np.asarray(_photo("camera"), np.uint16) * 257
+    ).save(p),
+    "a/b/c/moon.jpg": lambda p: _photo("moon").save(p, quality=90),
+    "grey/text.jpeg": lambda p: _photo("text").save(p),
+    "rgba/chelsea.png": lambda p: _photo("chelsea").convert("RGBA").save(p),
+    "cmyk/rocket.jpg": lambda p: _photo("rocket").convert("CMYK").save(p, quality=90),
+    "a/broken.jpg": lambda p: open(p, "wb").write(b"\xff\xd8\xff\xe0 this is not a jpeg" * 8),
+  }
+  for rel, write in files.items():
+    os.makedirs(os.path.dirname(os.path.join(root, rel)) or root, exist_ok=True)
+    write(os.path.join(root, rel))
+  (root / "notes.txt").write_text("not an image: ignored")
+  (root / "a" / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+  (root / ".cache").mkdir()
+  (root / ".cache" / "thumb.jpg").write_bytes(photo_bytes())
+  return sorted(files)
+
+
+def make_npy_folder(root, channels: int = 4, count: int = 4):
+  """ROOT/x/<i>.npy: (H, W, channels) arrays made of photographs (RGB and a greyscale channel
+  after it), uint8, uint16 and float32 in turn."""
+  root.mkdir(parents=True, exist_ok=True)
+  names = ["astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry"]
+  for i in range(count):
+    rgb = np.asarray(_photo(names[i % len(names)], 64).convert("RGB"))[:64, :64]
+    grey = rgb.mean(-1, keepdims=True).astype(np.uint8)
+    x = np.concatenate([rgb] + [grey] * (channels - 3), -1)[..., :channels]
+    x = [x, x.astype(np.uint16) * 257, x.astype(np.float32) / 255][i % 3]
+    (root / "x").mkdir(exist_ok=True)
+    np.save(root / "x" / f"{i}.npy", x)
+  return root

@@ -20,8 +20,8 @@ def test_dataset_info_demo():
 def test_folder_errors(tmp_path):
   with pytest.raises(DatasetError, match="missing"):
     sources.dataset_info(f"folder:{tmp_path / 'missing'}")
-  (tmp_path / "no_train" / "val" / "cat").mkdir(parents=True)
-  with pytest.raises(DatasetError, match="train/"):
+  (tmp_path / "no_train" / "val" / "cat").mkdir(parents=True)  # no train/: unlabeled, empty
+  with pytest.raises(DatasetError, match="holds no image files"):
     sources.dataset_info(f"folder:{tmp_path / 'no_train'}")
 
   root = tmp_path / "extra_val_class"

@@ -59,7 +59,7 @@ def scan(root: str) -> list[str]:
       rel = os.path.relpath(dirpath, root)
       out += [f if rel == "." else f"{rel}/{f}" for f in filenames]
     return sorted(f for f in out if is_image(f))
-  return sorted(f for f in storage.files(root) if is_image(f))
+  return sorted(f for f in storage.find(root) if is_image(f))
 
 
 def _check_exists(root: str) -> None:

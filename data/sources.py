@@ -244,8 +244,9 @@ class _FolderSource(_ArraySource):
     return tf.ensure_shape(data, [])
 
 
-def _read_remote(path: bytes) -> bytes:
-  return storage.read_bytes(path.decode())
+def _read_remote(path) -> bytes:
+  """The bytes of the file `path` (bytes, or a 0-d array of them when called eagerly)."""
+  return storage.read_bytes(np.asarray(path).item().decode())
 
 
 class DatasetNotPreparedError(UserError, FileNotFoundError):

@@ -17,7 +17,7 @@ FREE = (
   "log_every_steps checkpoint_every_steps keep_checkpoints eval_every_steps compilation_cache "
   "profile_steps mesh.data mesh.fsdp sharding.min_size grad_accum_steps model.scan model.remat "
   "model.depthwise_impl data.data_dir init_from eval_only probe.enabled probe.train_examples "
-  "probe.k probe.temperature probe.batch_size"
+  "probe.k probe.temperature probe.batch_size data.stats_images probe.data"
 ).split()
 EXTEND = ["total_steps", "num_epochs"]
 

@@ -61,6 +61,7 @@ def test_gpu_script_dry_run_checks_every_line(tmp_path):
       "--reps",
       "1",
     ],
+    ["benchmarks.folder_listing", "--files", "200"],
   ],
   ids=lambda args: args[0],
 )

@@ -8,18 +8,22 @@ EPATH_USE_TF=false. With STORAGE_EMULATOR_HOST set, tensorstore (orbax's array f
 at the same place (TENSORSTORE_GCS_HTTP_URL). On Cloud TPU VMs the VM's service account is the
 credential; nothing else is needed.
 
-GCS objects cannot be appended to: `Log` keeps what a remote log holds and writes the whole
-object again on each write, so a log row is in the bucket before it is reported.
+Nothing happens on import: the entry points call `setup()` once at start, before a gs:// path
+is touched (it sets the environment variables above).
+
+GCS objects cannot be appended to: `Log` uploads what a write adds as a small object and composes
+it onto the end of the log object (GCS's compose, done in the bucket), so a log row is in the
+bucket before it is reported and a write costs what it adds, not what the log already holds.
 """
 
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
 import os
 import shutil
 import tempfile
+import uuid
 
 from core import errors
 from core.errors import UserError
@@ -31,10 +35,16 @@ class StorageError(UserError, OSError):
   """A gs:// path that names no bucket, a bucket that does not exist or cannot be reached."""
 
 
-def forward_environment() -> None:
+_set_up = False
+
+
+def setup() -> None:
   """Points every library that reads or writes gs:// at the same place: real GCS, or the
-  emulator that STORAGE_EMULATOR_HOST names. Called before a path is touched; values the user
-  set are kept."""
+  emulator that STORAGE_EMULATOR_HOST names (epath through gcsfs, tensorstore). Called by the
+  entry points at start, and by the tests' emulator fixture, before a gs:// path is touched;
+  values the user set are kept."""
+  global _set_up
+  _set_up = True
   os.environ.setdefault("EPATH_USE_TF", "false")
   host = os.environ.get(EMULATOR)
   if host:
@@ -42,9 +52,6 @@ def forward_environment() -> None:
     os.environ.setdefault("TENSORSTORE_GCS_HTTP_URL", url.rstrip("/"))
     # gcsfs asks GCS's control plane (gRPC) for the bucket's layout; an emulator has none.
     os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
-
-
-forward_environment()
 
 
 def is_remote(path) -> bool:
@@ -55,7 +62,8 @@ def path(p):
   """The etils epath.Path of a local path or a gs:// URL."""
   from etils import epath
 
-  forward_environment()
+  if not _set_up and is_remote(p):
+    raise RuntimeError(f"{p}: core.storage.setup() must be called at start, before gs:// paths.")
   return epath.Path(p)
 
 
@@ -120,13 +128,12 @@ def write_text(p, text: str) -> None:
 
 
 def append_text(p, text: str) -> None:
-  """Adds `text` at the end of a file (a GCS object: read and written again)."""
-  if not is_remote(p):
-    with open(p, "a") as f:
-      f.write(text)
-    return
-  old = read_text(p) if exists(p) else ""
-  write_text(p, old + text)
+  """Adds `text` at the end of a file (a GCS object: composed, see `Log`)."""
+  log = Log(p)
+  try:
+    log.write(text)
+  finally:
+    log.close()
 
 
 def rename(source, target) -> None:
@@ -143,33 +150,42 @@ def rmtree(p) -> None:
 
 
 class Log:
-  """A file that grows at its end: metrics rows, TensorBoard events. Locally it is appended to;
-  a GCS object is written again whole on each `write` (it holds what it held before it was
-  opened and everything written since), so what was written is in the bucket when `write`
-  returns, and a run killed later loses none of it."""
+  """A file that grows at its end: metrics rows, TensorBoard events. `write` returns once what it
+  adds is stored, so a run killed later loses none of it. Locally the file is appended to. A GCS
+  object cannot be: the first write uploads it, each later one uploads what it adds as a small
+  object beside it (.append-ID, no name a reader of the directory takes for its own), composes
+  the log object from the two in the bucket, and deletes the small one. A write's cost is what
+  it adds and three requests, whatever the log holds."""
 
   def __init__(self, p, *, binary: bool = False):
     self.path, self.binary = str(p), binary
-    self._file = self._content = None
+    self._file = self._fs = None
     if is_remote(p):
-      self._content = io.BytesIO()
-      if exists(p):
-        self._content.write(read_bytes(p))
-      path(p).parent.mkdir(parents=True, exist_ok=True)
+      import fsspec
+
+      self._fs = fsspec.filesystem("gs")
+      self.size = self._fs.size(self.path) if exists(p) else None
     else:
       os.makedirs(os.path.dirname(os.path.abspath(p)), exist_ok=True)
       self._file = open(p, "ab", buffering=0)  # noqa: SIM115 (closed by close())
-    self.size = (self._file or self._content).tell()
+      self.size = self._file.tell()
 
   def write(self, data) -> None:
     data = data if self.binary else data.encode()
     if self._file is not None:
       self._file.write(data)
       self.size = self._file.tell()
-    else:
-      self._content.write(data)
-      self.size = self._content.tell()
-      path(self.path).write_bytes(self._content.getvalue())
+    elif self.size is None:  # a new object
+      self._fs.pipe_file(self.path, data)
+      self.size = len(data)
+    elif data:
+      part = f"{os.path.dirname(self.path)}/.append-{uuid.uuid4().hex}"
+      self._fs.pipe_file(part, data)
+      try:
+        self._fs.merge(self.path, [self.path, part])
+      finally:
+        self._fs.rm_file(part)
+      self.size += len(data)
 
   def close(self) -> None:
     if self._file is not None:

@@ -63,7 +63,7 @@ def gcs():
   os.environ["STORAGE_EMULATOR_HOST"] = host
   from core import storage
 
-  storage.forward_environment()
+  storage.setup()
   yield Bucket(host)
   proc.terminate()
   proc.wait(timeout=30)

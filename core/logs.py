@@ -13,7 +13,6 @@ import math
 import os
 import threading
 import time
-import uuid
 
 import jax
 
@@ -93,9 +92,10 @@ class EventWriter:
     if storage.is_remote(directory):
       storage.path(directory)  # gs:// only after storage.setup()
       record_writer.register_writer_factory("gs", _BucketFiles())
-    # A name of its own: several writers may open files in one directory in the same second.
+    # A name of its own, in the order of opening: TensorBoard reads the files in name order, and
+    # several writers may open one in the same directory within a second.
     self._writer = SummaryWriter(
-      directory, flush_secs=10**6, filename_suffix=f".{os.getpid()}.{uuid.uuid4().hex[:8]}"
+      directory, flush_secs=10**6, filename_suffix=f".{time.time_ns()}.{os.getpid()}"
     )
 
   def scalars(self, step: int, values: dict) -> None:

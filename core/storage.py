@@ -155,7 +155,8 @@ class Log:
   object cannot be: the first write uploads it, each later one uploads what it adds as a small
   object beside it (.append-ID, no name a reader of the directory takes for its own), composes
   the log object from the two in the bucket, and deletes the small one. A write's cost is what
-  it adds and three requests, whatever the log holds."""
+  it adds and three requests, whatever the log holds. The compose is conditional on the log's
+  generation, so a compose that gcsfs retries after its answer was lost appends nothing twice."""
 
   def __init__(self, p, *, binary: bool = False):
     self.path, self.binary = str(p), binary
@@ -164,7 +165,10 @@ class Log:
       import fsspec
 
       self._fs = fsspec.filesystem("gs")
-      self.size = self._fs.size(self.path) if exists(p) else None
+      self.size = self._generation = None
+      if exists(p):
+        info = self._stat()
+        self.size, self._generation = int(info["size"]), info["generation"]
     else:
       os.makedirs(os.path.dirname(os.path.abspath(p)), exist_ok=True)
       self._file = open(p, "ab", buffering=0)  # noqa: SIM115 (closed by close())
@@ -177,20 +181,55 @@ class Log:
       self.size = self._file.tell()
     elif self.size is None:  # a new object
       self._fs.pipe_file(self.path, data)
-      self.size = len(data)
+      self.size, self._generation = len(data), self._stat()["generation"]
     elif data:
       part = f"{os.path.dirname(self.path)}/.append-{uuid.uuid4().hex}"
       self._fs.pipe_file(part, data)
       try:
-        self._fs.merge(self.path, [self.path, part])
+        self._compose(part, len(data))
       finally:
-        self._fs.rm_file(part)
-      self.size += len(data)
+        with contextlib.suppress(FileNotFoundError):  # a retried delete that had been done
+          self._fs.rm_file(part)
+
+  def _stat(self) -> dict:
+    """The log object's metadata as the bucket has it now (gcsfs's info may answer from a
+    listing it cached)."""
+    return self._fs.call("GET", "b/{}/o/{}", *_bucket_key(self.path), json_out=True)
+
+  def _compose(self, part: str, added: int) -> None:
+    bucket, key = _bucket_key(self.path)
+    request = {
+      "kind": "storage#composeRequest",
+      "sourceObjects": [{"name": key}, {"name": _bucket_key(part)[1]}],
+      "destination": {"name": key, "bucket": bucket},
+    }
+    try:
+      out = self._fs.call(
+        "POST",
+        "b/{}/o/{}/compose",
+        bucket,
+        key,
+        ifGenerationMatch=self._generation,
+        headers={"Content-Type": "application/json"},
+        json=request,
+        json_out=True,
+      )
+    except Exception as e:  # noqa: BLE001 (gcsfs's HttpError; others re-raised)
+      if getattr(e, "code", None) != 412:
+        raise
+      out = self._stat()  # the generation moved: by this compose, whose answer was lost?
+      if int(out["size"]) != self.size + added:
+        raise OSError(f"{self.path} was changed by another writer while this run appended") from e
+    self.size, self._generation = int(out["size"]), out["generation"]
 
   def close(self) -> None:
     if self._file is not None:
       self._file.close()
       self._file = None
+
+
+def _bucket_key(url: str) -> tuple[str, str]:
+  return tuple(url.split("://", 1)[1].split("/", 1))
 
 
 @contextlib.contextmanager

@@ -34,9 +34,16 @@ def _download_with_generation(request, response, storage, *args, **kwargs):
 
 
 def _compose(request, response, storage, *args, **kwargs):
-  """objects.compose as the emulator has it, without the MD5 of the whole object."""
+  """objects.compose as the emulator has it, without the MD5 of the whole object, and with
+  GCS's ifGenerationMatch precondition (412 when the destination is at another generation)."""
   bucket = request.params["bucket_name"]
   try:
+    wanted = request.query.get("ifGenerationMatch")
+    if wanted:
+      current = storage.get_file_obj(bucket, request.params["object_id"])["generation"]
+      if str(current) != wanted[0]:
+        response.status = HTTPStatus.PRECONDITION_FAILED
+        return
     sources = request.data["sourceObjects"]
     content_type = storage.get_file_obj(bucket, sources[0]["name"])["contentType"]
     content = b"".join(storage.get_file(bucket, s["name"]) for s in sources)

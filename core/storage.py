@@ -214,9 +214,7 @@ class Log:
         json=request,
         json_out=True,
       )
-    except Exception as e:  # noqa: BLE001 (gcsfs's HttpError; others re-raised)
-      if getattr(e, "code", None) != 412:
-        raise
+    except FileExistsError as e:  # gcsfs's 412: the precondition failed
       out = self._stat()  # the generation moved: by this compose, whose answer was lost?
       if int(out["size"]) != self.size + added:
         raise OSError(f"{self.path} was changed by another writer while this run appended") from e

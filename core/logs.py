@@ -63,6 +63,9 @@ class MetricWriter:
     )
     if progress:
       say(self._progress_line(step, record))
+      retried = storage.retries_since_last()
+      if retried:
+        say(retried)
 
   def _progress_line(self, step: int, record: dict) -> str:
     parts = [f"step {step}/{self.total_steps}"]

@@ -18,11 +18,13 @@ bucket before it is reported and a write costs what it adds, not what the log al
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import os
 import shutil
 import tempfile
+import threading
 import uuid
 
 from core import errors
@@ -44,6 +46,11 @@ def setup() -> None:
   entry points at start, and by the tests' emulator fixture, before a gs:// path is touched;
   values the user set are kept."""
   global _set_up
+  if not _set_up:
+    gcsfs_log = logging.getLogger("gcsfs")
+    gcsfs_log.addHandler(_retries)
+    gcsfs_log.setLevel(logging.DEBUG)  # where it says what it retries
+    gcsfs_log.propagate = False  # _retries passes on its warnings
   _set_up = True
   os.environ.setdefault("EPATH_USE_TF", "false")
   host = os.environ.get(EMULATOR)
@@ -52,6 +59,42 @@ def setup() -> None:
     os.environ.setdefault("TENSORSTORE_GCS_HTTP_URL", url.rstrip("/"))
     # gcsfs asks GCS's control plane (gRPC) for the bucket's layout; an emulator has none.
     os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+
+
+class _Retries(logging.Handler):
+  """Counts the requests gcsfs retried (429, 5xx, dropped connections: gcsfs's own retries,
+  which it reports at DEBUG level), by what went wrong. Passes gcsfs's warnings on; its
+  tracebacks of an error it gave up on are dropped: the error reaches the caller, which says it
+  in one line."""
+
+  def __init__(self):
+    super().__init__(logging.DEBUG)
+    self.counts = collections.Counter()
+
+  def emit(self, record):
+    message = record.getMessage()
+    if "retrying after exception:" in message:
+      reason = message.split("retrying after exception:", 1)[1].strip(" ,") or "?"
+      with _retries_lock:
+        self.counts[reason] += 1
+    elif record.levelno >= logging.WARNING and record.module != "retry":
+      logging.getLogger().handle(record)
+
+
+_retries = _Retries()
+_retries_lock = threading.Lock()
+
+
+def retries_since_last() -> str:
+  """'' when no storage request was retried since the last call, else one line: how many, on
+  what (for the log)."""
+  with _retries_lock:
+    counts = dict(_retries.counts)
+    _retries.counts.clear()
+  if not counts:
+    return ""
+  what = ", ".join(f"{reason} x{n}" for reason, n in sorted(counts.items(), key=lambda c: -c[1]))
+  return f"Storage: {sum(counts.values())} request(s) retried since the last row ({what})."
 
 
 def is_remote(path) -> bool:

@@ -28,13 +28,18 @@ def faulty(gcs, monkeypatch):
   fsspec.get_filesystem_class("gs").clear_instance_cache()
 
 
-def test_metrics_and_events_under_transient_errors_hold_every_row_once(gcs, faulty):
+def test_metrics_and_events_under_transient_errors_hold_every_row_once(gcs, faulty, capsys):
   workdir = gcs.url("faults")
+  storage.retries_since_last()  # counted from here
   writer = logs.MetricWriter(workdir, 4, enabled=True)
   for step in range(1, 5):
-    writer.write(step, {"loss": 1.0 / step}, progress=False)
+    writer.write(step, {"loss": 1.0 / step})
   writer.close()
   assert all(faulty.faults[k] for k in FaultProxy.KINDS), faulty.faults
+  said = [line for line in capsys.readouterr().out.splitlines() if "retried" in line]
+  assert said and all("request(s) retried since the last row" in line for line in said)
+  text = " ".join(said)
+  assert "503" in text and "429" in text and "disconnected" in text, text
   faulty.every = 0  # read back without faults
   rows = logs.read_metrics(workdir)
   assert [(r["step"], r["loss"]) for r in rows] == [(s, 1.0 / s) for s in range(1, 5)]

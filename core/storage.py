@@ -156,8 +156,14 @@ def write_bytes(p, data: bytes) -> None:
   never sees half of it; a GCS object is replaced whole by its upload."""
   if is_remote(p):
     target = path(p)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_bytes(data)
+    try:
+      target.parent.mkdir(parents=True, exist_ok=True)
+      target.write_bytes(data)
+    except Exception as e:
+      line = refused(e)
+      if line is None:
+        raise
+      raise StorageError(f"writing {p}: {line}") from e
     return
   os.makedirs(os.path.dirname(os.path.abspath(p)) or ".", exist_ok=True)
   tmp = f"{p}.tmp"
@@ -222,7 +228,17 @@ class Log:
     if self._file is not None:
       self._file.write(data)
       self.size = self._file.tell()
-    elif self.size is None:  # a new object
+      return
+    try:
+      self._append(data)
+    except Exception as e:
+      line = refused(e)
+      if line is None:
+        raise
+      raise StorageError(f"writing {self.path}: {line}") from e
+
+  def _append(self, data: bytes) -> None:
+    if self.size is None:  # a new object
       self._fs.pipe_file(self.path, data)
       self.size, self._generation = len(data), self._stat()["generation"]
     elif data:
@@ -320,6 +336,13 @@ def check_location(p: str, what: str) -> None:
     raise StorageError(f"{what}={p!r}: cannot read gs://{bucket}{where}: {describe(e)}") from None
   finally:
     gcsfs_log.setLevel(level)
+
+
+def refused(error: BaseException) -> str | None:
+  """`describe`'s line when a GCS call was refused for good (credentials, permission): no
+  retry will pass it. None for any other error."""
+  text = describe(error)
+  return text if text.startswith(("no usable credentials", "permission denied")) else None
 
 
 def describe(error: BaseException) -> str:

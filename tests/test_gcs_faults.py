@@ -55,6 +55,7 @@ def _state():
 
 
 def test_a_checkpoint_saved_under_transient_errors_restores_exactly(gcs, faulty):
+  faulty.every = 12  # a save makes many requests; each fault costs a library backoff (~1 s)
   directory = f"{gcs.url('faults')}/checkpoints"
   state = _state()
   ckpt = checkpoint.Checkpointer(directory, async_save=False)
@@ -78,10 +79,11 @@ def test_a_permanent_403_on_writes_fails_and_leaves_the_saved_checkpoint_intact(
   ckpt.wait()
   faulty.refuse_writes = True
   newer = jax.tree.map(lambda a: a + 1, state)
-  with pytest.raises(Exception) as failure:
+  with pytest.raises(storage.StorageError) as failure:
     ckpt.save(4, newer)
     ckpt.wait()
-  assert "permission denied" in storage.describe(failure.value)
+  line = str(failure.value)
+  assert "\n" not in line and "saving checkpoint 4" in line and "permission denied" in line, line
   faulty.refuse_writes = False
   ckpt.close()
   ckpt = checkpoint.Checkpointer(directory, async_save=False)
@@ -89,3 +91,17 @@ def test_a_permanent_403_on_writes_fails_and_leaves_the_saved_checkpoint_intact(
   restored = ckpt.restore(jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), state), 3)
   ckpt.close()
   assert np.array_equal(restored["params"]["w"], state["params"]["w"])
+
+
+def test_a_403_on_a_log_or_a_file_is_one_storage_error(gcs, faulty):
+  faulty.every = 0
+  workdir = gcs.url("faults")
+  log = storage.Log(f"{workdir}/metrics.jsonl")
+  log.write("kept\n")
+  faulty.refuse_writes = True
+  for write in (lambda: log.write("refused\n"), lambda: storage.write_text(f"{workdir}/x", "y")):
+    with pytest.raises(storage.StorageError, match="permission denied") as failure:
+      write()
+    assert "\n" not in str(failure.value)
+  faulty.refuse_writes = False
+  assert storage.read_text(f"{workdir}/metrics.jsonl") == "kept\n"

@@ -3,6 +3,9 @@ side: the checkpoint a workdir's checkpoints/ holds (params, AdamW state, EMA).
 
     python -m benchmarks.gcs_checkpoint --config configs/fcmae_base.py --gcs gs://bucket/bench
 
+The config and its `--config.FIELD=VALUE` overrides are read as train.py reads them
+(trainer/cli.py: read_config).
+
 With STORAGE_EMULATOR_HOST set, gs:// is that emulator; without it, Cloud Storage itself (the
 host's credentials). The state is random normal numbers of the config's shapes (zeros would
 compress), on one device; each save is waited for. Prints seconds and MB/s per place.
@@ -10,18 +13,23 @@ compress), on one device; each save is waited for. Prints seconds and MB/s per p
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 import time
 
 import jax
 import numpy as np
+from absl import app, flags, logging
+from ml_collections import config_flags
 
-from benchmarks.train_step import load_config
-from core import storage
+from core import errors, storage
 from core import task as task_lib
 from fcmae import model as fcmae_model
-from trainer import checkpoint, loop
+from trainer import checkpoint, cli, loop
+
+FLAGS = flags.FLAGS
+cli.define_config_flag("Pretraining config file (configs/fcmae_*.py).")
+flags.DEFINE_string("gcs", None, "gs://BUCKET/PATH to write under.", required=True)
+flags.DEFINE_string("local", None, "Local directory (default: a temporary one).")
 
 
 def abstract_state(config):
@@ -50,13 +58,11 @@ def timed(directory, state, abstract) -> tuple[float, float]:
   return saved, loaded
 
 
-def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--config", default="configs/fcmae_base.py")
-  parser.add_argument("--gcs", required=True, help="gs://BUCKET/PATH to write under")
-  parser.add_argument("--local", default=None, help="local directory (default: a temporary one)")
-  args = parser.parse_args(argv)
-  config = load_config(args.config, [])
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)  # orbax's lines per save
+  config = cli.read_config(FLAGS)
+  storage.check_location(FLAGS.gcs, "--gcs")
   abstract = abstract_state(config)
   rng = np.random.default_rng(0)
   state = jax.tree.map(
@@ -64,9 +70,9 @@ def main(argv=None):
     abstract,
   )
   megabytes = sum(x.nbytes for x in jax.tree.leaves(state)) / 1e6
-  print(f"{args.config}: train state {megabytes:.0f} MB")
-  local = args.local or tempfile.mkdtemp(prefix="ckpt-bench-")
-  where = f"{args.gcs}/{int(time.time())}"
+  print(f"{config_flags.get_config_filename(FLAGS['config'])}: train state {megabytes:.0f} MB")
+  local = FLAGS.local or tempfile.mkdtemp(prefix="ckpt-bench-")
+  where = f"{FLAGS.gcs}/{int(time.time())}"
   for name, directory in (("local disk", local), ("gs://", where)):
     saved, loaded = timed(f"{directory}/checkpoints", state, abstract)
     print(
@@ -78,4 +84,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-  main()
+  app.run(errors.guarded(main), flags_parser=cli.parse_flags)

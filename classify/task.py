@@ -91,4 +91,5 @@ def make_task(config, workdir: str | None, info: DatasetInfo | None = None) -> t
     evaluate=evaluator,
     skipped_images=config_input.skipped_images,
     compile_eval=evaluator.compile,
+    shown=("top1", "top5", "ema_top1"),
   )

@@ -2,7 +2,8 @@
 
 Only process 0 writes; the other processes get a writer that does nothing. The workdir may be a
 local directory or gs://BUCKET/PATH (core/storage.py): a row is in metrics.jsonl and its
-scalars in the events file before the progress line reports it.
+scalars in the events file before the progress line reports it. The events are written by
+tensorboardX; in a bucket through storage.Log, which appends without rewriting the object.
 """
 
 from __future__ import annotations
@@ -10,21 +11,31 @@ from __future__ import annotations
 import json
 import math
 import os
-import socket
-import struct
+import threading
 import time
 
 import jax
 
 from core import storage
 
+# What every progress line shows when a row has it; each task adds its own metrics' names.
+SHOWN = ("loss", "lr", "images_per_sec", "skipped_images")
+
 
 class MetricWriter:
-  """Appends one JSON object per logged step and mirrors the scalars to TensorBoard."""
+  """Appends one JSON object per logged step and mirrors the scalars to TensorBoard. `shown`:
+  the metrics the progress line names, in its order."""
 
-  def __init__(self, workdir: str, total_steps: int, *, enabled: bool | None = None):
+  def __init__(
+    self,
+    workdir: str,
+    total_steps: int,
+    *,
+    shown: tuple[str, ...] = SHOWN,
+    enabled: bool | None = None,
+  ):
     self.enabled = jax.process_index() == 0 if enabled is None else enabled
-    self.total_steps = total_steps
+    self.total_steps, self.shown = total_steps, shown
     self._start_time = None
     self._start_step = None
     self._jsonl = None
@@ -43,25 +54,22 @@ class MetricWriter:
       return
     self._jsonl.write(json.dumps(record) + "\n")
     self._tb.scalars(
-      int(step), {k: v for k, v in record.items() if k != "step" and isinstance(v, (int, float))}
+      int(step),
+      {
+        k: v
+        for k, v in record.items()
+        if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)
+      },
     )
     if progress:
       say(self._progress_line(step, record))
+      retried = storage.retries_since_last()
+      if retried:
+        say(retried)
 
   def _progress_line(self, step: int, record: dict) -> str:
     parts = [f"step {step}/{self.total_steps}"]
-    for key in (
-      "loss",
-      "lr",
-      "images_per_sec",
-      "reconstruction_loss",
-      "top1",
-      "top5",
-      "ema_top1",
-      "knn_top1",
-      "linear_top1",
-      "skipped_images",
-    ):
+    for key in self.shown:
       if key in record:
         value = record[key]
         parts.append(f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}")
@@ -78,67 +86,70 @@ class MetricWriter:
 
 
 class EventWriter:
-  """TensorBoard event files (TFRecord-framed Event protos, as tf.summary writes them) in a
-  local directory or under gs://, through storage.Log. A new file is begun per writer, and
-  again past `roll_bytes`, so a GCS object written again whole on each flush stays small."""
+  """One TensorBoard event file in a local directory or under gs://, written by tensorboardX's
+  SummaryWriter; each call returns once its events are stored (flushed)."""
 
-  def __init__(self, directory: str, roll_bytes: int = 4 << 20):
-    self.directory, self.roll_bytes = directory, roll_bytes
-    self._log = None
-    self._count = 0
+  def __init__(self, directory: str):
+    from tensorboardX import SummaryWriter, record_writer
 
-  def _file(self):
-    if self._log is None or self._log.size > self.roll_bytes:
-      self.close()
-      name = f"events.out.tfevents.{time.time():.6f}.{socket.gethostname()}.{os.getpid()}"
-      self._log = storage.Log(os.path.join(self.directory, f"{name}.{self._count}"), binary=True)
-      self._count += 1
-      from tensorboard.compat.proto import event_pb2
-
-      self._log.write(_record(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2")))
-    return self._log
+    if storage.is_remote(directory):
+      storage.path(directory)  # gs:// only after storage.setup()
+      record_writer.register_writer_factory("gs", _BucketFiles())
+    # A name of its own, in the order of opening: TensorBoard reads the files in name order, and
+    # several writers may open one in the same directory within a second.
+    self._writer = SummaryWriter(
+      directory, flush_secs=10**6, filename_suffix=f".{time.time_ns()}.{os.getpid()}"
+    )
 
   def scalars(self, step: int, values: dict) -> None:
-    from tensorboard.compat.proto import summary_pb2
+    for tag, value in values.items():
+      self._writer.add_scalar(tag, float(value), step)
+    self._writer.flush()
 
-    if values:
-      summary = summary_pb2.Summary(
-        value=[summary_pb2.Summary.Value(tag=k, simple_value=float(v)) for k, v in values.items()]
-      )
-      self._write(step, summary)
-
-  def image(self, step: int, tag: str, png: bytes, height: int, width: int) -> None:
-    from tensorboard.compat.proto import summary_pb2
-
-    image = summary_pb2.Summary.Image(
-      height=height, width=width, colorspace=3, encoded_image_string=png
-    )
-    self._write(step, summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag=tag, image=image)]))
-
-  def _write(self, step: int, summary) -> None:
-    from tensorboard.compat.proto import event_pb2
-
-    event = event_pb2.Event(wall_time=time.time(), step=step, summary=summary)
-    self._file().write(_record(event))
+  def image(self, step: int, tag: str, picture) -> None:
+    """`picture`: uint8 (height, width, 3)."""
+    self._writer.add_image(tag, picture, step, dataformats="HWC")
+    self._writer.flush()
 
   def close(self) -> None:
-    if self._log is not None:
-      self._log.close()
-      self._log = None
+    if self._writer is not None:
+      self._writer.close()
+      self._writer = None
 
 
-def _record(event) -> bytes:
-  """One TFRecord: length, its masked CRC32C, the data, its masked CRC32C."""
-  from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
+class _BucketFile:
+  """An event file in a bucket for tensorboardX's record writer: its records are kept until
+  `flush`, which appends them to the object (storage.Log)."""
 
-  data = event.SerializeToString()
-  header = struct.pack("<Q", len(data))
-  return (
-    header
-    + struct.pack("<I", masked_crc32c(header))
-    + data
-    + struct.pack("<I", masked_crc32c(data))
-  )
+  def __init__(self, p: str):
+    self._log = storage.Log(p, binary=True)
+    self._pending = bytearray()
+    self._lock = threading.Lock()  # the writer's thread and its caller may both flush
+
+  def write(self, data: bytes) -> None:
+    with self._lock:
+      self._pending += data
+
+  def flush(self) -> None:
+    with self._lock:
+      if self._pending:
+        self._log.write(bytes(self._pending))
+        self._pending.clear()
+
+  def close(self) -> None:
+    self.flush()
+    self._log.close()
+
+
+class _BucketFiles:
+  """tensorboardX's writer factory for gs:// (its own rewrites the whole object on each flush,
+  through a client that cannot be pointed at the emulator)."""
+
+  def open(self, p: str) -> _BucketFile:
+    return _BucketFile(p)
+
+  def directory_check(self, p: str) -> None:
+    del p  # a bucket has no directories to make
 
 
 def say(message: str) -> None:

@@ -8,18 +8,24 @@ EPATH_USE_TF=false. With STORAGE_EMULATOR_HOST set, tensorstore (orbax's array f
 at the same place (TENSORSTORE_GCS_HTTP_URL). On Cloud TPU VMs the VM's service account is the
 credential; nothing else is needed.
 
-GCS objects cannot be appended to: `Log` keeps what a remote log holds and writes the whole
-object again on each write, so a log row is in the bucket before it is reported.
+Nothing happens on import: the entry points call `setup()` once at start, before a gs:// path
+is touched (it sets the environment variables above).
+
+GCS objects cannot be appended to: `Log` uploads what a write adds as a small object and composes
+it onto the end of the log object (GCS's compose, done in the bucket), so a log row is in the
+bucket before it is reported and a write costs what it adds, not what the log already holds.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
-import io
 import logging
 import os
 import shutil
 import tempfile
+import threading
+import uuid
 
 from core import errors
 from core.errors import UserError
@@ -31,10 +37,21 @@ class StorageError(UserError, OSError):
   """A gs:// path that names no bucket, a bucket that does not exist or cannot be reached."""
 
 
-def forward_environment() -> None:
+_set_up = False
+
+
+def setup() -> None:
   """Points every library that reads or writes gs:// at the same place: real GCS, or the
-  emulator that STORAGE_EMULATOR_HOST names. Called before a path is touched; values the user
-  set are kept."""
+  emulator that STORAGE_EMULATOR_HOST names (epath through gcsfs, tensorstore). Called by the
+  entry points at start, and by the tests' emulator fixture, before a gs:// path is touched;
+  values the user set are kept."""
+  global _set_up
+  if not _set_up:
+    gcsfs_log = logging.getLogger("gcsfs")
+    gcsfs_log.addHandler(_retries)
+    gcsfs_log.setLevel(logging.DEBUG)  # where it says what it retries
+    gcsfs_log.propagate = False  # _retries passes on its warnings
+  _set_up = True
   os.environ.setdefault("EPATH_USE_TF", "false")
   host = os.environ.get(EMULATOR)
   if host:
@@ -44,7 +61,40 @@ def forward_environment() -> None:
     os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 
 
-forward_environment()
+class _Retries(logging.Handler):
+  """Counts the requests gcsfs retried (429, 5xx, dropped connections: gcsfs's own retries,
+  which it reports at DEBUG level), by what went wrong. Passes gcsfs's warnings on; its
+  tracebacks of an error it gave up on are dropped: the error reaches the caller, which says it
+  in one line."""
+
+  def __init__(self):
+    super().__init__(logging.DEBUG)
+    self.counts = collections.Counter()
+
+  def emit(self, record):
+    message = record.getMessage()
+    if "retrying after exception:" in message:
+      reason = message.split("retrying after exception:", 1)[1].strip(" ,") or "?"
+      with _retries_lock:
+        self.counts[reason] += 1
+    elif record.levelno >= logging.WARNING and record.module != "retry":
+      logging.getLogger().handle(record)
+
+
+_retries = _Retries()
+_retries_lock = threading.Lock()
+
+
+def retries_since_last() -> str:
+  """'' when no storage request was retried since the last call, else one line: how many, on
+  what (for the log)."""
+  with _retries_lock:
+    counts = dict(_retries.counts)
+    _retries.counts.clear()
+  if not counts:
+    return ""
+  what = ", ".join(f"{reason} x{n}" for reason, n in sorted(counts.items(), key=lambda c: -c[1]))
+  return f"Storage: {sum(counts.values())} request(s) retried since the last row ({what})."
 
 
 def is_remote(path) -> bool:
@@ -55,7 +105,8 @@ def path(p):
   """The etils epath.Path of a local path or a gs:// URL."""
   from etils import epath
 
-  forward_environment()
+  if not _set_up and is_remote(p):
+    raise RuntimeError(f"{p}: core.storage.setup() must be called at start, before gs:// paths.")
   return epath.Path(p)
 
 
@@ -105,8 +156,14 @@ def write_bytes(p, data: bytes) -> None:
   never sees half of it; a GCS object is replaced whole by its upload."""
   if is_remote(p):
     target = path(p)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_bytes(data)
+    try:
+      target.parent.mkdir(parents=True, exist_ok=True)
+      target.write_bytes(data)
+    except Exception as e:
+      line = refused(e)
+      if line is None:
+        raise
+      raise StorageError(f"writing {p}: {line}") from e
     return
   os.makedirs(os.path.dirname(os.path.abspath(p)) or ".", exist_ok=True)
   tmp = f"{p}.tmp"
@@ -120,13 +177,12 @@ def write_text(p, text: str) -> None:
 
 
 def append_text(p, text: str) -> None:
-  """Adds `text` at the end of a file (a GCS object: read and written again)."""
-  if not is_remote(p):
-    with open(p, "a") as f:
-      f.write(text)
-    return
-  old = read_text(p) if exists(p) else ""
-  write_text(p, old + text)
+  """Adds `text` at the end of a file (a GCS object: composed, see `Log`)."""
+  log = Log(p)
+  try:
+    log.write(text)
+  finally:
+    log.close()
 
 
 def rename(source, target) -> None:
@@ -143,38 +199,94 @@ def rmtree(p) -> None:
 
 
 class Log:
-  """A file that grows at its end: metrics rows, TensorBoard events. Locally it is appended to;
-  a GCS object is written again whole on each `write` (it holds what it held before it was
-  opened and everything written since), so what was written is in the bucket when `write`
-  returns, and a run killed later loses none of it."""
+  """A file that grows at its end: metrics rows, TensorBoard events. `write` returns once what it
+  adds is stored, so a run killed later loses none of it. Locally the file is appended to. A GCS
+  object cannot be: the first write uploads it, each later one uploads what it adds as a small
+  object beside it (.append-ID, no name a reader of the directory takes for its own), composes
+  the log object from the two in the bucket, and deletes the small one. A write's cost is what
+  it adds and three requests, whatever the log holds. The compose is conditional on the log's
+  generation, so a compose that gcsfs retries after its answer was lost appends nothing twice."""
 
   def __init__(self, p, *, binary: bool = False):
     self.path, self.binary = str(p), binary
-    self._file = self._content = None
+    self._file = self._fs = None
     if is_remote(p):
-      self._content = io.BytesIO()
+      import fsspec
+
+      self._fs = fsspec.filesystem("gs")
+      self.size = self._generation = None
       if exists(p):
-        self._content.write(read_bytes(p))
-      path(p).parent.mkdir(parents=True, exist_ok=True)
+        info = self._stat()
+        self.size, self._generation = int(info["size"]), info["generation"]
     else:
       os.makedirs(os.path.dirname(os.path.abspath(p)), exist_ok=True)
       self._file = open(p, "ab", buffering=0)  # noqa: SIM115 (closed by close())
-    self.size = (self._file or self._content).tell()
+      self.size = self._file.tell()
 
   def write(self, data) -> None:
     data = data if self.binary else data.encode()
     if self._file is not None:
       self._file.write(data)
       self.size = self._file.tell()
-    else:
-      self._content.write(data)
-      self.size = self._content.tell()
-      path(self.path).write_bytes(self._content.getvalue())
+      return
+    try:
+      self._append(data)
+    except Exception as e:
+      line = refused(e)
+      if line is None:
+        raise
+      raise StorageError(f"writing {self.path}: {line}") from e
+
+  def _append(self, data: bytes) -> None:
+    if self.size is None:  # a new object
+      self._fs.pipe_file(self.path, data)
+      self.size, self._generation = len(data), self._stat()["generation"]
+    elif data:
+      part = f"{os.path.dirname(self.path)}/.append-{uuid.uuid4().hex}"
+      self._fs.pipe_file(part, data)
+      try:
+        self._compose(part, len(data))
+      finally:
+        with contextlib.suppress(FileNotFoundError):  # a retried delete that had been done
+          self._fs.rm_file(part)
+
+  def _stat(self) -> dict:
+    """The log object's metadata as the bucket has it now (gcsfs's info may answer from a
+    listing it cached)."""
+    return self._fs.call("GET", "b/{}/o/{}", *_bucket_key(self.path), json_out=True)
+
+  def _compose(self, part: str, added: int) -> None:
+    bucket, key = _bucket_key(self.path)
+    request = {
+      "kind": "storage#composeRequest",
+      "sourceObjects": [{"name": key}, {"name": _bucket_key(part)[1]}],
+      "destination": {"name": key, "bucket": bucket},
+    }
+    try:
+      out = self._fs.call(
+        "POST",
+        "b/{}/o/{}/compose",
+        bucket,
+        key,
+        ifGenerationMatch=self._generation,
+        headers={"Content-Type": "application/json"},
+        json=request,
+        json_out=True,
+      )
+    except FileExistsError as e:  # gcsfs's 412: the precondition failed
+      out = self._stat()  # the generation moved: by this compose, whose answer was lost?
+      if int(out["size"]) != self.size + added:
+        raise OSError(f"{self.path} was changed by another writer while this run appended") from e
+    self.size, self._generation = int(out["size"]), out["generation"]
 
   def close(self) -> None:
     if self._file is not None:
       self._file.close()
       self._file = None
+
+
+def _bucket_key(url: str) -> tuple[str, str]:
+  return tuple(url.split("://", 1)[1].split("/", 1))
 
 
 @contextlib.contextmanager
@@ -224,6 +336,13 @@ def check_location(p: str, what: str) -> None:
     raise StorageError(f"{what}={p!r}: cannot read gs://{bucket}{where}: {describe(e)}") from None
   finally:
     gcsfs_log.setLevel(level)
+
+
+def refused(error: BaseException) -> str | None:
+  """`describe`'s line when a GCS call was refused for good (credentials, permission): no
+  retry will pass it. None for any other error."""
+  text = describe(error)
+  return text if text.startswith(("no usable credentials", "permission denied")) else None
 
 
 def describe(error: BaseException) -> str:

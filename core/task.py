@@ -32,6 +32,7 @@ class Task:
     --compile_only.
   evaluate_at_start: evaluate before the first step of a fresh run too (pretraining's monitors:
     the figures at initialisation).
+  shown: the names of evaluate's metrics that the progress line shows (each task names its own).
   """
 
   fresh_params: Callable[[], Any]
@@ -43,3 +44,4 @@ class Task:
   skipped_images: Callable[[], int] | None = None
   compile_eval: Callable[..., cost_lib.StepCost] | None = None
   evaluate_at_start: bool = False
+  shown: tuple[str, ...] = ()

@@ -98,4 +98,5 @@ def make_task(config, workdir: str | None, info: DatasetInfo | None = None) -> t
     evaluate=evaluate,
     skipped_images=config_input.skipped_images,
     evaluate_at_start=monitor is not None,
+    shown=("reconstruction_loss", "knn_top1", "linear_top1"),
   )

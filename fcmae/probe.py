@@ -31,7 +31,7 @@ import dataclasses
 import jax
 import numpy as np
 
-from core import errors, sharding
+from core import errors, sharding, storage
 from data import eval_pipeline, on_device, sources
 from data.info import IMAGENET_MEAN, IMAGENET_STD
 from models import convnextv2
@@ -227,6 +227,7 @@ def main(argv=None) -> dict:
   parser.add_argument("--batch_size", type=int, default=Settings.batch_size)
   parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
   args = parser.parse_args(argv)
+  storage.setup()
 
   params = encoder_params(pretrained.read_params(args.checkpoint))
   variant = convnextv2.variant_of(params)

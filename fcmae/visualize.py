@@ -194,7 +194,7 @@ class Reconstructions:
     )
     png = png_bytes(picture)
     writer = logs.EventWriter(self._tensorboard)
-    writer.image(step, "reconstructions", png, *picture.shape[:2])
+    writer.image(step, "reconstructions", picture)
     writer.close()
     path = os.path.join(self.directory, f"step_{step:07d}.png")
     storage.write_bytes(path, png)
@@ -226,6 +226,7 @@ def main(argv=None) -> None:
   parser.add_argument("--out", default="reconstructions.png")
   parser.add_argument("--seed", type=int, default=0, help="seed of the random masks")
   args = parser.parse_args(argv)
+  storage.setup()
 
   config = load_run_config(args.checkpoint)
   loss_fn, _ = fcmae_model.from_config(config, abstract=True)

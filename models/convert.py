@@ -593,6 +593,7 @@ def _export(src: Path, out: Path, variant: str | None, force: bool, key: str | N
 def main(argv: list[str] | None = None) -> int:
   """CLI entry point; returns the exit status (2 on a conversion error, printed to stderr)."""
   args = _parser().parse_args(argv)
+  storage.setup()
   src, out = args.src, args.out
   try:
     # gs:// SRC is read from a local copy, gs:// OUT written locally and copied up whole.

@@ -1,6 +1,7 @@
 """Test-wide setup, before jax is imported: 8 fake CPU devices, the CPU platform even where a
 TPU runtime is installed, one persistent compilation cache for the session (its subprocesses
-included), and the repo on sys.path; and `gcs`, a local GCS emulator for the gs:// tests."""
+included), the repo on sys.path and the storage layer set up (core/storage.py setup, before any
+path is touched, as the entry points do); and `gcs`, a local GCS emulator for the gs:// tests."""
 
 import os
 import sys
@@ -12,6 +13,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="jax-cache-"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from core import storage  # noqa: E402
+
+storage.setup()
 
 
 import socket  # noqa: E402
@@ -61,9 +66,7 @@ def gcs():
         raise RuntimeError("the GCS emulator did not start") from None
       time.sleep(0.1)
   os.environ["STORAGE_EMULATOR_HOST"] = host
-  from core import storage
-
-  storage.forward_environment()
+  storage.setup()  # again: tensorstore pointed at the emulator
   yield Bucket(host)
   proc.terminate()
   proc.wait(timeout=30)

@@ -9,15 +9,15 @@ shows the traceback of user errors too.
 
 from __future__ import annotations
 
+import difflib
 import os
-import re
 import sys
 from collections.abc import Callable
 
 from absl import flags
 
 from core import sharding, storage
-from core.errors import fail
+from core.errors import UserError, fail, one_line
 
 CONFIG_HELP = (
   "The config fields, their meaning, defaults and checks are listed by `python -m "
@@ -68,59 +68,75 @@ def define_flags(config_help: str) -> None:
 
 
 def parse_flags(argv: list[str]) -> list[str]:
-  """absl's flag parsing (app.run's flags_parser) with one-line messages for bad flags, config
-  files, arguments and overrides."""
+  """absl's flag parsing (app.run's flags_parser), with the --config file and the
+  --config.FIELD overrides checked against configs/schema.py first, and absl's own exception
+  types turned into one line."""
+  check_config_arguments(argv)
   try:
     return flags.FLAGS(argv)
-  except flags.Error as e:  # an unknown flag, a missing --config, a bad config file or argument
-    fail(f"{flag_error(e)} See --help.")
-  except AttributeError as e:  # ml_collections: --config.FIELD that the config does not have
-    text = _innermost(e).replace("\n", " ").strip()
+  except flags.IllegalFlagValueError as e:  # a value refused, or an error in the config file
+    inner = _innermost(e)
+    fail(f"{inner if isinstance(inner, UserError) else one_line(e)} See --help.")
+  except flags.Error as e:  # an unknown flag, a missing --config
+    fail(f"{one_line(e)} See --help.")
+  except (AttributeError, KeyError) as e:  # ml_collections: a field of the schema, not this file's
     bad = [a.split("=")[0] for a in argv if a.startswith("--config.")]
-    fail(f"no such config field: {text} (overrides given: {', '.join(bad)}). {CONFIG_HELP}")
-
-
-def flag_error(error: Exception) -> str:
-  """One line of absl's or ml_collections' message about a flag. Errors in a config file come
-  with the file's traceback written into the message: its last line is what went wrong."""
-  text = str(error).strip()
-  lines = [line.strip() for line in text.splitlines() if line.strip()]
-  if "No such file or directory" in text:
-    missing = re.search(r"No such file or directory: '([^']+)'", text)
-    return f"--config: no such config file {missing.group(1) if missing else ''}.".replace(
-      " .", "."
+    fail(
+      f"no such config field in this config file: {one_line(_innermost(e))} (overrides given: "
+      f"{', '.join(bad)}). {CONFIG_HELP}"
     )
-  if "Traceback (most recent call last)" in text:
-    head = lines[0].split(": Error whilst parsing")[0]
-    last = re.sub(r"^[A-Za-z_][\w.]*(Error|Exception): ", "", lines[-1])
-    return f"{head}: {last}"
-  return " ".join(lines)
 
 
-def _innermost(error: BaseException) -> str:
-  """The message at the bottom of an exception that wraps others (absl and ml_collections wrap
-  the config file's own error, or a KeyError's message, in theirs)."""
-  while True:
-    inner = error.args[0] if error.args else None
-    if isinstance(inner, BaseException):
-      error = inner
-    elif error.__cause__ is not None and not str(error).strip():
-      error = error.__cause__
-    else:
-      return str(inner) if isinstance(inner, str) else str(error)
+def check_config_arguments(argv: list[str]) -> None:
+  """The config file of --config exists, and each --config.FIELD=VALUE names a field of the
+  schema with a value of its type: one line and exit status 2 before absl reads them."""
+  from configs import recipes, schema
+
+  args = list(argv[1:])
+  for i, arg in enumerate(args):
+    name, has_value, value = arg.partition("=")
+    if not has_value and i + 1 < len(args) and not args[i + 1].startswith("-"):
+      value = args[i + 1]
+    if name == "--config" and value:
+      file = value.split(":", 1)[0]
+      if not os.path.isfile(file):
+        fail(f"--config: no such config file {file}. See --help.")
+    elif name.startswith("--config."):
+      field = schema.BY_NAME.get(name.removeprefix("--config."))
+      if field is None:
+        close = difflib.get_close_matches(name.removeprefix("--config."), schema.BY_NAME, n=1)
+        hint = f" Did you mean --config.{close[0]}?" if close else ""
+        fail(f"no such config field: {name}.{hint} {CONFIG_HELP}")
+      default = field.default_for(recipes.SIZES[0])
+      kind = type(default)
+      if kind in (int, float) and (has_value or value):
+        try:
+          kind(value)
+        except ValueError:
+          fail(f"{name}={value!r}: expected {'an integer' if kind is int else 'a number'}.")
+
+
+def _innermost(error: BaseException) -> BaseException:
+  """The exception at the bottom of one that wraps others (absl wraps the config file's own
+  error in its IllegalFlagValueError; ml_collections a KeyError in an AttributeError)."""
+  while (error.__cause__ or error.__context__) is not None:
+    error = error.__cause__ or error.__context__
+  return error
 
 
 def read_config(flag_values):
   """The --config of the command line with its overrides, read and checked (configs/schema.py:
   validate) before anything heavy is imported or built: a bad one is one message and exit
-  status 2."""
+  status 2. Sets up the storage layer (core/storage.py setup) for the paths that follow."""
   from configs import schema
 
+  storage.setup()
   try:
     config = flag_values.config
     config.keys()  # a config file is read when first asked for
   except (flags.Error, OSError) as e:
-    fail(f"{flag_error(e)} See --help.")
+    inner = _innermost(e)
+    fail(f"{inner if isinstance(inner, UserError) else one_line(inner)} See --help.")
   schema.validate(config)
   return config
 

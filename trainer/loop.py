@@ -208,7 +208,7 @@ def train_and_evaluate(
           f"Moved {dropped} metrics row(s) of the steps after {step} (to be done again) to "
           "metrics.discarded.jsonl."
         )
-    writer = logs.MetricWriter(workdir, run.total_steps)
+    writer = logs.MetricWriter(workdir, run.total_steps, shown=logs.SHOWN + task.shown)
     if step >= run.total_steps:
       logs.say(
         f"The run in {workdir} is finished: step {step} of {run.total_steps}. To train "
@@ -294,7 +294,7 @@ def evaluate_only(config, workdir: str, task: task_lib.Task, *, devices=None) ->
     state = restore_or_init(run, task, ckpt)
     step = int(state["step"])
     result = task.evaluate(state, step)
-    writer = logs.MetricWriter(workdir, run.total_steps)
+    writer = logs.MetricWriter(workdir, run.total_steps, shown=logs.SHOWN + task.shown)
     writer.write(step, result)
     return result
   except BaseException:

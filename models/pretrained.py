@@ -14,7 +14,7 @@ import orbax.checkpoint as ocp
 
 from core import storage
 from core.errors import UserError
-from models import convert, hub
+from models import checkpoint_files, converted, hub, state_dict
 
 
 class WeightsError(UserError, ValueError):
@@ -32,12 +32,12 @@ def read_params(path: str) -> dict:
   if storage.is_remote(path) and not _is_train_checkpoint(path):
     with storage.downloaded(path) as local:  # the converters read local files
       return read_params(local)
-  if convert.is_converted_checkpoint(path):
-    params, _ = convert.load_params(path)
+  if converted.is_converted_checkpoint(path):
+    params, _ = converted.load_params(path)
   elif _is_train_checkpoint(path):
     params = restore_train_params(path)
   else:
-    params, _ = convert.to_params(convert.read_state_dict(path))
+    params, _ = state_dict.to_params(checkpoint_files.read_state_dict(path))
   return params
 
 

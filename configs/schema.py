@@ -350,9 +350,9 @@ FIELDS: tuple[Field, ...] = (
   F(
     "init_from",
     "",
-    "weights to start from: a workdir, a converted checkpoint, a PyTorch file; '' = scratch",
+    "weights to start from: a workdir, a converted checkpoint, a PyTorch file, hf:REPO[@REV]; "
+    "pretraining loads the FCMAE decoder too when the source has one; '' = scratch",
     FREE,
-    jobs=FINETUNE,
   ),
   F(
     "eval_only",

@@ -4,10 +4,12 @@ Per step: a fresh random mask per image (from the image's own key), the FCMAE lo
 images. Before the first step and every eval_every_steps: a figure of reconstructions
 (WORKDIR/reconstructions/, TensorBoard) and, on a labelled dataset, the kNN and linear-probe
 top-1 of the encoder's features (fcmae/probe.py; config.probe.enabled=False turns them off).
+A fresh run starts from config.init_from when it is set (fcmae/pretrained.py).
 """
 
 from __future__ import annotations
 
+from core import logs
 from core import task as task_lib
 from data import config_input, on_device
 from data.info import DatasetInfo
@@ -50,6 +52,15 @@ def make_task(config, workdir: str | None, info: DatasetInfo | None = None) -> t
       **convnextv2.config_options(config.model),
     )
 
+  def load_pretrained(fresh):
+    if not config.init_from:
+      return fresh
+    from fcmae import pretrained
+
+    params, line = pretrained.load(fresh, config.init_from, config.model.in_chans)
+    logs.say(line)
+    return params
+
   def evaluate(state, step):
     pictures.write(state["params"], step)
     out = {"reconstruction_loss": pictures.last_loss}
@@ -62,6 +73,7 @@ def make_task(config, workdir: str | None, info: DatasetInfo | None = None) -> t
     loss_fn=task_loss,
     train_batches=config_input.train_stream(config, "pretrain"),
     steps_per_epoch=config_input.steps_per_epoch(config, info),
+    load_pretrained=load_pretrained,
     evaluate=evaluate,
     skipped_images=config_input.skipped_images,
     evaluate_at_start=monitor is not None,

@@ -115,8 +115,11 @@ def save(
     raise ConversionError(
       f"Unknown ConvNeXt V2 variant {variant!r}; valid: {', '.join(cv.VARIANTS)}."
     )
+  in_chans = int(np.shape(params["stem"]["conv"]["kernel"])[2])
   check_tree(
-    cv.abstract_params(variant, num_classes), params, f"params for {variant}/{num_classes} classes"
+    cv.abstract_params(variant, num_classes, in_chans=in_chans),
+    params,
+    f"params for {variant}/{num_classes} classes",
   )
   arrays = _nested_numpy(params)
   spec = cv.VARIANTS[variant]
@@ -126,6 +129,7 @@ def save(
     model="convnextv2",
     variant=variant,
     num_classes=int(num_classes),
+    in_chans=in_chans,
     depths=list(spec["depths"]),
     dims=list(spec["dims"]),
     params_layout="blocks stacked per stage",
@@ -167,7 +171,9 @@ def load_params(ckpt_dir: str | os.PathLike) -> tuple[dict, dict]:
 
   ckpt_dir = Path(ckpt_dir).absolute()
   config = _read_config(ckpt_dir)
-  expected = cv.abstract_params(config["variant"], config["num_classes"])
+  expected = cv.abstract_params(
+    config["variant"], config["num_classes"], in_chans=config.get("in_chans", 3)
+  )
   with ocp.StandardCheckpointer() as checkpointer:
     stored = checkpointer.metadata(ckpt_dir / "params").item_metadata.tree
     check_tree(expected, stored, f"{ckpt_dir}/params")
@@ -182,6 +188,7 @@ def load(ckpt_dir: str | os.PathLike, **options) -> tuple[Callable, dict]:
   import jax
 
   params, config = load_params(ckpt_dir)
+  options = {"in_chans": config.get("in_chans", 3), **options}
   apply_fn, abstract = cv.build(config["variant"], config["num_classes"], abstract=True, **options)
   check_tree(abstract, params, f"{ckpt_dir}/params")
   return apply_fn, jax.device_put(params)

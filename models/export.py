@@ -28,7 +28,9 @@ from models.formats import ConversionError
 from models.state_dict import from_params, to_params
 
 
-def hf_config(variant: str, num_classes: int, labels: list[str] | None = None) -> dict:
+def hf_config(
+  variant: str, num_classes: int, labels: list[str] | None = None, in_chans: int = 3
+) -> dict:
   """config.json for transformers' ConvNextV2 (no network needed to load it). The final
   LayerNorm eps is set to ours (1e-6, official) rather than HF's default 1e-12."""
   spec = cv.variant_spec(variant)
@@ -38,7 +40,7 @@ def hf_config(variant: str, num_classes: int, labels: list[str] | None = None) -
   return dict(
     architectures=["ConvNextV2ForImageClassification" if num_classes else "ConvNextV2Model"],
     model_type="convnextv2",
-    num_channels=3,
+    num_channels=in_chans,
     patch_size=cv.STEM_PATCH,
     num_stages=4,
     hidden_sizes=list(spec["dims"]),
@@ -73,7 +75,8 @@ def export_hf(
   if have != num_classes:
     raise ConversionError(f"num_classes={num_classes} but the params have a {have}-class head.")
   state_dict = from_params(params, variant, "hf")
-  config = hf_config(variant, num_classes, labels)
+  in_chans = int(np.shape(params["stem"]["conv"]["kernel"])[2])
+  config = hf_config(variant, num_classes, labels, in_chans)
   with atomic_directory(out_dir, force) as tmp:
     save_file(state_dict, str(tmp / "model.safetensors"), metadata={"format": "pt"})
     (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")

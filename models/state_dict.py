@@ -5,7 +5,10 @@ map one to one onto our param paths (blocks stacked per stage):
 
     to_params(state_dict, variant=None) -> (params, info)      any format -> ours
     from_params(params, variant, fmt='hf') -> state_dict       ours -> 'hf' or 'official'
+    fcmae_decoder_params(state_dict) -> FCMAE decoder params or None   official *_fcmae.pt
     infer_variant(canonical), check_tree(expected, got, what)
+
+The input channel count is read from the stem conv (3 for the published weights).
 
 A model without a head (num_classes=0) here returns the pooled features *before* any LayerNorm;
 a source's final norm without a head (HF ConvNextV2Model's pooler norm, timm's head.norm after
@@ -24,7 +27,15 @@ import numpy as np
 from flax import traverse_util
 
 from models import convnextv2 as cv
-from models.formats import FORMATS, HF_PREFIX, ConversionError, detect_format, rename, to_official
+from models.formats import (
+  FORMATS,
+  HF_PREFIX,
+  ConversionError,
+  detect_format,
+  rename,
+  strip_common_prefix,
+  to_official,
+)
 
 _MAX_LISTED = 20
 
@@ -36,7 +47,7 @@ _MAX_LISTED = 20
 
 
 def _slots(
-  variant: str, num_classes: int
+  variant: str, num_classes: int, in_chans: int = 3
 ) -> dict[str, tuple[tuple[str, ...], int | None, str, tuple]]:
   """{official name: (our param path, block index or None, kind, official shape)}."""
   spec = cv.variant_spec(variant)
@@ -54,28 +65,39 @@ def _slots(
     add(f"{prefix}.weight", path + ("scale",), "vector", (dim,), block)
     add(f"{prefix}.bias", path + ("bias",), "vector", (dim,), block)
 
-  conv("downsample_layers.0.0", ("stem", "conv"), 3, dims[0], cv.STEM_PATCH)
+  conv("downsample_layers.0.0", ("stem", "conv"), in_chans, dims[0], cv.STEM_PATCH)
   norm("downsample_layers.0.1", ("stem", "norm"), dims[0])
   for i, (dim, depth) in enumerate(zip(dims, depths)):
     if i > 0:
       norm(f"downsample_layers.{i}.0", (f"downsample{i}", "norm"), dims[i - 1])
       conv(f"downsample_layers.{i}.1", (f"downsample{i}", "conv"), dims[i - 1], dim, 2)
-    base = (f"stage{i}", "blocks")
-    for j in range(depth):
-      b = f"stages.{i}.{j}"
-      add(f"{b}.dwconv.weight", base + ("dwconv", "kernel"), "conv", (dim, 1, 7, 7), j)
-      add(f"{b}.dwconv.bias", base + ("dwconv", "bias"), "vector", (dim,), j)
-      norm(f"{b}.norm", base + ("norm",), dim, j)
-      add(f"{b}.pwconv1.weight", base + ("pwconv1", "kernel"), "linear", (4 * dim, dim), j)
-      add(f"{b}.pwconv1.bias", base + ("pwconv1", "bias"), "vector", (4 * dim,), j)
-      add(f"{b}.grn.gamma", base + ("grn", "gamma"), "vector", (1, 1, 1, 4 * dim), j)
-      add(f"{b}.grn.beta", base + ("grn", "beta"), "vector", (1, 1, 1, 4 * dim), j)
-      add(f"{b}.pwconv2.weight", base + ("pwconv2", "kernel"), "linear", (dim, 4 * dim), j)
-      add(f"{b}.pwconv2.bias", base + ("pwconv2", "bias"), "vector", (dim,), j)
+    slots.update(_block_slots(f"stages.{i}", (f"stage{i}", "blocks"), dim, depth))
   if num_classes > 0:
     norm("norm", ("norm",), dims[-1])
     add("head.weight", ("head", "kernel"), "linear", (num_classes, dims[-1]))
     add("head.bias", ("head", "bias"), "vector", (num_classes,))
+  return slots
+
+
+def _block_slots(prefix: str, base: tuple[str, ...], dim: int, depth: int) -> dict:
+  """The slots of a stage's `depth` blocks: official `{prefix}.{j}.dwconv.weight`, ... -> our
+  `base/dwconv/kernel`, ... stacked over j."""
+  slots = {}
+  for j in range(depth):
+    b = f"{prefix}.{j}"
+    for name, path, kind, shape in (
+      ("dwconv.weight", ("dwconv", "kernel"), "conv", (dim, 1, 7, 7)),
+      ("dwconv.bias", ("dwconv", "bias"), "vector", (dim,)),
+      ("norm.weight", ("norm", "scale"), "vector", (dim,)),
+      ("norm.bias", ("norm", "bias"), "vector", (dim,)),
+      ("pwconv1.weight", ("pwconv1", "kernel"), "linear", (4 * dim, dim)),
+      ("pwconv1.bias", ("pwconv1", "bias"), "vector", (4 * dim,)),
+      ("grn.gamma", ("grn", "gamma"), "vector", (1, 1, 1, 4 * dim)),
+      ("grn.beta", ("grn", "beta"), "vector", (1, 1, 1, 4 * dim)),
+      ("pwconv2.weight", ("pwconv2", "kernel"), "linear", (dim, 4 * dim)),
+      ("pwconv2.bias", ("pwconv2", "bias"), "vector", (dim,)),
+    ):
+      slots[f"{b}.{name}"] = (base + path, j, kind, shape)
   return slots
 
 
@@ -228,7 +250,9 @@ def to_params(
         )
         del canonical[name]
 
-  slots = _slots(variant, num_classes)
+  stem = canonical.get("downsample_layers.0.0.weight")
+  in_chans = int(np.shape(stem)[1]) if stem is not None and np.ndim(stem) == 4 else 3
+  slots = _slots(variant, num_classes, in_chans)
   hf_prefixed = fmt == "hf" and any(k.startswith(HF_PREFIX) for k in state_dict)
 
   def to_source(name):  # how a missing key would be named in the source
@@ -254,6 +278,28 @@ def to_params(
       )
     )
 
+  params = _fill(slots, canonical)
+  check_tree(
+    cv.abstract_params(variant, num_classes, in_chans=in_chans),
+    params,
+    f"converted params ({variant})",
+  )
+  spec = cv.VARIANTS[variant]
+  info = dict(
+    format=fmt,
+    variant=variant,
+    num_classes=num_classes,
+    depths=list(spec["depths"]),
+    dims=list(spec["dims"]),
+    num_tensors=len(slots),
+    skipped=skipped,
+    in_chans=in_chans,
+  )
+  return params, info
+
+
+def _fill(slots: dict, canonical: Mapping[str, Any]) -> dict:
+  """Our nested params from official-named tensors, blocks stacked."""
   params: dict = {}
   blocks: dict[tuple, dict[int, np.ndarray]] = {}
   for name, (path, block, kind, shape) in slots.items():
@@ -264,18 +310,46 @@ def to_params(
       blocks.setdefault(path, {})[block] = value
   for path, per_block in blocks.items():
     _set(params, path, np.stack([per_block[j] for j in range(len(per_block))]))
-  check_tree(cv.abstract_params(variant, num_classes), params, f"converted params ({variant})")
-  spec = cv.VARIANTS[variant]
-  info = dict(
-    format=fmt,
-    variant=variant,
-    num_classes=num_classes,
-    depths=list(spec["depths"]),
-    dims=list(spec["dims"]),
-    num_tensors=len(slots),
-    skipped=skipped,
-  )
-  return params, info
+  return params
+
+
+def fcmae_decoder_params(state_dict: Mapping[str, Any]) -> dict | None:
+  """The FCMAE decoder of an official FCMAE checkpoint (`*_fcmae.pt`: proj, mask_token,
+  decoder.{j}, pred) as fcmae/model.py's params {"proj", "mask_token", "decoder", "pred"};
+  None when the state dict has no decoder (an encoder-only file). Raises ConversionError on a
+  decoder of another layout."""
+  names = list(state_dict)
+  keys = dict(zip(strip_common_prefix(names, "module."), names))
+  if "mask_token" not in keys or "pred.weight" not in keys:
+    return None
+  token = np.asarray(state_dict[keys["mask_token"]], np.float32)
+  dim = token.size
+  depth = len({m[1] for k in keys if (m := re.match(r"decoder\.(\d+)\.", k))})
+  pred = np.shape(state_dict[keys["pred.weight"]])
+  slots = {
+    "proj.weight": (("proj", "kernel"), None, "linear", None),
+    "proj.bias": (("proj", "bias"), None, "vector", (dim,)),
+    "pred.weight": (("pred", "kernel"), None, "linear", (pred[0], dim)),
+    "pred.bias": (("pred", "bias"), None, "vector", (pred[0],)),
+    **_block_slots("decoder", ("decoder", "blocks"), dim, depth),
+  }
+  proj = np.shape(state_dict[keys["proj.weight"]]) if "proj.weight" in keys else (dim, 0)
+  slots["proj.weight"] = slots["proj.weight"][:3] + ((dim, int(np.prod(proj[1:]))),)
+  missing = [n for n in slots if n not in keys]
+  wrong = [
+    (n, slots[n][3], np.shape(state_dict[keys[n]]))
+    for n in slots
+    if n in keys and not _compatible(np.shape(state_dict[keys[n]]), slots[n][3])
+  ]
+  if missing or wrong:
+    raise ConversionError(
+      _mismatch_message(
+        "The FCMAE decoder of the checkpoint has another layout", missing, [], wrong
+      )
+    )
+  params = _fill(slots, {n: state_dict[keys[n]] for n in slots})
+  params["mask_token"] = token.reshape(-1)
+  return params
 
 
 def from_params(params: Mapping, variant: str, fmt: str = "hf") -> dict[str, np.ndarray]:
@@ -287,9 +361,11 @@ def from_params(params: Mapping, variant: str, fmt: str = "hf") -> dict[str, np.
   if fmt not in ("hf", "official"):
     raise ConversionError(f"Export format {fmt!r} is not supported; use 'hf' or 'official'.")
   num_classes = int(np.shape(params["head"]["kernel"])[-1]) if "head" in params else 0
-  check_tree(cv.abstract_params(variant, num_classes), params, f"params for {variant}")
+  in_chans = int(np.shape(params["stem"]["conv"]["kernel"])[2])
+  expected = cv.abstract_params(variant, num_classes, in_chans=in_chans)
+  check_tree(expected, params, f"params for {variant}")
   out = {}
-  for name, (path, block, kind, shape) in _slots(variant, num_classes).items():
+  for name, (path, block, kind, shape) in _slots(variant, num_classes, in_chans).items():
     value = np.asarray(_get(params, path), dtype=np.float32)
     if block is not None:
       value = value[block]

@@ -17,6 +17,7 @@ from flax import traverse_util
 from core.errors import UserError
 from models import channels
 from models import pretrained as weights_lib
+from models.formats import ConversionError
 from models.state_dict import check_tree
 
 
@@ -60,4 +61,9 @@ def merge(fresh: dict, source: weights_lib.FcmaeWeights, in_chans: int) -> tuple
 
 def load(fresh: dict, init_from: str, in_chans: int) -> tuple[dict, str]:
   """`merge` of the weights init_from names (models/pretrained.py: read_fcmae)."""
-  return merge(fresh, weights_lib.read_fcmae(init_from), in_chans)
+  try:
+    source = weights_lib.read_fcmae(init_from)
+  except ConversionError as e:  # names the file, or not: say it is init_from's
+    text = str(e) if init_from in str(e) else f"{init_from}: {e}"
+    raise InitFromError(f"--config.init_from holds no ConvNeXt V2 encoder: {text}") from None
+  return merge(fresh, source, in_chans)

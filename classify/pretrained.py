@@ -2,8 +2,9 @@
 
 Sources: a train.py or finetune.py workdir or checkpoint, a `models.convert` output directory,
 or an official / Hugging Face / timm PyTorch checkpoint. Every parameter whose name and shape fit
-is loaded; the FCMAE decoder and anything else the classifier does not have is skipped; what the
-source lacks (a new head) keeps its fresh, scaled init. The log lists all three groups. An
+is loaded (a 3-channel stem adapted to model.in_chans, models/channels.py); the FCMAE decoder and
+anything else the classifier does not have is skipped; what the source lacks (a new head) keeps
+its fresh, scaled init. The log lists all three groups. An
 encoder whose shapes do not fit is an error that names them.
 """
 
@@ -13,6 +14,7 @@ import numpy as np
 from flax import traverse_util
 
 from core.errors import UserError
+from models import channels
 
 
 class InitFromError(UserError, ValueError):
@@ -26,11 +28,15 @@ def merge_pretrained(fresh: dict, pretrained: dict, *, source: str = "") -> tupl
   report) with report lists `loaded`, `skipped` (in the source only) and `initialized` (kept
   fresh). A shape mismatch outside the head is an error."""
   fresh_flat = traverse_util.flatten_dict(fresh, sep="/")
-  source_flat = traverse_util.flatten_dict(pretrained, sep="/")
   if "encoder" in pretrained:  # FCMAE params: the encoder is the classifier's body
-    source_flat = {
-      (k[len("encoder/") :] if k.startswith("encoder/") else k): v for k, v in source_flat.items()
+    pretrained = {
+      **{k: v for k, v in pretrained.items() if k != "encoder"},
+      **pretrained["encoder"],
     }
+  adapted = None
+  if "stem" in pretrained and "stem" in fresh:  # 3-channel weights into in_chans channels
+    pretrained, adapted = channels.adapt_encoder(pretrained, channels.stem_channels(fresh))
+  source_flat = traverse_util.flatten_dict(pretrained, sep="/")
   loaded, initialized, mismatched = [], [], []
   merged = {}
   for name, leaf in fresh_flat.items():
@@ -52,7 +58,7 @@ def merge_pretrained(fresh: dict, pretrained: dict, *, source: str = "") -> tupl
       f"({len(bad)} tensors; is it the same variant?):\n  " + "\n  ".join(bad[:20]) + more
     )
   skipped = sorted(set(source_flat) - set(fresh_flat))
-  report = {"loaded": loaded, "skipped": skipped, "initialized": initialized}
+  report = {"loaded": loaded, "skipped": skipped, "initialized": initialized, "adapted": adapted}
   return traverse_util.unflatten_dict(merged, sep="/"), report
 
 
@@ -66,5 +72,6 @@ def describe(source: str, report: dict) -> str:
   return (
     f"init_from {source}: loaded {len(report['loaded'])} tensors; skipped "
     f"{len(report['skipped'])} ({modules(report['skipped'])}); freshly initialized "
-    f"{len(report['initialized'])} ({modules(report['initialized'])})."
+    f"{len(report['initialized'])} ({modules(report['initialized'])})"
+    + (f"; {report['adapted']}." if report.get("adapted") else ".")
   )

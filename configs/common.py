@@ -14,10 +14,7 @@ from typing import Any
 import ml_collections
 
 from configs import recipes, schema
-
-STAGES = tuple(recipes.FINETUNE_STAGES)
-ConfigError = schema.ConfigError
-STRIDE = schema.STRIDE
+from configs.schema import ConfigError
 
 
 def parse_arg(arg: str | None, **defaults: Any) -> dict[str, Any]:
@@ -87,15 +84,7 @@ def pretrain_config(
       weight_decay=r["weight_decay"],
     )
   )
-  c.fcmae.update(
-    dict(
-      mask_ratio=r["mask_ratio"],
-      decoder_dim=r["decoder_dim"],
-      decoder_depth=r["decoder_depth"],
-      norm_pix_loss=r["norm_pix_loss"],
-    )
-  )
-  c.lock()
+  c.lock()  # fcmae.*: the schema's defaults are the recipe's
   return c
 
 
@@ -109,27 +98,23 @@ def finetune_config(
   --config.init_from to the in22k run's checkpoint). resolution: 224 or 384 (any multiple of 32).
   """
   if stage not in recipes.FINETUNE_STAGES:
-    raise ConfigError(f"Unknown finetuning stage {stage!r}; valid: {', '.join(STAGES)}.")
+    stages = ", ".join(recipes.FINETUNE_STAGES)
+    raise ConfigError(f"Unknown finetuning stage {stage!r}; valid: {stages}.")
   table = recipes.FINETUNE_STAGES[stage]
   if variant not in table:
     raise ConfigError(
       f"The paper has no {stage!r} recipe for {variant!r}; sizes with one: {', '.join(table)}."
     )
-  if resolution <= 0 or resolution % STRIDE:
-    raise ConfigError(
-      f"Resolution must be a positive multiple of 32 (e.g. 224, 384); got {resolution}."
-    )
   r, shared = table[variant], recipes.FINETUNE_SHARED
   c = _base("finetune", variant, image_size=resolution, batch_size=r.batch_size)
+  schema.check_field(c, "data.image_size")  # the resolution argument
   if stage == "in22k":
     c.data.name = "folder:/path/to/imagenet22k"  # no TFDS builder for ImageNet-22K: set yours
   c.num_epochs = int(r.epochs)
   c.warmup_epochs = float(r.warmup_epochs)
   c.eval_every_steps = 2500
   c.model.drop_path_rate = float(r.drop_path)
-  c.model.head_init_scale = float(shared["head_init_scale"])
   c.data.crop_scale_min = float(shared["crop_scale_min"])
-  c.data.crop_pct = float(shared["crop_pct"])
   c.optim.update(
     dict(
       base_lr=float(r.base_lr),
@@ -143,15 +128,9 @@ def finetune_config(
       ema_decay=float(r.ema_decay),
     )
   )
+  # randaugment, reprob, mixup_switch_prob (and crop_pct, head_init_scale): the schema's defaults
   c.aug.update(
-    dict(
-      randaugment=shared["randaugment"],
-      reprob=float(shared["reprob"]),
-      mixup=float(r.mixup),
-      cutmix=float(r.cutmix),
-      mixup_switch_prob=float(shared["mixup_switch_prob"]),
-      label_smoothing=float(r.label_smoothing),
-    )
+    dict(mixup=float(r.mixup), cutmix=float(r.cutmix), label_smoothing=float(r.label_smoothing))
   )
   c.lock()
   return c

@@ -153,3 +153,55 @@ REMAT_SIZES = ("large", "huge")
 # moments in float32 are about 660M x 12 bytes = 7.4 GiB, which with its gradients leaves no
 # room on a 16 GiB v5e chip at any slice size (docs/tpu.md).
 FSDP_SIZES = ("huge",)
+
+
+# ----------------------------------------------------------------------------------------------
+# What the config files set from these tables, by config field, as configs/schema.py's listing
+# (docs/config.md) shows it.
+
+
+def _g(value) -> str:
+  """1.5e-4 as '1.5e-4', 0.05 as '0.05', 4096 as '4096'."""
+  if isinstance(value, float) and value and abs(value) < 1e-2:
+    mantissa, exponent = f"{value:e}".split("e")
+    return f"{float(mantissa):g}e{int(exponent)}"
+  return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _recipe(pretrain: str = "", shared: str = "", table: str = "", unit: str = "") -> str:
+  """'pretraining X; finetuning Y' from configs/recipes.py: PRETRAIN[pretrain],
+  FINETUNE_SHARED[shared], or the range of the finetuning tables' `table` column."""
+  parts = []
+  if pretrain:
+    parts.append(f"pretraining {_g(PRETRAIN[pretrain])}")
+  if shared:
+    parts.append(f"finetuning {_g(FINETUNE_SHARED[shared])}")
+  if table:
+    column = {getattr(r, table) for stage in FINETUNE_STAGES.values() for r in stage.values()}
+    low, high = min(column), max(column)
+    by = f"{_g(low)} to {_g(high)} by size and stage" if low != high else _g(low)
+    parts.append(f"finetuning {by}")
+  return "; ".join(parts) + unit
+
+
+# What the config files set from configs/recipes.py (the listing shows it as the default:
+# `optim.base_lr` is 0.0 here and the recipe's value in every config file).
+NOTES = {
+  "model.drop_path_rate": _recipe(table="drop_path"),
+  "data.crop_scale_min": _recipe("crop_scale_min", "crop_scale_min"),
+  "batch_size": _recipe("batch_size", table="batch_size"),
+  "num_epochs": _recipe("epochs", table="epochs") + " (pretraining: or 800 with `:800`)",
+  "warmup_epochs": _recipe("warmup_epochs", table="warmup_epochs"),
+  "optim.base_lr": _recipe("base_lr", table="base_lr", unit="; lr = base_lr x batch_size / 256"),
+  "optim.min_lr": _recipe("min_lr", "min_lr"),
+  "optim.b1": _recipe("b1", "b1"),
+  "optim.b2": _recipe("b2", "b2"),
+  "optim.eps": _recipe("eps", "eps"),
+  "optim.weight_decay": _recipe("weight_decay", table="weight_decay"),
+  "optim.layer_decay": _recipe(table="layer_decay"),
+  "optim.layer_decay_scheme": "finetuning 'group' for Base and Large, else 'single'",
+  "optim.ema_decay": _recipe(table="ema_decay"),
+  "aug.mixup": _recipe(table="mixup"),
+  "aug.cutmix": _recipe(table="cutmix"),
+  "aug.label_smoothing": _recipe(table="label_smoothing"),
+}

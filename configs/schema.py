@@ -21,12 +21,22 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from collections.abc import Callable
 from typing import Any
 
 import ml_collections
 
 from configs import recipes
+from configs.checks import (
+  Check,
+  between,
+  grad_accum,
+  image_size,
+  mask_ratio,
+  non_negative,
+  one_of,
+  positive,
+  total_steps,
+)
 from core.errors import UserError
 
 JOBS = ("pretrain", "finetune")
@@ -44,16 +54,11 @@ EXTEND = "extend"  # the run's length: allowed, and the schedule follows the new
 DTYPES = ("float32", "bfloat16", "float16")
 DEPTHWISE_IMPLS = ("", "shift", "xla")  # models/layers.py's, and '' = per platform
 FCMAE_IMPLS = ("dense", "sparse")  # fcmae/model.py's
-STRIDE = 32  # models/convnextv2.py's TOTAL_STRIDE: image sizes are multiples of it
 LAYER_DECAY_SCHEMES = ("single", "group")  # trainer/optim.py's
 
 
 class ConfigError(UserError, ValueError):
   """A config argument or field that cannot be run: the message names the field and the value."""
-
-
-# A check: (value, config) -> None when fine, else what was expected ("expected ...").
-Check = Callable[[Any, Any], "str | None"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,61 +72,6 @@ class Field:
 
   def default_for(self, variant: str) -> Any:
     return self.default(variant) if callable(self.default) else self.default
-
-
-# --- checks ---------------------------------------------------------------------------------
-
-
-def one_of(*values) -> Check:
-  shown = ", ".join(repr(v) if v == "" else str(v) for v in values)
-  return lambda v, c: None if v in values else f"expected one of {shown}"
-
-
-def between(lo, hi, *, lo_open=False, hi_open=False, what="a number") -> Check:
-  def check(v, c):
-    ok = (lo < v if lo_open else lo <= v) and (v < hi if hi_open else v <= hi)
-    return (
-      None
-      if ok
-      else f"expected {what} in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
-    )
-
-  return check
-
-
-def positive(v, c):
-  return None if v >= 1 else "expected a positive integer"
-
-
-def non_negative(v, c):
-  return None if v >= 0 else "expected a number >= 0"
-
-
-def _image_size(v, c):
-  if v <= 0 or v % STRIDE:
-    return f"expected a positive multiple of {STRIDE} (the encoder's stride), e.g. 224"
-  return None
-
-
-def _grad_accum(v, c):
-  if v < 1:
-    return "expected a positive integer"
-  return None if c.batch_size % v == 0 else f"expected a divisor of batch_size {c.batch_size}"
-
-
-def _total_steps(v, c):
-  if v < 0:
-    return "expected a number >= 0"
-  return None if v > 0 or c.num_epochs > 0 else "expected num_epochs or total_steps > 0"
-
-
-def _mask_ratio(v, c):
-  if not 0 <= v < 1:
-    return "expected a ratio in [0, 1)"
-  patches = (c.data.image_size // STRIDE) ** 2
-  if int(patches * (1 - v)) < 1:
-    return f"it leaves no visible patch of the {patches} at {c.data.image_size} px"
-  return None
 
 
 def parse_profile_steps(steps: str) -> tuple[int, int]:
@@ -213,7 +163,12 @@ FIELDS: tuple[Field, ...] = (
     "adapted to C (timm's adapt_input_conv)",
     check=positive,
   ),
-  F("model.head_init_scale", 1.0, "scale of the classifier head's initial weights", jobs=FINETUNE),
+  F(
+    "model.head_init_scale",
+    recipes.FINETUNE_SHARED["head_init_scale"],
+    "scale of the classifier head's initial weights",
+    jobs=FINETUNE,
+  ),
   # The data.
   F(
     "data.name",
@@ -237,7 +192,7 @@ FIELDS: tuple[Field, ...] = (
     FREE,
     positive,
   ),
-  F("data.image_size", 224, "training and evaluation resolution", check=_image_size),
+  F("data.image_size", 224, "training and evaluation resolution", check=image_size),
   F(
     "data.crop_scale_min",
     0.2,
@@ -246,7 +201,7 @@ FIELDS: tuple[Field, ...] = (
   ),
   F(
     "data.crop_pct",
-    0.875,
+    recipes.FINETUNE_SHARED["crop_pct"],
     "evaluation: center crop of the image resized to size / crop_pct",
     check=between(0, 1, lo_open=True, what="a fraction"),
     jobs=FINETUNE,
@@ -259,16 +214,21 @@ FIELDS: tuple[Field, ...] = (
     jobs=FINETUNE,
   ),
   # The run.
-  F("batch_size", 4096, "global batch over all processes; the lr scales with it", check=positive),
+  F(
+    "batch_size",
+    recipes.PRETRAIN["batch_size"],
+    "global batch over all processes; the lr scales with it",
+    check=positive,
+  ),
   F(
     "grad_accum_steps",
     1,
     "micro-batches per step (the reference's update_freq); the same update",
     FREE,
-    _grad_accum,
+    grad_accum,
   ),
   F("num_epochs", 0, "epochs of training", EXTEND, non_negative),
-  F("total_steps", 0, "steps of training; > 0 overrides num_epochs", EXTEND, _total_steps),
+  F("total_steps", 0, "steps of training; > 0 overrides num_epochs", EXTEND, total_steps),
   F("warmup_epochs", 0.0, "linear warmup of the lr, in epochs", check=non_negative),
   F("warmup_steps", 0, "linear warmup in steps; > 0 overrides warmup_epochs", check=non_negative),
   F("seed", 0, "the seed of the init, the data order and every random draw"),
@@ -347,14 +307,31 @@ FIELDS: tuple[Field, ...] = (
   # FCMAE pretraining.
   F(
     "fcmae.mask_ratio",
-    0.6,
+    recipes.PRETRAIN["mask_ratio"],
     "fraction of the 32x32 patches masked",
-    check=_mask_ratio,
+    check=mask_ratio,
     jobs=PRETRAIN,
   ),
-  F("fcmae.decoder_dim", 512, "the decoder's width", check=positive, jobs=PRETRAIN),
-  F("fcmae.decoder_depth", 1, "the decoder's ConvNeXt V2 blocks", check=positive, jobs=PRETRAIN),
-  F("fcmae.norm_pix_loss", True, "the loss on per-patch normalized pixels", jobs=PRETRAIN),
+  F(
+    "fcmae.decoder_dim",
+    recipes.PRETRAIN["decoder_dim"],
+    "the decoder's width",
+    check=positive,
+    jobs=PRETRAIN,
+  ),
+  F(
+    "fcmae.decoder_depth",
+    recipes.PRETRAIN["decoder_depth"],
+    "the decoder's ConvNeXt V2 blocks",
+    check=positive,
+    jobs=PRETRAIN,
+  ),
+  F(
+    "fcmae.norm_pix_loss",
+    recipes.PRETRAIN["norm_pix_loss"],
+    "the loss on per-patch normalized pixels",
+    jobs=PRETRAIN,
+  ),
   F(
     "fcmae.impl",
     "sparse",
@@ -399,9 +376,9 @@ FIELDS: tuple[Field, ...] = (
   F(
     "init_from",
     "",
-    "weights to start from: a workdir, a converted checkpoint, a PyTorch file; '' = scratch",
+    "weights to start from: a workdir, a converted checkpoint, a PyTorch file, hf:REPO[@REV]; "
+    "pretraining loads the FCMAE decoder too when the source has one; '' = scratch",
     FREE,
-    jobs=FINETUNE,
   ),
   F(
     "eval_only",
@@ -410,10 +387,15 @@ FIELDS: tuple[Field, ...] = (
     FREE,
     jobs=FINETUNE,
   ),
-  F("aug.randaugment", "rand-m9-mstd0.5-inc1", "timm RandAugment spec; '' = none", jobs=FINETUNE),
+  F(
+    "aug.randaugment",
+    recipes.FINETUNE_SHARED["randaugment"],
+    "timm RandAugment spec; '' = none",
+    jobs=FINETUNE,
+  ),
   F(
     "aug.reprob",
-    0.25,
+    recipes.FINETUNE_SHARED["reprob"],
     "random erasing probability",
     check=between(0, 1, what="a probability"),
     jobs=FINETUNE,
@@ -422,7 +404,7 @@ FIELDS: tuple[Field, ...] = (
   F("aug.cutmix", 1.0, "cutmix alpha; 0 = none", check=non_negative, jobs=FINETUNE),
   F(
     "aug.mixup_switch_prob",
-    0.5,
+    recipes.FINETUNE_SHARED["mixup_switch_prob"],
     "probability of cutmix when both are on",
     check=between(0, 1, what="a probability"),
     jobs=FINETUNE,
@@ -436,6 +418,7 @@ FIELDS: tuple[Field, ...] = (
   ),
 )
 del F
+
 
 BY_NAME = {f.name: f for f in FIELDS}
 LISTING = "python -m configs.schema (docs/config.md)"
@@ -488,6 +471,14 @@ def validate(config) -> None:
       )
 
 
+def check_field(config, name: str) -> None:
+  """Field `name`'s check alone (configs/common.py checks a config file's argument with it)."""
+  f = BY_NAME[name]
+  expected = f.check(value(config, name), config) if f.check else None
+  if expected:
+    raise ConfigError(f"{name}={value(config, name)!r}: {expected}.")
+
+
 def resume_rule(name: str) -> str:
   """What a resume may do when field `name` changes: REFUSE, FREE or EXTEND. A field the table
   does not have (one a workdir's config.json has from another version) is refused."""
@@ -508,6 +499,8 @@ def markdown() -> str:
       common, *others = sorted(by_value, key=lambda v: -len(by_value[v]))
       rest = "; ".join(f"`{v!r}` for {', '.join(by_value[v])}" for v in others)
       return f"`{common!r}`" + (f"; {rest}" if rest else "")
+    if f.name in recipes.NOTES:  # the config files' value, not this placeholder
+      return f"from the recipe: {recipes.NOTES[f.name]}"
     return f"`{f.default!r}`"
 
   rules = {REFUSE: "refused", FREE: "free", EXTEND: "extends"}
@@ -515,8 +508,8 @@ def markdown() -> str:
     "# Config fields",
     "",
     "Generated by `python -m configs.schema` from configs/schema.py. Override any field with",
-    "`--config.FIELD=VALUE`. Defaults before the recipe: the config files set the paper's",
-    "values per size (configs/recipes.py). On resume a changed field is refused (it changes",
+    "`--config.FIELD=VALUE`. 'From the recipe': the config files set the paper's values per",
+    "job, size and stage (configs/recipes.py). On resume a changed field is refused (it changes",
     "what is computed; `--allow_config_change` allows it), free, or extends the run.",
     "",
     "| field | default | jobs | on resume | meaning |",

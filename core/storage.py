@@ -392,7 +392,7 @@ def find(p) -> list[str]:
   object listing (paginated), not a request per folder as `files` walks."""
   import fsspec
 
-  forward_environment()
+  path(p)  # set up (gs:// needs storage.setup() first)
   scheme, _, rest = str(p).rstrip("/").partition("://")
   found = fsspec.filesystem(scheme).find(rest)
   return sorted(os.path.relpath(f, rest) for f in found)

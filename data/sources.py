@@ -331,7 +331,7 @@ def _not_prepared_message(name: str, builder) -> str:
     msg += (
       f"Prepare it first on a machine with network access: `tfds build {base} --data_dir {root}`."
     )
-  return msg
+  return msg + " Or point the run at a folder of images: --config.data.name=folder:DIR."
 
 
 def _folder_split(split: str) -> str:

@@ -2,7 +2,7 @@
 
     loss_fn, params = build("base", impl="sparse")
     mask = masking.random_mask(rng, batch, num_patches, 0.6)
-    loss, pred = loss_fn(params, images, mask)        # pred (B, L, 32*32*3)
+    loss, pred = loss_fn(params, images, mask)        # pred (B, L, 32*32*C)
 
 Two exact forms of one function, with the same parameters:
 
@@ -70,25 +70,26 @@ class FCMAE(nnx.Module):
       remat=options.remat,
       rngs=rngs,
     )
-    self.pred = layers.Dense(dim, masking.PATCH_SIZE**2 * 3, dtype=dtype, rngs=rngs)
+    # 32*32*C values per patch, in patchify's (row, column, channel) order
+    self.pred = layers.Dense(dim, masking.PATCH_SIZE**2 * options.in_chans, dtype=dtype, rngs=rngs)
     self.norm_pix_loss = decoder.norm_pix_loss
 
   # -- encoders: both return the last stage at the visible patches' positions ------------------
 
   def encode_dense(self, images, mask, rng=None):
-    """(B, H, W, 3), mask (B, L) -> (B, h, w, C3); values under masked patches are meaningless."""
+    """(B, H, W, C), mask (B, L) -> (B, h, w, C3); values under masked patches are meaningless."""
     grid = masking.grid_shape(images.shape[1:3])
     return self.encoder.stages(images, rng=rng, mask=mask.reshape(-1, *grid))[-1]
 
   def encode_sparse(self, images, mask, num_visible: int, rng=None):
-    """(B, H, W, 3), mask (B, L) -> (B, K, C3): the last stage at the K visible patches, in
+    """(B, H, W, C), mask (B, L) -> (B, K, C3): the last stage at the K visible patches, in
     increasing patch order."""
-    convnextv2.check_images(images)
+    convnextv2.check_images(images, in_chans=self.encoder.in_chans)
     if rng is not None:
       rng = layers.example_keys(rng, images.shape[0])
     grid = masking.grid_shape(images.shape[1:3])
     layout = _VisibleLayout(mask, grid, num_visible)
-    x = layout.gather(patchify(images.astype(self.encoder.dtype), grid))  # (B, K, 32, 32, 3)
+    x = layout.gather(patchify(images.astype(self.encoder.dtype), grid))  # (B, K, 32, 32, C)
     x = self.encoder.stem(x)  # (B, K, 8, 8, C0)
     for i in range(4):
       if i > 0:
@@ -106,7 +107,7 @@ class FCMAE(nnx.Module):
   # -- decoder and loss ----------------------------------------------------------------------
 
   def decode(self, x, mask):
-    """x (B, h, w, decoder_dim) after proj; mask (B, L) -> predicted pixels (B, L, 3072)."""
+    """x (B, h, w, decoder_dim) after proj; mask (B, L) -> predicted pixels (B, L, 32*32*C)."""
     m = mask.reshape(x.shape[:3] + (1,)).astype(x.dtype)
     x = x * (1 - m) + self.mask_token[...].astype(x.dtype) * m
     x = self.decoder(x)
@@ -116,7 +117,7 @@ class FCMAE(nnx.Module):
   def loss(self, images, pred, mask):
     """Mean squared error per patch against the (normalized) pixels, over masked patches only."""
     target = patchify(images.astype(jnp.float32), masking.grid_shape(images.shape[1:3]))
-    target = target.reshape(target.shape[0], target.shape[1], -1)  # (B, L, 32*32*3)
+    target = target.reshape(target.shape[0], target.shape[1], -1)  # (B, L, 32*32*C)
     if self.norm_pix_loss:
       mean = jnp.mean(target, axis=-1, keepdims=True)
       var = jnp.var(target, axis=-1, keepdims=True, ddof=1)  # unbiased, as torch
@@ -208,10 +209,10 @@ def build(
 ) -> tuple[Callable, dict]:
   """Returns (loss_fn, params).
 
-  loss_fn(params, images, mask, *, rng=None) -> (loss, pred): images (B, H, W, 3) normalized,
-  mask (B, L) from `masking.random_mask` with this `mask_ratio` (1 = masked), pred (B, L, 3072)
-  float32. `rng` (a key, or one per example) turns on the encoder's drop path. `options`: the encoder's `Options` fields
-  (dtype, depthwise_impl, scan, remat, drop_path_rate). `impl="sparse"` needs every mask to keep
+  loss_fn(params, images, mask, *, rng=None) -> (loss, pred): images (B, H, W, C) normalized,
+  mask (B, L) from `masking.random_mask` with this `mask_ratio` (1 = masked), pred (B, L, 32*32*C)
+  float32 (C: the `in_chans` option, default 3). `rng` (a key, or one per example) turns on the encoder's drop path. `options`: the encoder's `Options` fields
+  (dtype, depthwise_impl, scan, remat, drop_path_rate, in_chans). `impl="sparse"` needs every mask to keep
   exactly len_keep(L, mask_ratio) patches (static shapes); a mask that does not gives a NaN loss
   under jit and an error outside it. `abstract`: params as jax.ShapeDtypeStructs (nothing
   allocated).

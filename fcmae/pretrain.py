@@ -7,6 +7,7 @@ top-1 of the encoder's features (fcmae/probe.py; config.probe.enabled=False turn
 probe.data, or on the training data when it has labels (an unlabeled folder has none: they are
 skipped, with a line that says so). The data's file list and normalisation statistics are fixed
 first (data/prepare.py).
+A fresh run starts from config.init_from when it is set (fcmae/pretrained.py).
 """
 
 from __future__ import annotations
@@ -83,6 +84,15 @@ def make_task(config, workdir: str | None, info: DatasetInfo | None = None) -> t
         **convnextv2.config_options(config.model),
       )
 
+  def load_pretrained(fresh):
+    if not config.init_from:
+      return fresh
+    from fcmae import pretrained
+
+    params, line = pretrained.load(fresh, config.init_from, config.model.in_chans)
+    say(line)
+    return params
+
   def evaluate(state, step):
     pictures.write(state["params"], step)
     out = {"reconstruction_loss": pictures.last_loss}
@@ -95,6 +105,7 @@ def make_task(config, workdir: str | None, info: DatasetInfo | None = None) -> t
     loss_fn=task_loss,
     train_batches=config_input.train_stream(config, "pretrain"),
     steps_per_epoch=config_input.steps_per_epoch(config, info),
+    load_pretrained=load_pretrained,
     evaluate=evaluate,
     skipped_images=config_input.skipped_images,
     evaluate_at_start=monitor is not None,

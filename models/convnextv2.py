@@ -60,16 +60,16 @@ def variant_of(params) -> str:
   raise ValueError(f"No ConvNeXt V2 variant has stem width {width} and depths {depths}.")
 
 
-def check_images(images: jax.Array, stride: int = TOTAL_STRIDE) -> None:
+def check_images(images: jax.Array, stride: int = TOTAL_STRIDE, in_chans: int = 3) -> None:
   """Fail early, with what was given and what is expected, on a wrong layout or size."""
   shape = tuple(images.shape)
   if len(shape) != 4:
     raise ValueError(
-      f"Expected images of shape (batch, height, width, 3) (NHWC); got shape {shape}."
+      f"Expected images of shape (batch, height, width, {in_chans}) (NHWC); got shape {shape}."
     )
-  if shape[-1] != 3:
-    hint = " (this looks like NCHW; transpose to NHWC)" if shape[1] == 3 else ""
-    raise ValueError(f"Expected 3 channels last (NHWC); got shape {shape}{hint}.")
+  if shape[-1] != in_chans:
+    hint = " (this looks like NCHW; transpose to NHWC)" if shape[1] == in_chans else ""
+    raise ValueError(f"Expected {in_chans} channels last (NHWC); got shape {shape}{hint}.")
   if shape[1] % stride or shape[2] % stride:
     raise ValueError(
       f"Image height and width must be multiples of {stride}; got {shape[1]}x{shape[2]}."
@@ -87,6 +87,7 @@ class Options:
   drop_path_rate: float = 0.0
   head_init_scale: float = 1.0
   head_norm_eps: float = 1e-6
+  in_chans: int = 3  # input channels: the stem conv's input width
 
 
 class Block(nnx.Module):
@@ -192,8 +193,8 @@ class Downsample(nnx.Module):
 class Stem(nnx.Module):
   """4x4 stride-4 conv then LayerNorm."""
 
-  def __init__(self, dout: int, *, dtype, rngs: nnx.Rngs):
-    self.conv = layers.PatchConv(3, dout, STEM_PATCH, dtype=dtype, rngs=rngs)
+  def __init__(self, dout: int, *, dtype, rngs: nnx.Rngs, in_chans: int = 3):
+    self.conv = layers.PatchConv(in_chans, dout, STEM_PATCH, dtype=dtype, rngs=rngs)
     self.norm = layers.LayerNorm(dout, dtype=dtype)
 
   def __call__(self, x):
@@ -215,7 +216,8 @@ class ConvNeXtV2(nnx.Module):
     self.num_classes = num_classes
     self.dtype = dtype
 
-    self.stem = Stem(dims[0], dtype=dtype, rngs=rngs)
+    self.in_chans = options.in_chans
+    self.stem = Stem(dims[0], dtype=dtype, rngs=rngs, in_chans=options.in_chans)
     rates = [float(r) for r in np.linspace(0.0, options.drop_path_rate, sum(depths))]
     start = 0
     for i, (dim, depth) in enumerate(zip(dims, depths)):
@@ -255,7 +257,7 @@ class ConvNeXtV2(nnx.Module):
     rng: a PRNG key, or one per example (B,): turns on drop path.
     mask: optional (B, H/32, W/32), 1 = masked: FCMAE's dense emulation of sparse convolution.
     """
-    check_images(images)
+    check_images(images, in_chans=self.in_chans)
     if rng is not None:
       rng = layers.example_keys(rng, images.shape[0])
     x = self.stem(images)
@@ -313,6 +315,8 @@ def config_options(model_config) -> dict:
     remat=model_config.remat,
     drop_path_rate=model_config.drop_path_rate,
   )
+  if "in_chans" in model_config:  # configs from before the field: 3
+    options["in_chans"] = model_config.in_chans
   if "head_init_scale" in model_config:  # classifiers (finetuning) only
     options["head_init_scale"] = model_config.head_init_scale
   return options
@@ -355,14 +359,14 @@ def build(
 ) -> tuple[Callable, dict]:
   """Returns (apply_fn, params).
 
-  apply_fn(params, images, *, rng=None): images (B, H, W, 3) NHWC float32, ImageNet-normalized;
+  apply_fn(params, images, *, rng=None): images (B, H, W, in_chans) NHWC float32, normalized;
   `rng` (a PRNG key, or one key per example) turns on drop path. `output`:
     "logits": (B, num_classes) (pooled features (B, C3) when num_classes=0);
     "stages": the four stage feature maps, strides 4, 8, 16, 32 (detection / segmentation).
   abstract: return params as jax.ShapeDtypeStructs, allocating nothing (when the params will
   come from a checkpoint, or `build` is traced to initialise sharded params).
   options: the fields of `Options` (dtype, depthwise_impl, scan, remat, drop_path_rate,
-  head_init_scale, head_norm_eps).
+  head_init_scale, head_norm_eps, in_chans).
   """
   if output not in ("logits", "stages"):
     raise ValueError(f"Unknown output {output!r}; expected 'logits' or 'stages'.")
@@ -392,11 +396,13 @@ def count_params(params) -> int:
   return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(params))
 
 
-def gmacs(variant: str, image_size: int = 224, num_classes: int = 1000) -> float:
+def gmacs(variant: str, image_size: int = 224, num_classes: int = 1000, in_chans: int = 3) -> float:
   spec = variant_spec(variant)
   depths, dims = spec["depths"], spec["dims"]
   side = image_size // STEM_PATCH
-  macs = side * side * (STEM_PATCH * STEM_PATCH * 3 * dims[0] + 5 * dims[0])  # stem conv + norm
+  macs = (
+    side * side * (STEM_PATCH * STEM_PATCH * in_chans * dims[0] + 5 * dims[0])
+  )  # stem conv + norm
   for i, (dim, depth) in enumerate(zip(dims, depths)):
     if i > 0:
       macs += side * side * 5 * dims[i - 1]  # downsampling norm

@@ -1,22 +1,14 @@
-"""The published ConvNeXt V2 state dicts and this project's params: key names and layouts.
+"""This project's params <-> the official ConvNeXt V2 state dict names and layouts.
 
-Pure mapping, no file I/O (`models/convert.py` reads and writes the files). Four source formats
-(docs/reference.md, section 4), detected from the key names:
-
-  official      facebookresearch/ConvNeXt-V2 state dicts (`*_ema.pt`, `*_fcmae.pt` encoders).
-  fcmae-sparse  the FCMAE pretraining model's own state dict (MinkowskiEngine encoder: `encoder.`
-                prefix, `*.kernel` sparse weights, `.ln.` / `.linear.` infixes), remapped as the
-                official `remap_checkpoint_keys` does.
-  hf            Hugging Face transformers ConvNextV2, with or without the `convnextv2.` prefix.
-  timm          timm `convnextv2_*` (`stem.0`, `stages.N.blocks.M.conv_dw`, `mlp.fc1` as Linear or
-                1x1 conv, 1-D `mlp.grn.*`, `head.norm`, `head.fc`).
-
-Every format is renamed to the official names first; official names map one to one onto our
-param paths (blocks stacked per stage):
+Every source format is renamed to the official names first (`models/formats.py`); official names
+map one to one onto our param paths (blocks stacked per stage):
 
     to_params(state_dict, variant=None) -> (params, info)      any format -> ours
     from_params(params, variant, fmt='hf') -> state_dict       ours -> 'hf' or 'official'
-    detect_format(keys), infer_variant(canonical)
+    fcmae_decoder_params(state_dict) -> FCMAE decoder params or None   official *_fcmae.pt
+    infer_variant(canonical), check_tree(expected, got, what)
+
+The input channel count is read from the stem conv (3 for the published weights).
 
 A model without a head (num_classes=0) here returns the pooled features *before* any LayerNorm;
 a source's final norm without a head (HF ConvNextV2Model's pooler norm, timm's head.norm after
@@ -27,179 +19,25 @@ ours).
 
 from __future__ import annotations
 
-import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 from flax import traverse_util
 
-from core.errors import UserError
 from models import convnextv2 as cv
+from models.formats import (
+  FORMATS,
+  HF_PREFIX,
+  ConversionError,
+  detect_format,
+  rename,
+  strip_common_prefix,
+  to_official,
+)
 
-FORMATS = ("official", "fcmae-sparse", "hf", "timm")
-# Keys of the FCMAE pretraining model outside the encoder (docs/reference.md, section 4): dropped.
-FCMAE_EXTRA_PREFIXES = ("decoder", "proj", "pred", "mask_token")
 _MAX_LISTED = 20
-
-
-class ConversionError(UserError, ValueError):
-  """A checkpoint that cannot be converted: unknown format, wrong keys or shapes, bad variant."""
-
-
-# ----------------------------------------------------------------------------------------------
-# Key names. Every format is renamed to the official names (the canonical form here); official
-# names then map one to one onto this project's param paths (`_slots`).
-
-_FIELDS = {"i": r"\d+", "j": r"\d+", "d": r"[1-3]", "k": r"[01]", "p": r"weight|bias"}
-
-# (official template, other template); the first rule that matches wins.
-_RULES: dict[str, list[tuple[str, str]]] = {
-  "hf": [  # names after the `convnextv2.` prefix is removed; the classifier never has it.
-    ("downsample_layers.0.0.{p}", "embeddings.patch_embeddings.{p}"),
-    ("downsample_layers.0.1.{p}", "embeddings.layernorm.{p}"),
-    ("downsample_layers.{d}.{k}.{p}", "encoder.stages.{d}.downsampling_layer.{k}.{p}"),
-    ("stages.{i}.{j}.dwconv.{p}", "encoder.stages.{i}.layers.{j}.dwconv.{p}"),
-    ("stages.{i}.{j}.norm.{p}", "encoder.stages.{i}.layers.{j}.layernorm.{p}"),
-    ("stages.{i}.{j}.pwconv1.{p}", "encoder.stages.{i}.layers.{j}.pwconv1.{p}"),
-    ("stages.{i}.{j}.pwconv2.{p}", "encoder.stages.{i}.layers.{j}.pwconv2.{p}"),
-    ("stages.{i}.{j}.grn.gamma", "encoder.stages.{i}.layers.{j}.grn.weight"),
-    ("stages.{i}.{j}.grn.beta", "encoder.stages.{i}.layers.{j}.grn.bias"),
-    ("norm.{p}", "layernorm.{p}"),
-    ("head.{p}", "classifier.{p}"),
-  ],
-  "timm": [
-    ("downsample_layers.0.0.{p}", "stem.0.{p}"),
-    ("downsample_layers.0.1.{p}", "stem.1.{p}"),
-    ("downsample_layers.{d}.{k}.{p}", "stages.{d}.downsample.{k}.{p}"),
-    ("stages.{i}.{j}.dwconv.{p}", "stages.{i}.blocks.{j}.conv_dw.{p}"),
-    ("stages.{i}.{j}.norm.{p}", "stages.{i}.blocks.{j}.norm.{p}"),
-    ("stages.{i}.{j}.pwconv1.{p}", "stages.{i}.blocks.{j}.mlp.fc1.{p}"),
-    ("stages.{i}.{j}.pwconv2.{p}", "stages.{i}.blocks.{j}.mlp.fc2.{p}"),
-    ("stages.{i}.{j}.grn.gamma", "stages.{i}.blocks.{j}.mlp.grn.weight"),
-    ("stages.{i}.{j}.grn.beta", "stages.{i}.blocks.{j}.mlp.grn.bias"),
-    ("norm.{p}", "head.norm.{p}"),
-    ("head.{p}", "head.fc.{p}"),
-  ],
-}
-HF_PREFIX = "convnextv2."
-
-_MARKERS = {  # key patterns that identify each format, most distinctive first
-  "hf": re.compile(
-    r"^(convnextv2\.)?(embeddings\.(patch_embeddings|layernorm)\."
-    r"|encoder\.stages\.\d+\.(layers|downsampling_layer)\.)"
-  ),
-  "fcmae-sparse": re.compile(
-    r"^encoder\.(downsample_layers|stages)\.|\.kernel$|\.(ln|linear)\.(weight|bias)$"
-  ),
-  "timm": re.compile(r"^(stem\.[01]\.|stages\.\d+\.(blocks|downsample)\.|head\.(fc|norm)\.)"),
-  "official": re.compile(r"^(downsample_layers\.\d+\.\d+|stages\.\d+\.\d+)\."),
-}
-
-
-def _compile(template: str) -> re.Pattern:
-  parts = re.split(r"\{([a-z])\}", template)
-  regex = "".join(
-    re.escape(p) if n % 2 == 0 else f"(?P<{p}>{_FIELDS[p]})" for n, p in enumerate(parts)
-  )
-  return re.compile(f"^{regex}$")
-
-
-_COMPILED = {
-  fmt: [(_compile(a), a, _compile(b), b) for a, b in rules] for fmt, rules in _RULES.items()
-}
-
-
-def _rename(name: str, fmt: str, *, to_official: bool) -> str | None:
-  """Official name <-> the name in `fmt`; None when no rule matches."""
-  if fmt not in _COMPILED:  # official and fcmae-sparse use the official names
-    return name
-  for off_re, off_t, other_re, other_t in _COMPILED[fmt]:
-    match = (other_re if to_official else off_re).match(name)
-    if match:
-      return (off_t if to_official else other_t).format(**match.groupdict())
-  return None
-
-
-def detect_format(keys: Iterable[str]) -> str:
-  """'hf', 'fcmae-sparse', 'timm' or 'official', from the key names alone."""
-  keys = list(keys)
-  stripped = _strip_common_prefix(keys, "module.")
-  for fmt, marker in _MARKERS.items():
-    if any(marker.search(k) for k in stripped):
-      return fmt
-  sample = ", ".join(sorted(keys)[:8]) or "(no keys)"
-  raise ConversionError(
-    f"Unrecognised checkpoint format: {len(keys)} keys, e.g. {sample}. Expected ConvNeXt V2 keys "
-    f"in the official (downsample_layers.0.0.weight, stages.0.0.dwconv.weight), Hugging Face "
-    f"(convnextv2.embeddings.patch_embeddings.weight, ...layers.0.dwconv.weight) or timm "
-    f"(stem.0.weight, stages.0.blocks.0.conv_dw.weight) layout."
-  )
-
-
-def _strip_common_prefix(keys: list[str], prefix: str) -> list[str]:
-  if keys and all(k.startswith(prefix) for k in keys):
-    return [k[len(prefix) :] for k in keys]
-  return keys
-
-
-def _sparse_kernel(value: np.ndarray, name: str) -> np.ndarray:
-  """MinkowskiEngine kernel -> PyTorch layout, as the official remap_checkpoint_keys does.
-
-  (kv, in, out) -> (out, in, k, k) and (kv, C) -> (C, 1, k, k), where row w * k + h of the
-  sparse kernel holds position (h, w).
-  """
-  k = math.isqrt(value.shape[0])
-  if k * k != value.shape[0] or value.ndim not in (2, 3):
-    raise ConversionError(
-      f"{name}: sparse kernel of shape {value.shape} is neither (k*k, in, out) nor (k*k, C)."
-    )
-  if value.ndim == 3:
-    return value.reshape(k, k, *value.shape[1:]).transpose(3, 2, 1, 0)
-  return value.reshape(k, k, value.shape[1]).transpose(2, 1, 0)[:, None]
-
-
-def _to_official(state_dict: Mapping[str, np.ndarray], fmt: str):
-  """Renames to official names. Returns (canonical, source_name_of, unmatched, skipped)."""
-  canonical: dict[str, np.ndarray] = {}
-  source_of: dict[str, str] = {}
-  unmatched: list[str] = []
-  skipped: list[tuple[str, str]] = []
-  original = list(state_dict)
-  for source, key in zip(original, _strip_common_prefix(original, "module.")):
-    value = np.asarray(state_dict[source])
-    name = key
-    if fmt in ("official", "fcmae-sparse"):
-      if name.startswith("encoder."):
-        name = name[len("encoder.") :]
-      if name.split(".")[0] in FCMAE_EXTRA_PREFIXES:
-        skipped.append((source, "FCMAE decoder / mask token (not part of the encoder)"))
-        continue
-      parts = name.split(".")
-      if len(parts) > 2 and parts[-2] in ("ln", "linear"):  # MinkowskiLayerNorm / MinkowskiLinear
-        name = ".".join(parts[:-2] + parts[-1:])
-      if name.endswith(".kernel"):
-        name = name[: -len("kernel")] + "weight"
-        value = _sparse_kernel(value, source)
-    elif fmt == "hf":
-      if name.startswith(HF_PREFIX):
-        name = name[len(HF_PREFIX) :]
-      if name.startswith("hidden_states_norms."):
-        skipped.append((source, "ConvNextV2Backbone output norm"))
-        continue
-      name = _rename(name, fmt, to_official=True)
-    else:
-      name = _rename(name, fmt, to_official=True)
-    if name is None:
-      unmatched.append(source)
-      continue
-    if name in canonical:
-      raise ConversionError(f"Keys {source_of[name]!r} and {source!r} both map to {name!r}.")
-    canonical[name] = value
-    source_of[name] = source
-  return canonical, source_of, unmatched, skipped
-
 
 # ----------------------------------------------------------------------------------------------
 # Official names <-> our param paths.
@@ -209,7 +47,7 @@ def _to_official(state_dict: Mapping[str, np.ndarray], fmt: str):
 
 
 def _slots(
-  variant: str, num_classes: int
+  variant: str, num_classes: int, in_chans: int = 3
 ) -> dict[str, tuple[tuple[str, ...], int | None, str, tuple]]:
   """{official name: (our param path, block index or None, kind, official shape)}."""
   spec = cv.variant_spec(variant)
@@ -227,28 +65,39 @@ def _slots(
     add(f"{prefix}.weight", path + ("scale",), "vector", (dim,), block)
     add(f"{prefix}.bias", path + ("bias",), "vector", (dim,), block)
 
-  conv("downsample_layers.0.0", ("stem", "conv"), 3, dims[0], cv.STEM_PATCH)
+  conv("downsample_layers.0.0", ("stem", "conv"), in_chans, dims[0], cv.STEM_PATCH)
   norm("downsample_layers.0.1", ("stem", "norm"), dims[0])
   for i, (dim, depth) in enumerate(zip(dims, depths)):
     if i > 0:
       norm(f"downsample_layers.{i}.0", (f"downsample{i}", "norm"), dims[i - 1])
       conv(f"downsample_layers.{i}.1", (f"downsample{i}", "conv"), dims[i - 1], dim, 2)
-    base = (f"stage{i}", "blocks")
-    for j in range(depth):
-      b = f"stages.{i}.{j}"
-      add(f"{b}.dwconv.weight", base + ("dwconv", "kernel"), "conv", (dim, 1, 7, 7), j)
-      add(f"{b}.dwconv.bias", base + ("dwconv", "bias"), "vector", (dim,), j)
-      norm(f"{b}.norm", base + ("norm",), dim, j)
-      add(f"{b}.pwconv1.weight", base + ("pwconv1", "kernel"), "linear", (4 * dim, dim), j)
-      add(f"{b}.pwconv1.bias", base + ("pwconv1", "bias"), "vector", (4 * dim,), j)
-      add(f"{b}.grn.gamma", base + ("grn", "gamma"), "vector", (1, 1, 1, 4 * dim), j)
-      add(f"{b}.grn.beta", base + ("grn", "beta"), "vector", (1, 1, 1, 4 * dim), j)
-      add(f"{b}.pwconv2.weight", base + ("pwconv2", "kernel"), "linear", (dim, 4 * dim), j)
-      add(f"{b}.pwconv2.bias", base + ("pwconv2", "bias"), "vector", (dim,), j)
+    slots.update(_block_slots(f"stages.{i}", (f"stage{i}", "blocks"), dim, depth))
   if num_classes > 0:
     norm("norm", ("norm",), dims[-1])
     add("head.weight", ("head", "kernel"), "linear", (num_classes, dims[-1]))
     add("head.bias", ("head", "bias"), "vector", (num_classes,))
+  return slots
+
+
+def _block_slots(prefix: str, base: tuple[str, ...], dim: int, depth: int) -> dict:
+  """The slots of a stage's `depth` blocks: official `{prefix}.{j}.dwconv.weight`, ... -> our
+  `base/dwconv/kernel`, ... stacked over j."""
+  slots = {}
+  for j in range(depth):
+    b = f"{prefix}.{j}"
+    for name, path, kind, shape in (
+      ("dwconv.weight", ("dwconv", "kernel"), "conv", (dim, 1, 7, 7)),
+      ("dwconv.bias", ("dwconv", "bias"), "vector", (dim,)),
+      ("norm.weight", ("norm", "scale"), "vector", (dim,)),
+      ("norm.bias", ("norm", "bias"), "vector", (dim,)),
+      ("pwconv1.weight", ("pwconv1", "kernel"), "linear", (4 * dim, dim)),
+      ("pwconv1.bias", ("pwconv1", "bias"), "vector", (4 * dim,)),
+      ("grn.gamma", ("grn", "gamma"), "vector", (1, 1, 1, 4 * dim)),
+      ("grn.beta", ("grn", "beta"), "vector", (1, 1, 1, 4 * dim)),
+      ("pwconv2.weight", ("pwconv2", "kernel"), "linear", (dim, 4 * dim)),
+      ("pwconv2.bias", ("pwconv2", "bias"), "vector", (dim,)),
+    ):
+      slots[f"{b}.{name}"] = (base + path, j, kind, shape)
   return slots
 
 
@@ -385,7 +234,7 @@ def to_params(
   fmt = fmt or detect_format(state_dict.keys())
   if fmt not in FORMATS:
     raise ConversionError(f"Unknown format {fmt!r}; expected one of {FORMATS}.")
-  canonical, source_of, unmatched, skipped = _to_official(state_dict, fmt)
+  canonical, source_of, unmatched, skipped = to_official(state_dict, fmt)
   variant = _resolve_variant(canonical, variant)
   head = canonical.get("head.weight", canonical.get("head.bias"))
   num_classes = int(np.shape(head)[0]) if head is not None else 0
@@ -401,11 +250,13 @@ def to_params(
         )
         del canonical[name]
 
-  slots = _slots(variant, num_classes)
+  stem = canonical.get("downsample_layers.0.0.weight")
+  in_chans = int(np.shape(stem)[1]) if stem is not None and np.ndim(stem) == 4 else 3
+  slots = _slots(variant, num_classes, in_chans)
   hf_prefixed = fmt == "hf" and any(k.startswith(HF_PREFIX) for k in state_dict)
 
   def to_source(name):  # how a missing key would be named in the source
-    renamed = _rename(name, fmt, to_official=False) or name
+    renamed = rename(name, fmt, to_official=False) or name
     return HF_PREFIX + renamed if hf_prefixed and not renamed.startswith("classifier.") else renamed
 
   missing = [to_source(n) for n in slots if n not in canonical]
@@ -427,6 +278,28 @@ def to_params(
       )
     )
 
+  params = _fill(slots, canonical)
+  check_tree(
+    cv.abstract_params(variant, num_classes, in_chans=in_chans),
+    params,
+    f"converted params ({variant})",
+  )
+  spec = cv.VARIANTS[variant]
+  info = dict(
+    format=fmt,
+    variant=variant,
+    num_classes=num_classes,
+    depths=list(spec["depths"]),
+    dims=list(spec["dims"]),
+    num_tensors=len(slots),
+    skipped=skipped,
+    in_chans=in_chans,
+  )
+  return params, info
+
+
+def _fill(slots: dict, canonical: Mapping[str, Any]) -> dict:
+  """Our nested params from official-named tensors, blocks stacked."""
   params: dict = {}
   blocks: dict[tuple, dict[int, np.ndarray]] = {}
   for name, (path, block, kind, shape) in slots.items():
@@ -437,18 +310,46 @@ def to_params(
       blocks.setdefault(path, {})[block] = value
   for path, per_block in blocks.items():
     _set(params, path, np.stack([per_block[j] for j in range(len(per_block))]))
-  check_tree(cv.abstract_params(variant, num_classes), params, f"converted params ({variant})")
-  spec = cv.VARIANTS[variant]
-  info = dict(
-    format=fmt,
-    variant=variant,
-    num_classes=num_classes,
-    depths=list(spec["depths"]),
-    dims=list(spec["dims"]),
-    num_tensors=len(slots),
-    skipped=skipped,
-  )
-  return params, info
+  return params
+
+
+def fcmae_decoder_params(state_dict: Mapping[str, Any]) -> dict | None:
+  """The FCMAE decoder of an official FCMAE checkpoint (`*_fcmae.pt`: proj, mask_token,
+  decoder.{j}, pred) as fcmae/model.py's params {"proj", "mask_token", "decoder", "pred"};
+  None when the state dict has no decoder (an encoder-only file). Raises ConversionError on a
+  decoder of another layout."""
+  names = list(state_dict)
+  keys = dict(zip(strip_common_prefix(names, "module."), names))
+  if "mask_token" not in keys or "pred.weight" not in keys:
+    return None
+  token = np.asarray(state_dict[keys["mask_token"]], np.float32)
+  dim = token.size
+  depth = len({m[1] for k in keys if (m := re.match(r"decoder\.(\d+)\.", k))})
+  pred = np.shape(state_dict[keys["pred.weight"]])
+  slots = {
+    "proj.weight": (("proj", "kernel"), None, "linear", None),
+    "proj.bias": (("proj", "bias"), None, "vector", (dim,)),
+    "pred.weight": (("pred", "kernel"), None, "linear", (pred[0], dim)),
+    "pred.bias": (("pred", "bias"), None, "vector", (pred[0],)),
+    **_block_slots("decoder", ("decoder", "blocks"), dim, depth),
+  }
+  proj = np.shape(state_dict[keys["proj.weight"]]) if "proj.weight" in keys else (dim, 0)
+  slots["proj.weight"] = slots["proj.weight"][:3] + ((dim, int(np.prod(proj[1:]))),)
+  missing = [n for n in slots if n not in keys]
+  wrong = [
+    (n, slots[n][3], np.shape(state_dict[keys[n]]))
+    for n in slots
+    if n in keys and not _compatible(np.shape(state_dict[keys[n]]), slots[n][3])
+  ]
+  if missing or wrong:
+    raise ConversionError(
+      _mismatch_message(
+        "The FCMAE decoder of the checkpoint has another layout", missing, [], wrong
+      )
+    )
+  params = _fill(slots, {n: state_dict[keys[n]] for n in slots})
+  params["mask_token"] = token.reshape(-1)
+  return params
 
 
 def from_params(params: Mapping, variant: str, fmt: str = "hf") -> dict[str, np.ndarray]:
@@ -460,9 +361,11 @@ def from_params(params: Mapping, variant: str, fmt: str = "hf") -> dict[str, np.
   if fmt not in ("hf", "official"):
     raise ConversionError(f"Export format {fmt!r} is not supported; use 'hf' or 'official'.")
   num_classes = int(np.shape(params["head"]["kernel"])[-1]) if "head" in params else 0
-  check_tree(cv.abstract_params(variant, num_classes), params, f"params for {variant}")
+  in_chans = int(np.shape(params["stem"]["conv"]["kernel"])[2])
+  expected = cv.abstract_params(variant, num_classes, in_chans=in_chans)
+  check_tree(expected, params, f"params for {variant}")
   out = {}
-  for name, (path, block, kind, shape) in _slots(variant, num_classes).items():
+  for name, (path, block, kind, shape) in _slots(variant, num_classes, in_chans).items():
     value = np.asarray(_get(params, path), dtype=np.float32)
     if block is not None:
       value = value[block]
@@ -471,7 +374,7 @@ def from_params(params: Mapping, variant: str, fmt: str = "hf") -> dict[str, np.
     return out
   hf = {}
   for name, value in out.items():
-    renamed = _rename(name, "hf", to_official=False)
+    renamed = rename(name, "hf", to_official=False)
     hf[
       renamed if renamed.startswith("classifier.") or num_classes == 0 else HF_PREFIX + renamed
     ] = value

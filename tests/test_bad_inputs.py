@@ -98,6 +98,12 @@ def _files(tmp_path):
   np.save(tmp_path / "bands" / "a.npy", np.zeros((8, 8, 5), np.uint8))
   bert = {"model_type": "bert", "architectures": ["BertForMaskedLM"]}
   write_repo(tmp_path / "hf" / "hub", "acme/bert-tiny", {"config.json": json_bytes(bert)})
+  from safetensors.numpy import save_file
+
+  save_file(
+    {"bert.embeddings.word_embeddings.weight": np.zeros((8, 4), np.float32)},
+    str(tmp_path / "bert.safetensors"),
+  )
   return tmp_path
 
 
@@ -171,7 +177,21 @@ CASES = [
     ["finetune.py", "--config", "configs/finetune_base.py:in21k", "--workdir", "{tmp}/w"],
     ["in21k", "in22k_to_in1k"],
   ),
-  ("no_workdir", TRAIN, ["--workdir is required"]),
+  (
+    "in_chans_of_zero",
+    TRAIN + ["--workdir", "{tmp}/w", "--config.model.in_chans=0"],
+    ["--config.model.in_chans=0", "expected a positive integer"],
+  ),
+  (
+    "image_size_not_a_multiple_of_32",
+    TRAIN + ["--workdir", "{tmp}/w", "--config.data.image_size=100"],
+    ["--config.data.image_size=100", "multiple of 32"],
+  ),
+  (
+    "init_from_without_a_convnextv2_encoder",
+    TRAIN + FAST + ["--workdir", "{tmp}/w", "--config.init_from={tmp}/bert.safetensors"],
+    ["--config.init_from", "no ConvNeXt V2 encoder", "{tmp}/bert.safetensors", "bert.embeddings"],
+  ),
   ("bucket_without_a_name", TRAIN + ["--workdir", "gs:///run"], ["gs:///run", "names no bucket"]),
   (
     "missing_bucket",
@@ -346,6 +366,23 @@ def test_a_bad_input_is_one_message_and_changes_nothing(case, args, words, tmp_p
   for word in words:
     assert fill(word) in error_lines[0], (word, error_lines[0])
   assert _snapshot(str(tmp_path)) == before  # nothing written, nothing removed, no stub workdir
+
+
+def test_the_design_cards_command_needs_no_workdir_and_says_how_to_get_imagenet(tmp_path):
+  """`python train.py --config configs/fcmae_base.py` as the design card gives it: the first line
+  names the default workdir (runs/fcmae_base), and the run stops at one line saying that ImageNet
+  is not prepared, how to prepare it, and how to use a folder instead; nothing is written."""
+  args = [os.path.join(REPO, "train.py"), "--config", os.path.join(REPO, "configs/fcmae_base.py")]
+  result = _run(args, cwd=str(tmp_path), TFDS_DATA_DIR=str(tmp_path / "tfds"))
+  assert result.returncode == 2, result.stderr[-3000:]
+  assert result.stdout.splitlines()[0].startswith("Workdir runs/fcmae_base (the default"), (
+    result.stdout
+  )
+  errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+  assert len(errors) == 1, result.stderr[-3000:]
+  for words in ("imagenet2012", "not prepared", "tfds build", "--config.data.name=folder:DIR"):
+    assert words in errors[0], (words, errors[0])
+  assert os.listdir(tmp_path) == []
 
 
 @_RUN

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import sys
 from collections.abc import Callable
 
@@ -40,7 +41,10 @@ def define_flags(config_help: str) -> None:
   """--config, --workdir, --compile_only and the multi-process flags of train.py / finetune.py."""
   define_config_flag(config_help)
   flags.DEFINE_string(
-    "workdir", None, "Where checkpoints, metrics and pictures go (required unless --compile_only)."
+    "workdir",
+    None,
+    "Where checkpoints, metrics and pictures go; default runs/<config name> (e.g. "
+    "runs/fcmae_base), where the same command again resumes.",
   )
   flags.DEFINE_string(
     "compile_only",
@@ -145,7 +149,12 @@ def load_config(flag_values):
   """`read_config`, and the paths of train.py / finetune.py checked before anything is built."""
   config = read_config(flag_values)
   if not flag_values.workdir and not flag_values.compile_only:
-    fail("--workdir is required (unless --compile_only). See --help.")
+    flag_values.workdir = default_workdir(flag_values["config"].config_filename)
+    print(
+      f"Workdir {flag_values.workdir} (the default for this config; --workdir chooses another; "
+      "the same command again resumes there).",
+      flush=True,
+    )
   init_from = config.init_from if "init_from" in config else ""
   if flag_values.workdir:  # before anything is built: bucket and credentials
     storage.check_location(flag_values.workdir, "--workdir")
@@ -156,6 +165,16 @@ def load_config(flag_values):
     if not storage.exists(init_from):
       fail(f"--config.init_from={init_from!r} does not exist.")
   return config
+
+
+def default_workdir(config_argument: str) -> str:
+  """runs/<config name>: 'configs/fcmae_base.py' -> runs/fcmae_base, 'configs/fcmae_base.py:800'
+  -> runs/fcmae_base-800 (another schedule, another run)."""
+  path, _, argument = config_argument.partition(":")
+  name = os.path.splitext(os.path.basename(path))[0]
+  if argument:
+    name += "-" + re.sub(r"[^A-Za-z0-9_.]+", "-", argument).strip("-")
+  return os.path.join("runs", name)
 
 
 def _hub_weights(source: str, download: bool) -> str:

@@ -8,7 +8,7 @@ import pytest
 from classify import task
 from core import logs
 from data import demo, eval_pipeline, on_device, sources
-from models import convert
+from models import convert, converted
 from tests.helpers import finetune_config
 from trainer import loop
 
@@ -43,7 +43,7 @@ def test_eval_of_a_converted_checkpoint_is_exact_and_matches_its_logits(tmp_path
   assert info.num_eval_examples % 64 != 0
   assert result["num_examples"] == info.num_eval_examples
 
-  apply_fn, params = convert.load(str(tmp_path / "converted"))
+  apply_fn, params = converted.load(str(tmp_path / "converted"))
   correct1 = correct5 = 0
   for batch in eval_pipeline.eval_iterator("demo", image_size=64, local_batch_size=64):
     logits = np.asarray(jax.jit(apply_fn)(params, on_device.normalize(batch["image"])))

@@ -59,11 +59,12 @@ def test_every_config_file_loads_locked_with_the_shared_schema():
     "mesh",
     "sharding",
     "optim",
+    "init_from",
   }
   for name in runs:
     c = load(name)
     assert c.is_locked, name
-    extra = {"fcmae", "probe"} if name.startswith("fcmae_") else {"aug", "init_from", "eval_only"}
+    extra = {"fcmae", "probe"} if name.startswith("fcmae_") else {"aug", "eval_only"}
     assert set(c.keys()) == shared | extra, name
     assert set(c.optim.keys()) == {
       "base_lr",
@@ -319,12 +320,12 @@ def test_each_config_builds_its_run_as_train_py_and_finetune_py_do(size):
 def test_validation_names_what_the_models_name():
   """configs/schema.py checks a config before the models are imported, with its own copies of
   their names and stride: they must stay the models' own."""
-  from configs import schema
+  from configs import checks, schema
   from fcmae import masking
   from fcmae import model as fcmae_model
   from models import layers
 
   assert schema.DEPTHWISE_IMPLS == ("",) + layers.DEPTHWISE_IMPLS
   assert schema.FCMAE_IMPLS == fcmae_model.IMPLS
-  assert schema.STRIDE == convnextv2.TOTAL_STRIDE == masking.PATCH_SIZE
+  assert checks.STRIDE == convnextv2.TOTAL_STRIDE == masking.PATCH_SIZE
   assert schema.LAYER_DECAY_SCHEMES == optim.SCHEMES

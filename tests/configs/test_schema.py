@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from configs import common, schema
+from configs import checks, common, schema
 from trainer import workdir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -46,7 +46,7 @@ def test_a_field_added_to_the_table_reaches_defaults_checks_listing_and_resume(m
     lambda size: 5 if size == "huge" else 0,
     "steps between Lookahead syncs; 0 = none",
     schema.FREE,
-    schema.non_negative,
+    checks.non_negative,
     schema.FINETUNE,
   )
   monkeypatch.setattr(schema, "FIELDS", schema.FIELDS + (added,))

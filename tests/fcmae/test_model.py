@@ -156,3 +156,36 @@ def test_decoder_options_and_parameter_layout():
   assert params["proj"]["kernel"].shape == (320, 96)
   assert params["decoder"]["blocks"]["pwconv1"]["kernel"].shape == (2, 96, 384)
   assert params["pred"]["kernel"].shape == (96, 3072)
+
+
+@pytest.mark.parametrize("in_chans", [1, 4])
+def test_c_channels_predict_32x32xc_values_per_patch(in_chans):
+  """The pixel head predicts 32*32*C values per patch and the loss compares them with the
+  patches of the C-channel images; the visible-only form still equals the dense one."""
+  size, batch = 64, 2
+  grid = masking.grid_shape(size)
+  dense_fn, params = fcmae_model.build("atto", impl="dense", image_size=size, in_chans=in_chans)
+  sparse_fn, _ = fcmae_model.build(
+    "atto", impl="sparse", image_size=size, in_chans=in_chans, mask_ratio=0.5
+  )
+  assert params["encoder"]["stem"]["conv"]["kernel"].shape == (4, 4, in_chans, 40)
+  images = jnp.asarray(
+    np.random.default_rng(0).standard_normal((batch, size, size, in_chans)), jnp.float32
+  )
+  mask = masking.random_mask(jax.random.key(0), batch, grid[0] * grid[1], 0.5)
+  loss, pred = dense_fn(params, images, mask)
+  assert pred.shape == (batch, grid[0] * grid[1], 32 * 32 * in_chans)
+  # The loss against NumPy: per-patch normalized targets in (row, column, channel) order.
+  x = np.asarray(images).reshape(batch, grid[0], 32, grid[1], 32, in_chans)
+  target = x.transpose(0, 1, 3, 2, 4, 5).reshape(batch, -1, 32 * 32 * in_chans)
+  target = (target - target.mean(-1, keepdims=True)) / np.sqrt(
+    target.var(-1, ddof=1, keepdims=True) + 1e-6
+  )
+  per_patch = ((np.asarray(pred) - target) ** 2).mean(-1)
+  m = np.asarray(mask)
+  np.testing.assert_allclose(loss, (per_patch * m).sum() / m.sum(), rtol=1e-5)
+  if in_chans == 4:  # the visible-only form (its C = 3 equality: the tests above)
+    sparse_loss, _ = sparse_fn(params, images, mask)
+    np.testing.assert_allclose(sparse_loss, loss, rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match=f"Expected {in_chans} channels last"):
+    dense_fn(params, images[..., :1] if in_chans > 1 else jnp.tile(images, 3), mask)

@@ -19,7 +19,7 @@ import pytest
 import torch
 from transformers import ConvNextV2ForImageClassification, ConvNextV2Model
 
-from models import convert
+from models import checkpoint_files, convert, converted, export, formats, state_dict
 from models import convnextv2 as cv
 from tests.models.reference import (
   FCMAE_DECODER,
@@ -91,7 +91,7 @@ def atto(tmp_path_factory):
 @pytest.fixture(scope="module")
 def atto_default_logits(atto):
   """Our logits (64px) from load() with the default (CPU: shifted-slice) depthwise conv."""
-  apply_fn, params = convert.load(atto["ckpt"])
+  apply_fn, params = converted.load(atto["ckpt"])
   return ours(apply_fn, params, images(64))
 
 
@@ -111,7 +111,7 @@ def test_hf_directory_parity(tmp_path, variant, resolution, num_labels):
   model = hf_model(variant, num_labels, seed=1)
   model.save_pretrained(tmp_path / "hf")
   assert convert.main([str(tmp_path / "hf"), str(tmp_path / "ckpt")]) == 0
-  apply_fn, params = convert.load(tmp_path / "ckpt", depthwise_impl="xla")
+  apply_fn, params = converted.load(tmp_path / "ckpt", depthwise_impl="xla")
   x = images(resolution)
   assert_parity(
     f"hf dir, {variant}, {resolution}px, {num_labels} classes",
@@ -122,7 +122,7 @@ def test_hf_directory_parity(tmp_path, variant, resolution, num_labels):
 
 def test_scan_model_loads_same_params(atto, atto_default_logits):
   x = images(64)
-  scanned = ours(*convert.load(atto["ckpt"], depthwise_impl="xla", scan=True), x)
+  scanned = ours(*converted.load(atto["ckpt"], depthwise_impl="xla", scan=True), x)
   np.testing.assert_allclose(
     scanned, atto_default_logits, rtol=1e-5, atol=1e-6 * np.abs(scanned).max()
   )
@@ -147,7 +147,7 @@ def test_official_pt_parity(tmp_path):
     "femto",
     1000,
   )
-  apply_fn, params = convert.load(tmp_path / "ckpt", depthwise_impl="xla")
+  apply_fn, params = converted.load(tmp_path / "ckpt", depthwise_impl="xla")
   x = images(64)
   assert_parity(
     "official .pt, femto, 64px, 1000 classes", ours(apply_fn, params, x), torch_logits(model, x)
@@ -159,7 +159,7 @@ def test_official_pt_parity(tmp_path):
     )
     == 0
   )
-  exported, original = convert.read_state_dict(tmp_path / "hf"), state_dict_numpy(model)
+  exported, original = checkpoint_files.read_state_dict(tmp_path / "hf"), state_dict_numpy(model)
   assert exported.keys() == original.keys()
   for key in original:
     np.testing.assert_array_equal(exported[key], original[key])
@@ -172,19 +172,19 @@ def test_fcmae_encoder_pt_parity(tmp_path, atto):
   dense = {
     k: v for k, v in hf_to_official(atto["sd"]).items() if not k.startswith(("norm.", "head."))
   }
-  converted = {}
+  loaded = {}
   for layout, sd in (("official", dense), ("fcmae-sparse", official_to_sparse_fcmae(dense))):
     torch_save({**sd, **FCMAE_DECODER}, tmp_path / f"{layout}_fcmae.pt")
     info = convert.convert(tmp_path / f"{layout}_fcmae.pt", tmp_path / layout)
     assert (info["format"], info["variant"], info["num_classes"]) == (layout, "atto", 0)
     assert sorted(k for k, _ in info["skipped"]) == sorted(FCMAE_DECODER)
-    converted[layout] = convert.load(tmp_path / layout)[1]
-    assert "head" not in converted[layout] and "norm" not in converted[layout]
-  jax.tree.map(np.testing.assert_array_equal, converted["official"], converted["fcmae-sparse"])
+    loaded[layout] = converted.load(tmp_path / layout)[1]
+    assert "head" not in loaded[layout] and "norm" not in loaded[layout]
+  jax.tree.map(np.testing.assert_array_equal, loaded["official"], loaded["fcmae-sparse"])
   x = images(64)
   assert_parity(
     "FCMAE .pt (dense and sparse), atto, 64px, pooled features",
-    ours_cached("atto", 0, converted["official"], x, depthwise_impl="xla"),
+    ours_cached("atto", 0, loaded["official"], x, depthwise_impl="xla"),
     torch_mean_features(atto["model"], x),
   )
 
@@ -200,16 +200,16 @@ def test_timm_parity(tmp_path, atto):
   torch.save(
     {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in sd.items()}, tmp_path / "timm.pth"
   )
-  converted = []
+  loaded = []
   for name in ("timm.safetensors", "timm.pth"):
     info = convert.convert(tmp_path / name, tmp_path / f"ckpt_{name}")
     assert (info["format"], info["variant"], info["num_classes"]) == ("timm", "atto", 10)
-    converted.append(convert.load(tmp_path / f"ckpt_{name}")[1])
-  jax.tree.map(np.testing.assert_array_equal, *converted)
+    loaded.append(converted.load(tmp_path / f"ckpt_{name}")[1])
+  jax.tree.map(np.testing.assert_array_equal, *loaded)
   x = images(64)
   assert_parity(
     "timm .safetensors/.pth, atto, 64px",
-    ours_cached("atto", 10, converted[0], x, depthwise_impl="xla"),
+    ours_cached("atto", 10, loaded[0], x, depthwise_impl="xla"),
     torch_logits(atto["model"], x),
   )
 
@@ -219,16 +219,18 @@ def test_hf_single_file_and_base_model(tmp_path, atto):
   from safetensors.numpy import save_file
 
   save_file(atto["sd"], str(tmp_path / "single.safetensors"))
-  params, info = convert.to_params(convert.read_state_dict(tmp_path / "single.safetensors"))
+  params, info = state_dict.to_params(
+    checkpoint_files.read_state_dict(tmp_path / "single.safetensors")
+  )
   assert (info["format"], info["variant"], info["num_classes"]) == ("hf", "atto", 10)
-  reference, _ = convert.load_params(atto["ckpt"])
+  reference, _ = converted.load_params(atto["ckpt"])
   jax.tree.map(np.testing.assert_array_equal, params, reference)
 
   # A directory with pytorch_model.bin (torch.save of the bare state dict) and config.json.
   (tmp_path / "bin").mkdir()
   torch.save(atto["model"].state_dict(), tmp_path / "bin" / "pytorch_model.bin")
   (tmp_path / "bin" / "config.json").write_text((atto["hf"] / "config.json").read_text())
-  params, info = convert.to_params(convert.read_state_dict(tmp_path / "bin"))
+  params, info = state_dict.to_params(checkpoint_files.read_state_dict(tmp_path / "bin"))
   jax.tree.map(np.testing.assert_array_equal, params, reference)
 
   base = {
@@ -236,7 +238,7 @@ def test_hf_single_file_and_base_model(tmp_path, atto):
     for k, v in atto["sd"].items()
     if not k.startswith("classifier.")
   }
-  params, info = convert.to_params(base)
+  params, info = state_dict.to_params(base)
   assert info["num_classes"] == 0 and [k for k, _ in info["skipped"]] == [
     "layernorm.weight",
     "layernorm.bias",
@@ -255,7 +257,7 @@ def test_half_precision_files_read_as_float32(tmp_path):
   save_file(tensors, str(tmp_path / "half.safetensors"))
   torch.save(tensors, tmp_path / "half.pt")
   for name in ("half.safetensors", "half.pt"):
-    sd = convert.read_state_dict(tmp_path / name)
+    sd = checkpoint_files.read_state_dict(tmp_path / name)
     assert sd["a"].dtype == sd["b"].dtype == np.float32 and sd["c"].dtype == np.int64
     for key in ("a", "b"):
       np.testing.assert_array_equal(sd[key], tensors[key].float().numpy())
@@ -280,7 +282,7 @@ def randomized_params(variant: str, num_classes: int, seed: int = 3) -> dict:
 
 def test_export_hf_round_trip(tmp_path):
   params = randomized_params("atto", 10)
-  convert.export_hf(params, "atto", 10, tmp_path / "hf")
+  export.export_hf(params, "atto", 10, tmp_path / "hf")
   config = json.loads((tmp_path / "hf" / "config.json").read_text())
   assert config["model_type"] == "convnextv2" and config["num_labels"] == 10
   assert config["depths"] == [2, 2, 6, 2] and config["hidden_sizes"] == [40, 80, 160, 320]
@@ -294,16 +296,16 @@ def test_export_hf_round_trip(tmp_path):
 
   # Back again (CLI), bit for bit; also through the official names.
   assert convert.main([str(tmp_path / "hf"), str(tmp_path / "ckpt")]) == 0
-  back, _ = convert.load_params(tmp_path / "ckpt")
+  back, _ = converted.load_params(tmp_path / "ckpt")
   jax.tree.map(np.testing.assert_array_equal, back, params)
-  again, info = convert.to_params(convert.from_params(params, "atto", "official"))
+  again, info = state_dict.to_params(state_dict.from_params(params, "atto", "official"))
   assert info["format"] == "official"
   jax.tree.map(np.testing.assert_array_equal, again, params)
 
   # CLI export of the converted checkpoint writes the same tensors.
   assert convert.main(["--export", str(tmp_path / "ckpt"), str(tmp_path / "hf2")]) == 0
-  first = convert.read_state_dict(tmp_path / "hf")
-  second = convert.read_state_dict(tmp_path / "hf2")
+  first = checkpoint_files.read_state_dict(tmp_path / "hf")
+  second = checkpoint_files.read_state_dict(tmp_path / "hf2")
   assert first.keys() == second.keys()
   for key in first:
     np.testing.assert_array_equal(first[key], second[key])
@@ -312,7 +314,7 @@ def test_export_hf_round_trip(tmp_path):
 def test_export_hf_base_model(tmp_path):
   """num_classes 0 -> ConvNextV2Model; its last_hidden_state mean equals our pooled features."""
   params = randomized_params("atto", 0)
-  convert.export_hf(params, "atto", 0, tmp_path / "hf")
+  export.export_hf(params, "atto", 0, tmp_path / "hf")
   model = ConvNextV2Model.from_pretrained(tmp_path / "hf").eval()
   x = images(64)
   assert_parity(
@@ -320,8 +322,8 @@ def test_export_hf_base_model(tmp_path):
     torch_mean_features(model, x),
     ours_cached("atto", 0, params, x, depthwise_impl="xla"),
   )
-  with pytest.raises(convert.ConversionError, match="10 but the params have a 0-class head"):
-    convert.export_hf(params, "atto", 10, tmp_path / "other")
+  with pytest.raises(formats.ConversionError, match="10 but the params have a 0-class head"):
+    export.export_hf(params, "atto", 10, tmp_path / "other")
 
 
 def test_load_checks_shapes_against_config(tmp_path, atto):
@@ -332,10 +334,10 @@ def test_load_checks_shapes_against_config(tmp_path, atto):
   config["variant"] = "femto"
   (tmp_path / "ckpt" / "config.json").write_text(json.dumps(config))
   with pytest.raises(
-    convert.ConversionError,
+    formats.ConversionError,
     match=r"wrong shape \(59\): downsample1/conv/bias expected \(96,\) got \(80,\)",
   ):
-    convert.load(tmp_path / "ckpt")
+    converted.load(tmp_path / "ckpt")
 
 
 def _tree_snapshot(path):
@@ -346,7 +348,7 @@ def test_refuses_overwrite_and_failures_keep_existing_output(tmp_path, atto, cap
   out = tmp_path / "out"
   out.mkdir()
   (out / "keep.txt").write_text("precious")
-  with pytest.raises(convert.OutputExistsError, match="not empty; pass --force"):
+  with pytest.raises(converted.OutputExistsError, match="not empty; pass --force"):
     convert.convert(atto["hf"], out)
   assert convert.main([str(atto["hf"]), str(out)]) == 2 and "--force" in capsys.readouterr().err
   assert _tree_snapshot(out) == {out.joinpath("keep.txt").relative_to(out): b"precious"}
@@ -395,9 +397,9 @@ def test_pt_loading_is_weights_only(tmp_path, atto):
   sd = {k: torch.from_numpy(v) for k, v in hf_to_official(atto["sd"]).items()}
   torch.save({"model": sd, "payload": Payload(marker)}, tmp_path / "evil.pt")
   with pytest.raises(
-    convert.ConversionError, match=r"refused to unpickle.*references io\.open.*weights_only=True"
+    formats.ConversionError, match=r"refused to unpickle.*references io\.open.*weights_only=True"
   ):
-    convert.read_state_dict(tmp_path / "evil.pt")
+    checkpoint_files.read_state_dict(tmp_path / "evil.pt")
   assert not marker.exists()
   assert convert.main([str(tmp_path / "evil.pt"), str(tmp_path / "out")]) == 2
   assert not marker.exists() and not (tmp_path / "out").exists()

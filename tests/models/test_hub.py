@@ -18,7 +18,7 @@ from huggingface_hub import constants
 from huggingface_hub import errors as hub_errors
 from safetensors.numpy import save as safetensors_bytes
 
-from models import convert, hub
+from models import convert, converted, hub, state_dict
 from models import pretrained as weights
 from tests.models.hub_cache import json_bytes, write_repo
 from tests.models.reference import hf_model, hf_to_official, official_to_timm, state_dict_numpy
@@ -91,7 +91,7 @@ def test_convert_command_from_the_hub_cache_is_exact(offline, tmp_path, capsys):
   x = images(64)
   assert_parity(
     "hf:facebook/... (pytorch_model.bin from the hub cache), atto, 64px",
-    ours_cached("atto", 10, convert.load_params(out)[0], x, depthwise_impl="xla", scan=True),
+    ours_cached("atto", 10, converted.load_params(out)[0], x, depthwise_impl="xla", scan=True),
     torch_logits(cache.model, x),
   )
 
@@ -127,7 +127,7 @@ def test_finetuning_starts_from_the_encoder_by_hub_name(offline, tmp_path):
   task = finetune_task.make_task(config, str(tmp_path / "ft"))
   fresh = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), jax.eval_shape(task.fresh_params))
   params = task.load_pretrained(fresh)
-  expected, _ = convert.to_params(offline.encoder)
+  expected, _ = state_dict.to_params(offline.encoder)
   for name in ("stem", "stage0", "stage3"):
     jax.tree.map(np.testing.assert_array_equal, params[name], expected[name])
 

@@ -4,7 +4,7 @@ unexpected or wrongly shaped key named."""
 import numpy as np
 import pytest
 
-from models import state_dict
+from models import formats, state_dict
 from tests.models.reference import hf_model, hf_to_official, state_dict_numpy
 
 
@@ -18,7 +18,7 @@ def test_key_and_shape_mismatch_lists_keys(atto):
   del sd["convnextv2.encoder.stages.2.layers.3.pwconv1.weight"]
   sd["convnextv2.encoder.stages.1.layers.0.dwconv.weight"] = np.zeros((80, 1, 5, 5), np.float32)
   sd["convnextv2.encoder.stages.1.layers.0.extra.weight"] = np.zeros((3,), np.float32)
-  with pytest.raises(state_dict.ConversionError) as error:
+  with pytest.raises(formats.ConversionError) as error:
     state_dict.to_params(sd)
   message = str(error.value)
   print("\n" + message)
@@ -32,7 +32,7 @@ def test_key_and_shape_mismatch_lists_keys(atto):
 
 def test_unknown_format_names_keys():
   with pytest.raises(
-    state_dict.ConversionError,
+    formats.ConversionError,
     match=r"Unrecognised checkpoint format: 2 keys, e\.g\. "
     r"backbone\.conv1\.weight, fc\.weight",
   ):
@@ -43,7 +43,7 @@ def test_variant_inference_and_mismatch(atto):
   sd = hf_to_official(atto["sd"])
   assert state_dict.to_params(sd)[1]["variant"] == "atto"
   assert state_dict.to_params(sd, "atto")[1]["variant"] == "atto"
-  with pytest.raises(state_dict.ConversionError, match=r"--variant femto .* disagrees .* atto"):
+  with pytest.raises(formats.ConversionError, match=r"--variant femto .* disagrees .* atto"):
     state_dict.to_params(sd, "femto")
-  with pytest.raises(state_dict.ConversionError, match="Unknown ConvNeXt V2 variant 'giant'"):
+  with pytest.raises(formats.ConversionError, match="Unknown ConvNeXt V2 variant 'giant'"):
     state_dict.to_params(sd, "giant")

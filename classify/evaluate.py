@@ -16,12 +16,12 @@ from data import on_device
 class Evaluator:
   """Top-1 / top-5 over the whole validation split, for the params and (if kept) their EMA."""
 
-  def __init__(self, config, apply_fn, local_batch: int):
+  def __init__(self, config, apply_fn, local_batch: int, stats):
     self.config = config
     self.local_batch = local_batch
 
     def counts(params, batch):
-      logits = apply_fn(params, on_device.normalize(batch["image"]))
+      logits = apply_fn(params, on_device.normalize(batch["image"], stats.mean, stats.std))
       weight = batch["mask"]
       return {
         "top1": jnp.sum(metrics.topk_correct(logits, batch["label"], 1) * weight),

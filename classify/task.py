@@ -16,8 +16,8 @@ from classify import metrics, pretrained
 from classify.evaluate import Evaluator
 from core import logs
 from core import task as task_lib
-from data import config_input, mixup, on_device
-from data.info import DatasetInfo
+from data import config_input, mixup, normalization, on_device
+from data.info import DatasetError, DatasetInfo
 from models import convnextv2, layers
 from models import pretrained as weights
 
@@ -42,18 +42,27 @@ def make_task(config, workdir: str | None, info: DatasetInfo | None = None) -> t
   """The finetuning task of `config`. `info`: the dataset's sizes and classes, when they are
   known without reading it (--compile_only)."""
   del workdir  # the finetuning task writes nothing of its own
+  stats = normalization.given(config)
+  if stats is None and info is not None:  # --compile_only reads no data
+    stats = normalization.placeholder(config.model.in_chans)
   if info is None:  # the input pipeline (TensorFlow) only where data is read
     from data import sources
 
     info = sources.dataset_info(config.data.name, config.data.data_dir or None)
   classes = num_classes(config, info)
+  if stats is None:
+    raise DatasetError(
+      f"model.in_chans={config.model.in_chans}: finetuning needs the pretraining's normalisation: "
+      "pass --config.data.mean=... --config.data.std=... (the pretraining workdir's "
+      f"{normalization.STATS_NAME} holds them)"
+    )
   apply_fn, _ = build_model(config, classes, abstract=True)
   local_batch = config.batch_size // jax.process_count()
   aug = config.aug
 
   def task_loss(params, batch, rng):
     keys = batch["key"]  # per example: random erasing and drop path; rng: the batch's mixing
-    images = on_device.normalize(batch["image"])
+    images = on_device.normalize(batch["image"], stats.mean, stats.std)
     images = on_device.random_erasing(layers.fold_in(keys, 0), images, aug.reprob)
     images, targets = mixup.mix_batch(
       rng,
@@ -80,7 +89,7 @@ def make_task(config, workdir: str | None, info: DatasetInfo | None = None) -> t
     logs.say(pretrained.describe(config.init_from, report))
     return params
 
-  evaluator = Evaluator(config, apply_fn, local_batch)
+  evaluator = Evaluator(config, apply_fn, local_batch, stats)
 
   return task_lib.Task(
     fresh_params=lambda: build_model(config, classes)[1],

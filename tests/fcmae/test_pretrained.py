@@ -1,8 +1,10 @@
 """fcmae/pretrained.py: pretraining's init_from. From a timm `.fcmae` hub repository (written in
-the hub's on-disk layout: timm's own convnextv2 state dict as model.safetensors + config.json)
-the encoder is exactly the file's (and computes timm's features), with the stem adapted to 1 or 4
-channels exactly as timm's adapt_input_conv; from an official FCMAE .pt and from an FCMAE workdir
-the decoder, projection, mask token and pixel head are loaded too."""
+the hub's on-disk layout: timm's convnextv2 state dict, built from a random transformers model by
+the hand-written key maps of tests/models/reference.py, as model.safetensors + config.json) the
+encoder is exactly the file's (and computes the transformers ConvNextV2Model's features of the same
+weights), with the stem adapted to 1 or 4 channels exactly as timm's adapt_input_conv rule
+(tests/models/reference.py's adapt_input_conv_reference); from an official FCMAE .pt and from an
+FCMAE workdir the decoder, projection, mask token and pixel head are loaded too."""
 
 from __future__ import annotations
 
@@ -11,17 +13,16 @@ import types
 import jax
 import numpy as np
 import pytest
-import timm
 import torch
 from huggingface_hub import constants
 from safetensors.numpy import save as safetensors_bytes
-from timm.models._manipulate import adapt_input_conv
 
 from configs import fcmae_demo
 from fcmae import pretrain
 from models import convnextv2
 from tests.helpers import SCAN, finetune_config, override
 from tests.models.hub_cache import json_bytes, write_repo
+from tests.models.reference import adapt_input_conv_reference, hf_model, timm_encoder
 from trainer import cli
 
 REPO = "timm/convnextv2_atto.fcmae"
@@ -30,14 +31,11 @@ DECODER = ("proj", "mask_token", "decoder", "pred")
 
 @pytest.fixture(scope="module")
 def timm_repo(tmp_path_factory):
-  """The hub cache of an Atto FCMAE encoder in timm's format (random weights, perturbed so that
-  no GRN or norm is an identity)."""
-  torch.manual_seed(0)
-  model = timm.create_model("convnextv2_atto", pretrained=False, num_classes=0).eval()
-  with torch.no_grad():
-    for p in model.parameters():
-      p.add_(0.05 * torch.randn_like(p))
-  sd = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+  """The hub cache of an Atto FCMAE encoder in timm's format (random weights, no GRN or norm an
+  identity); `model` is the transformers ConvNextV2Model of the same weights."""
+  hf = hf_model("atto", 10, seed=3)
+  sd = timm_encoder(hf)
+  model = hf.convnextv2
   home = tmp_path_factory.mktemp("hf_home")
   config = {"architecture": "convnextv2_atto", "num_classes": 0, "num_features": 320}
   files = {"config.json": json_bytes(config), "model.safetensors": safetensors_bytes(sd)}
@@ -109,12 +107,13 @@ def test_pretraining_starts_from_the_published_encoder_of_the_hub_cache(offline,
     np.testing.assert_array_equal(blocks["pwconv1"]["kernel"][j], io(sd[f"{b}.mlp.fc1.weight"]))
     np.testing.assert_array_equal(blocks["grn"]["gamma"][j], sd[f"{b}.mlp.grn.weight"].ravel())
     np.testing.assert_array_equal(blocks["pwconv2"]["kernel"][j], io(sd[f"{b}.mlp.fc2.weight"]))
-  # ... and all of them: the encoder computes timm's features.
+  # ... and all of them: the encoder computes the transformers model's features (the mean of its
+  # last stage, before the head's norm, as timm's forward_features + mean).
   x = np.random.default_rng(0).standard_normal((2, 64, 64, 3)).astype(np.float32)
   apply_fn, _ = convnextv2.build("atto", 0, abstract=True, depthwise_impl="xla")
   ours = np.asarray(apply_fn(encoder, x))
   with torch.no_grad():
-    theirs = offline.model.forward_features(torch.from_numpy(x.transpose(0, 3, 1, 2)))
+    theirs = offline.model(torch.from_numpy(x.transpose(0, 3, 1, 2))).last_hidden_state
   np.testing.assert_allclose(ours, theirs.mean((2, 3)).numpy(), atol=2e-5, rtol=1e-4)
   for part in DECODER:  # the repository has no decoder: it keeps its fresh init
     jax.tree.map(np.testing.assert_array_equal, params[part], fresh[part])
@@ -124,15 +123,18 @@ def test_pretraining_starts_from_the_published_encoder_of_the_hub_cache(offline,
 
 
 @pytest.mark.parametrize("in_chans", [1, 4])
-def test_3_channel_weights_in_c_channels_are_timms_adapt_input_conv(
+def test_3_channel_weights_in_c_channels_follow_timms_adapt_input_conv_rule(
   offline, in_chans, tmp_path, capsys
 ):
-  expected = hwio(adapt_input_conv(in_chans, torch.from_numpy(offline.sd["stem.0.weight"])))
+  stem = torch.from_numpy(offline.sd["stem.0.weight"])
+  expected = hwio(adapt_input_conv_reference(in_chans, stem))
   # Pretraining: the stem adapted, the rest as in the file, the pixel head 32*32*C wide.
   _, _, params, log = start(
     pretrain_config(init_from=f"hf:{REPO}", **{"model.in_chans": in_chans}), tmp_path, capsys
   )
-  np.testing.assert_allclose(params["encoder"]["stem"]["conv"]["kernel"], expected, rtol=1e-6)
+  np.testing.assert_allclose(
+    params["encoder"]["stem"]["conv"]["kernel"], expected, rtol=1e-7, atol=0
+  )
   np.testing.assert_array_equal(
     params["encoder"]["stem"]["conv"]["bias"], offline.sd["stem.0.bias"]
   )
@@ -150,7 +152,7 @@ def test_3_channel_weights_in_c_channels_are_timms_adapt_input_conv(
   task = finetune_task.make_task(config, None)
   fresh = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), jax.eval_shape(task.fresh_params))
   params = task.load_pretrained(fresh)
-  np.testing.assert_allclose(params["stem"]["conv"]["kernel"], expected, rtol=1e-6)
+  np.testing.assert_allclose(params["stem"]["conv"]["kernel"], expected, rtol=1e-7, atol=0)
 
 
 def official_decoder(rng, dim=512, c3=320, pixels=3072):

@@ -4,6 +4,7 @@ own tables)."""
 
 from __future__ import annotations
 
+import math
 import re
 
 import numpy as np
@@ -13,12 +14,16 @@ from transformers import ConvNextV2Config, ConvNextV2ForImageClassification
 from models import convnextv2 as cv
 
 
-def hf_model(variant: str, num_labels: int, seed: int = 0):
-  """A random transformers ConvNextV2ForImageClassification with non-trivial norms/GRN/biases."""
+def hf_model(variant: str, num_labels: int, seed: int = 0, num_channels: int = 3):
+  """A random transformers ConvNextV2ForImageClassification with non-trivial norms/GRN/biases,
+  for images of num_channels channels."""
   spec = cv.VARIANTS[variant]
   torch.manual_seed(seed)
   config = ConvNextV2Config(
-    hidden_sizes=list(spec["dims"]), depths=list(spec["depths"]), num_labels=num_labels
+    hidden_sizes=list(spec["dims"]),
+    depths=list(spec["depths"]),
+    num_labels=num_labels,
+    num_channels=num_channels,
   )
   model = ConvNextV2ForImageClassification(config).eval()
   gen = torch.Generator().manual_seed(seed + 1)
@@ -92,6 +97,35 @@ def official_to_timm(sd: dict) -> dict:
     else:
       raise AssertionError(f"unmapped official key {key}")
   return out
+
+
+def timm_encoder(model) -> dict[str, np.ndarray]:
+  """The state dict timm's convnextv2_* with num_classes=0 has (an FCMAE hub repository's
+  model.safetensors) for the weights of an hf_model: every tensor but head.fc, contiguous."""
+  return {
+    k: np.ascontiguousarray(v)
+    for k, v in official_to_timm(hf_to_official(state_dict_numpy(model))).items()
+    if not k.startswith("head.fc.")
+  }
+
+
+def adapt_input_conv_reference(in_chans: int, weight: torch.Tensor) -> torch.Tensor:
+  """timm's documented rule (timm.models._manipulate.adapt_input_conv) for putting 3-channel
+  (RGB) weights in a first conv of in_chans inputs, written here in torch. weight is OIHW; the
+  rule works in float32 (the weight is cast to float32 first and back to its dtype after):
+    in_chans == 1:        the kernel summed over its 3 input channels (keepdim);
+    in_chans == 2 or > 3: the 3 channels repeated ceil(in_chans / 3) times, cut to in_chans,
+                          and scaled by 3 / in_chans;
+    in_chans == 3:        unchanged."""
+  dtype = weight.dtype
+  weight = weight.float()
+  assert weight.shape[1] == 3, "the rule adapts 3-channel weights"
+  if in_chans == 1:
+    weight = weight.sum(dim=1, keepdim=True)
+  elif in_chans != 3:
+    weight = weight.repeat(1, math.ceil(in_chans / 3), 1, 1)[:, :in_chans]
+    weight = weight * (3 / float(in_chans))
+  return weight.to(dtype)
 
 
 def official_to_sparse_fcmae(sd: dict) -> dict:

@@ -3,6 +3,7 @@
     python -m benchmarks.train_step --config configs/fcmae_base.py --batch 256
     python -m benchmarks.train_step --config configs/fcmae_tiny.py --batch 256 \\
         --config.fcmae.impl=dense --config.model.depthwise_impl=shift --out results.jsonl
+    python -m benchmarks.train_step --config configs/fcmae_base.py --batch 128 --compile_only=h100:1
 
 The config and its `--config.FIELD=VALUE` overrides are read as train.py / finetune.py read them
 (trainer/cli.py: read_config), and the run is built as they build it (loop.setup: mesh over all
@@ -12,7 +13,13 @@ the figures are the step's own, not the input pipeline's (benchmarks/input_pipel
 that), and nothing here imports TensorFlow. After `--warmup` steps, `--steps` steps are timed one
 by one; the median step gives images/s, and the compiled step's FLOPs per example
 (core/cost.py) give TFLOP/s per device and MFU where the device's peak is known. Prints one
-line and appends one JSON object to `--out`.
+line and appends one JSON object to `--out`. On a GPU the line also gives the HBM bytes the step
+moves per image, its kernels and its roofline (core/hlo_traffic.py).
+
+`--compile_only=h100:1` builds the same step (the same batch, data parallel over the topology's
+devices) and compiles it for that topology on this machine, without its devices
+(trainer/compile_only.py): the bytes per image and the kernels of the step a GPU would run, counted
+without a GPU.
 """
 
 from __future__ import annotations
@@ -34,6 +41,12 @@ flags.DEFINE_integer("batch", 128, "Global batch (a multiple of the device count
 flags.DEFINE_integer("warmup", 3, "Steps run before timing.")
 flags.DEFINE_integer("steps", 10, "Steps timed.")
 flags.DEFINE_string("out", None, "Append the result as a JSON line to this file.")
+flags.DEFINE_string(
+  "compile_only",
+  "",
+  "TOPOLOGY (h100:1, v5e:2x2): compile the step for it here and report its memory, FLOPs and, "
+  "for GPUs, HBM bytes per image and kernels, instead of running it.",
+)
 flags.DEFINE_bool(
   "trace_only",
   False,
@@ -70,6 +83,11 @@ def benchmark() -> dict:
     from classify import task as finetune_task
 
     make_task = finetune_task.make_task
+  if FLAGS.compile_only:
+    from trainer import compile_only
+
+    jax.config.update("jax_platforms", "cpu")  # the host compiles; no accelerator is looked for
+    sys.exit(compile_only.compile_and_report(config, make_task, FLAGS.compile_only))
   task = make_task(config, None, info=data_info.IMAGENET_1K)
   run = loop.setup(config, task)
   name = FLAGS["config"].config_filename
@@ -125,13 +143,23 @@ def benchmark() -> dict:
     "final_loss": float(metrics["loss"]),
     **cost.report(),
   }
+  if device.platform == "gpu":
+    from trainer import compile_only
+
+    result.update(cost.traffic_report(blocks=compile_only.blocks(config)))
+  traffic = ""
+  if "hbm_mb_per_example" in result:
+    traffic = (
+      f"; {result['hbm_mb_per_example']:.0f} MB HBM traffic per example, "
+      f"{result['kernels_per_block']:.0f} kernels per block"
+    )
   mfu = f", MFU {result['mfu']:.1%}" if result["mfu"] is not None else ""
   print(
     f"{name} {' '.join(overrides)}: {rate:.0f} img/s ({1e3 * seconds:.0f} ms/step, "
     f"batch {FLAGS.batch}, {jax.device_count()} x {device.device_kind}), "
     f"{result['tflops_per_device']:.1f} TFLOP/s per device{mfu}; compiled in "
     f"{cost.compile_seconds:.0f} s, {result['gflop_per_example']:.1f} GFLOP per example, "
-    f"{result['total_gib_per_device']:.1f} GiB per device",
+    f"{result['total_gib_per_device']:.1f} GiB per device{traffic}",
     flush=True,
   )
   return _write(result)

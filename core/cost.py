@@ -32,6 +32,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from core import hlo_traffic
+
 GIB = 2**30
 HEADROOM = 0.10  # of HBM left free for the runtime, fragmentation and the input pipeline
 
@@ -182,6 +184,19 @@ class StepCost:
       "hbm_gib_per_device": None if hbm is None else round(hbm / GIB, 2),
       "fits": self.fits(),
     }
+
+  def traffic_report(self, blocks: int = 0) -> dict:
+    """Bytes the step moves to and from device memory per example, its kernels and its roofline
+    (core/hlo_traffic.py), counted from the compiled program; `blocks` gives kernels per block."""
+    traffic = hlo_traffic.measure(self.executable)
+    return hlo_traffic.report(
+      traffic,
+      self.global_batch / self.num_devices,
+      self.flops / self.num_devices,
+      tflops=device_spec(self.device)[0],
+      bandwidth=hlo_traffic.bandwidth(self.device),
+      blocks=blocks,
+    )
 
   def tflops_per_device(self, examples_per_second: float) -> float:
     return self.gflop_per_example * examples_per_second / self.num_devices / 1e3

@@ -148,7 +148,10 @@ class _VisibleLayout:
   """Moves features between the visible-patch layout (B, K, p, p, C) and the dense grid.
 
   ids_keep (B, K): the visible patches in increasing order; slot (B, L): for each patch its row
-  in the visible layout, or K (a zero row) when masked.
+  in the visible layout, or K (a zero row) when masked. The two moves are each other's
+  transposes (a patch is visible once or not at all), so each one's gradient is the other move:
+  a gather, where autodiff of a gather gives a scatter-add into zeros (a zero-filled buffer, then
+  a pass that adds into it: twice the bytes).
   """
 
   def __init__(self, mask, grid, num_visible):
@@ -161,13 +164,42 @@ class _VisibleLayout:
 
   def gather(self, patches):
     """(B, L, p, p, C) -> (B, K, p, p, C)."""
-    return jnp.take_along_axis(patches, self.ids_keep[:, :, None, None, None], axis=1)
+    return _keep(patches, self.ids_keep, self.slot)
 
   def scatter(self, x):
     """(B, K, p, p, C) -> (B, h*p, w*p, C) with zeros under masked patches."""
-    padded = jnp.concatenate([x, jnp.zeros_like(x[:, :1])], axis=1)
-    patches = jnp.take_along_axis(padded, self.slot[:, :, None, None, None], axis=1)
-    return unpatchify(patches, self.grid)
+    return unpatchify(_place(x, self.ids_keep, self.slot), self.grid)
+
+
+def _take_rows(x, rows):
+  """x (B, L, ...) at rows (B, K) -> (B, K, ...)."""
+  return jnp.take_along_axis(x, rows.reshape(rows.shape + (1,) * (x.ndim - 2)), axis=1)
+
+
+@jax.custom_vjp
+def _keep(patches, ids_keep, slot):
+  """The visible patches: (B, L, p, p, C) -> (B, K, p, p, C)."""
+  return _take_rows(patches, ids_keep)
+
+
+@jax.custom_vjp
+def _place(x, ids_keep, slot):
+  """The visible patches in place among L, zeros elsewhere: (B, K, p, p, C) -> (B, L, p, p, C)."""
+  return _take_rows(jnp.concatenate([x, jnp.zeros_like(x[:, :1])], axis=1), slot)
+
+
+def _keep_bwd(residuals, g):
+  ids_keep, slot = residuals
+  return _place(g, ids_keep, slot), None, None
+
+
+def _place_bwd(residuals, g):
+  ids_keep, slot = residuals
+  return _keep(g, ids_keep, slot), None, None
+
+
+_keep.defvjp(lambda p, i, s: (_keep(p, i, s), (i, s)), _keep_bwd)
+_place.defvjp(lambda x, i, s: (_place(x, i, s), (i, s)), _place_bwd)
 
 
 def patchify(x, grid):

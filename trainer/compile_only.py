@@ -81,6 +81,8 @@ def compile_and_report(config, make_task: Callable, topology: str, *, out=sys.st
       _print(result, out, f"does not fit: the compiler ran out of memory ({oom}).", config)
       return 1
     result.update(step.report())
+    if platform == "gpu":  # XLA:GPU's own cost analysis leaves out the cuBLAS and cuDNN calls
+      result.update(step.traffic_report(blocks=blocks(config)))
     if task.compile_eval is not None:
       eval_cost = task.compile_eval(run_, options)
       result["eval_compile_seconds"] = round(eval_cost.compile_seconds, 1)
@@ -100,6 +102,14 @@ def compile_and_report(config, make_task: Callable, topology: str, *, out=sys.st
   return 0
 
 
+def blocks(config) -> int:
+  """ConvNeXt V2 blocks of the network the config trains (the FCMAE decoder's included)."""
+  from models import convnextv2
+
+  blocks = sum(convnextv2.variant_spec(config.model.variant)["depths"])
+  return blocks + (config.fcmae.decoder_depth if "fcmae" in config else 0)
+
+
 def _print(result: dict, out, verdict: str, config) -> None:
   lines = [
     f"{result['topology']}: {result['num_devices']} x {result['device_kind']}, mesh "
@@ -115,6 +125,19 @@ def _print(result: dict, out, verdict: str, config) -> None:
       f"{result['state_gib_per_device']:.2f} GiB, temporaries {result['temp_gib_per_device']:.2f} "
       f"GiB, total {result['total_gib_per_device']:.2f} of {result['hbm_gib_per_device']} GiB"
     )
+  if "hbm_mb_per_example" in result:
+    lines.append(
+      f"  HBM traffic: {result['hbm_mb_per_example']:.1f} MB per example (XLA's fusions "
+      f"{result['xla_mb_per_example']:.1f}, cuBLAS / cuDNN calls "
+      f"{result['library_mb_per_example']:.1f}); {result['kernels']} kernels, "
+      f"{result['kernels_per_block']:.1f} per block"
+    )
+    if "roofline_images_per_sec" in result:
+      lines.append(
+        f"  roofline per step: memory {result['roofline_memory_ms']:.1f} ms, FLOPs "
+        f"{result['roofline_flops_ms']:.1f} ms: at most "
+        f"{result['roofline_images_per_sec']:,.0f} images/s per device"
+      )
   if "eval_compile_seconds" in result:
     lines.append(
       f"  eval step: compiled in {result['eval_compile_seconds']:.0f} s, "

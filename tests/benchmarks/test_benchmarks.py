@@ -23,14 +23,20 @@ def _run(cmd, timeout=600):
 
 def test_gpu_script_dry_run_checks_every_line(tmp_path):
   out = tmp_path / "gpu.jsonl"
-  _run(["bash", "benchmarks/gpu.sh", "--dry-run", str(out)])
+  text = _run(["bash", "benchmarks/gpu.sh", "--dry-run", str(out)])
   rows = [json.loads(line) for line in out.read_text().splitlines()]
-  configs = [(r["config"], " ".join(r["overrides"])) for r in rows]
-  assert len(rows) == 8 and len(set(configs)) == 8, configs
-  assert [r["config"] for r in rows].count("configs/finetune_base.py") == 1
-  ran, *traced = rows
+  configs = [r["config"] for r in rows]
+  assert configs == [
+    "configs/fcmae_base.py",
+    "torch fcmae atto",
+    "configs/finetune_base.py",
+    "torch finetune atto",
+  ], configs
+  ran, peer_fcmae, traced, peer_finetune = rows
   assert ran["images_per_sec"] > 0 and math.isfinite(ran["final_loss"])
-  assert all(r["traced_only"] and r["gflop_per_example"] > 0 for r in traced)
+  assert traced["traced_only"] and traced["gflop_per_example"] > 0
+  assert all(math.isfinite(r["final_loss"]) and r["images_per_sec"] > 0 for r in rows[1::2])
+  assert "| ours / PyTorch |" in text
 
 
 @pytest.mark.parametrize(

@@ -40,6 +40,13 @@ ours() {
     --out "$out" "$@" "${small[@]}" "${check[@]}"
 }
 peer() {
+  # A dry run on a machine without timm (it needs a torchvision built for the installed torch;
+  # none is installable beside a CPU torch here) checks our lines and says the peer's was skipped.
+  if (( ${#small[@]} )) && ! "$python" -c "from benchmarks import torch_peer; torch_peer.import_timm()" 2>/dev/null; then
+    echo "PyTorch peer --step $2 skipped: timm does not import here (pip install timm)."
+    echo "{\"config\": \"torch $2 atto\", \"skipped\": \"timm does not import\"}" >> "$out"
+    return
+  fi
   timeout 240 "$python" -m benchmarks.torch_peer --batch $(( batch / gpus )) --out "$out" "$@" \
     "${peer_small[@]}"
 }

@@ -21,6 +21,12 @@ def _run(cmd, timeout=600):
   return done.stdout
 
 
+def _imports(module: str) -> bool:
+  return (
+    subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True).returncode == 0
+  )
+
+
 def test_gpu_script_dry_run_checks_every_line(tmp_path):
   out = tmp_path / "gpu.jsonl"
   text = _run(["bash", "benchmarks/gpu.sh", "--dry-run", str(out)])
@@ -35,7 +41,11 @@ def test_gpu_script_dry_run_checks_every_line(tmp_path):
   ran, peer_fcmae, traced, peer_finetune = rows
   assert ran["images_per_sec"] > 0 and math.isfinite(ran["final_loss"])
   assert traced["traced_only"] and traced["gflop_per_example"] > 0
-  assert all(math.isfinite(r["final_loss"]) and r["images_per_sec"] > 0 for r in rows[1::2])
+  for peer in rows[1::2]:  # the PyTorch peer runs where timm imports (the GPU machines)
+    if _imports("timm"):
+      assert math.isfinite(peer["final_loss"]) and peer["images_per_sec"] > 0, peer
+    else:
+      assert peer["skipped"] == "timm does not import", peer
   assert "| ours / PyTorch |" in text
 
 

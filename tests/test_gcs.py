@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import jax
@@ -45,6 +46,10 @@ def _train_py(workdir, cwd, *extra, devices=2):
     JAX_PLATFORMS="cpu",
     PYTHONPATH=REPO,
   )
+  if any(a.startswith("--num_processes") for a in extra):
+    # A multi-process CPU program read back from the persistent cache crashed its second run
+    # (2026-12-05): the processes get an empty one.
+    env["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="jax-cache-")
   return subprocess.Popen(
     [sys.executable, os.path.join(REPO, "train.py"), "--config"]
     + [os.path.join(REPO, "configs", "fcmae_demo.py"), "--workdir", workdir, *extra],

@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import jax
@@ -72,6 +73,10 @@ def _run_train_py(workdir, *extra, env_devices=8, **popen):
     XLA_FLAGS=f"--xla_force_host_platform_device_count={env_devices}",
     JAX_PLATFORMS="cpu",
   )
+  if any(a.startswith("--num_processes") for a in extra):
+    # A multi-process CPU program read back from the persistent cache crashed its second run
+    # (2026-12-05, tests/test_gcs.py): the processes get an empty one.
+    env["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="jax-cache-")
   cmd = [
     sys.executable,
     os.path.join(REPO, "train.py"),

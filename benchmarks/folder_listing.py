@@ -59,7 +59,7 @@ def emulator(n: int) -> float:
     from core import storage as our_storage
     from data import folders
 
-    our_storage.forward_environment()
+    our_storage.setup()
     start = time.perf_counter()
     found = folders.scan("gs://bench/photos")
     seconds = time.perf_counter() - start

@@ -144,7 +144,14 @@ def test_3_channel_weights_in_c_channels_follow_timms_adapt_input_conv_rule(
   from classify import task as finetune_task
 
   flag_values = types.SimpleNamespace(
-    config=finetune_config(init_from=f"hf:{REPO}", **{"model.in_chans": in_chans}),
+    config=finetune_config(
+      init_from=f"hf:{REPO}",
+      **{
+        "model.in_chans": in_chans,  # C other than 3: the pretraining's statistics are given
+        "data.mean": ",".join(["0.5"] * in_chans),
+        "data.std": ",".join(["0.25"] * in_chans),
+      },
+    ),
     workdir=str(tmp_path / "ft"),
     compile_only="",
   )

@@ -49,13 +49,9 @@ class Run:
   summary."""
 
   def __init__(self, run):
-    self._run = run
+    self._run, self.id = run, run.id
     run.define_metric("step")
     run.define_metric("*", step_metric="step")
-
-  @property
-  def id(self) -> str:
-    return self._run.id
 
   def scalars(self, step: int, values: dict) -> None:
     row = {k: float(v) for k, v in values.items() if _number(v)}

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from configs import fcmae_demo
-from core import logs, wandb_writer
+from core import logs, storage, wandb_writer
 from fcmae import pretrain
 from tests.helpers import SCAN, override
 from trainer import loop
@@ -36,6 +36,17 @@ OVERRIDES = {  # tests/test_train.py's smallest run, with the pictures at step 2
   "log.wandb_name": "demo",
   **SCAN,
 }
+
+
+@pytest.fixture(autouse=True)
+def offline(tmp_path, monkeypatch):
+  """W&B offline (no network), its files in tmp_path/wandb; its process-wide settings (read from
+  the environment once) dropped after each test."""
+  monkeypatch.setenv("WANDB_MODE", "offline")
+  monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+  monkeypatch.setenv("WANDB_SILENT", "true")
+  yield
+  wandb.teardown()
 
 
 def _train(workdir: str, total_steps: int) -> None:
@@ -95,10 +106,7 @@ def _items(items) -> dict:
   return {i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in items}
 
 
-def test_a_demo_run_and_its_resume_write_one_offline_wandb_run(tmp_path, monkeypatch):
-  monkeypatch.setenv("WANDB_MODE", "offline")
-  monkeypatch.setenv("WANDB_DIR", str(tmp_path))
-  monkeypatch.setenv("WANDB_SILENT", "true")
+def test_a_demo_run_and_its_resume_write_one_offline_wandb_run(tmp_path):
   workdir = str(tmp_path / "run")
   _train(workdir, 2)
   run_id = open(os.path.join(workdir, wandb_writer.RUN_ID_FILE)).read().strip()
@@ -130,6 +138,22 @@ def test_a_demo_run_and_its_resume_write_one_offline_wandb_run(tmp_path, monkeyp
     assert not any("compile_seconds" in r for r in run["history"])
   row = next(r for r in second["history"] if r.get("step") == 4 and "loss" in r)
   assert {"lr", "grad_norm", "images_per_sec"} <= set(row)
+
+
+def test_the_run_id_of_a_bucket_workdir_is_kept_in_the_bucket(gcs, tmp_path):
+  workdir = gcs.url("runs/w")
+  ids = []
+  for step in (1, 2):  # a start and a resume
+    run = wandb_writer.open_run(workdir, "P", config={"seed": 0})
+    run.scalars(step, {"loss": 1.0 / step, "skipped": True, "note": "text"})
+    run.close()
+    ids.append(run.id)
+  assert ids[0] == ids[1] == storage.read_text(f"{workdir}/{wandb_writer.RUN_ID_FILE}").strip()
+  base = tmp_path / "wandb"
+  dirs = sorted(str(base / n) for n in os.listdir(base) if n.startswith("offline-run-"))
+  rows = [r for d in dirs for r in _offline_run(d)["history"]]
+  assert [(r["step"], r["loss"]) for r in rows] == [(1, 1.0), (2, 0.5)]
+  assert not any("skipped" in r or "note" in r for r in rows)  # numbers only
 
 
 def test_without_wandb_a_config_asking_for_it_stops_at_start_in_one_line(tmp_path):

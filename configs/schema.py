@@ -262,6 +262,14 @@ FIELDS: tuple[Field, ...] = (
     FREE,
     _profile_steps,
   ),
+  F(
+    "log.wandb",
+    "",
+    "a Weights & Biases project to log to (process 0; needs wandb installed); '' = none",
+    FREE,
+  ),
+  F("log.wandb_entity", "", "the W&B entity (team or user); '' = the account's default", FREE),
+  F("log.wandb_name", "", "the W&B run's name; '' = one W&B chooses", FREE),
   # Devices.
   F(
     "mesh.data",

@@ -3,7 +3,8 @@
 Only process 0 writes; the other processes get a writer that does nothing. The workdir may be a
 local directory or gs://BUCKET/PATH (core/storage.py): a row is in metrics.jsonl and its
 scalars in the events file before the progress line reports it. The events are written by
-tensorboardX; in a bucket through storage.Log, which appends without rewriting the object.
+tensorboardX; in a bucket through storage.Log, which appends without rewriting the object. With
+a W&B run (core/wandb_writer.py) the scalars go there too.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ SHOWN = ("loss", "lr", "images_per_sec", "skipped_images")
 
 class MetricWriter:
   """Appends one JSON object per logged step and mirrors the scalars to TensorBoard. `shown`:
-  the metrics the progress line names, in its order."""
+  the metrics the progress line names, in its order. `wandb`: a core.wandb_writer.Run that gets
+  the scalars too (and is closed with the writer)."""
 
   def __init__(
     self,
@@ -33,6 +35,7 @@ class MetricWriter:
     *,
     shown: tuple[str, ...] = SHOWN,
     enabled: bool | None = None,
+    wandb=None,
   ):
     self.enabled = jax.process_index() == 0 if enabled is None else enabled
     self.total_steps, self.shown = total_steps, shown
@@ -40,6 +43,7 @@ class MetricWriter:
     self._start_step = None
     self._jsonl = None
     self._tb = None
+    self._wandb = wandb
     if self.enabled:
       self._jsonl = storage.Log(os.path.join(workdir, "metrics.jsonl"))
       self._tb = EventWriter(os.path.join(workdir, "tensorboard"))
@@ -48,19 +52,25 @@ class MetricWriter:
     """Marks where the ETA is measured from (after the first, compiling, step)."""
     self._start_time, self._start_step = time.time(), step
 
-  def write(self, step: int, metrics: dict, *, progress: bool = True) -> None:
+  def write(
+    self, step: int, metrics: dict, *, progress: bool = True, summary: bool = False
+  ) -> None:
+    """`summary`: figures of the whole run (the cost report), a W&B run's summary."""
     record = {"step": int(step), **{k: _plain(v) for k, v in metrics.items()}}
     if not self.enabled:
       return
     self._jsonl.write(json.dumps(record) + "\n")
-    self._tb.scalars(
-      int(step),
-      {
-        k: v
-        for k, v in record.items()
-        if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)
-      },
-    )
+    scalars = {
+      k: v
+      for k, v in record.items()
+      if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
+    self._tb.scalars(int(step), scalars)
+    if self._wandb is not None:
+      if summary:
+        self._wandb.summary(scalars)
+      else:
+        self._wandb.scalars(int(step), scalars)
     if progress:
       say(self._progress_line(step, record))
       retried = storage.retries_since_last()
@@ -83,6 +93,9 @@ class MetricWriter:
       self._jsonl.close()
       self._tb.close()
       self._jsonl = self._tb = None
+    if self._wandb is not None:
+      self._wandb.close()
+      self._wandb = None
 
 
 class EventWriter:

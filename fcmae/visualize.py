@@ -27,7 +27,7 @@ import ml_collections
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from core import errors, logs, storage
+from core import errors, logs, storage, wandb_writer
 from core.errors import UserError
 from data import eval_pipeline, on_device
 from data.info import IMAGENET_MEAN, IMAGENET_STD
@@ -196,6 +196,7 @@ class Reconstructions:
     writer = logs.EventWriter(self._tensorboard)
     writer.image(step, "reconstructions", picture)
     writer.close()
+    wandb_writer.image(step, "reconstructions", picture)  # with log.wandb
     path = os.path.join(self.directory, f"step_{step:07d}.png")
     storage.write_bytes(path, png)
     return path

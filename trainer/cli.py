@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 from absl import flags
 
-from core import sharding, storage
+from core import sharding, storage, wandb_writer
 from core.errors import UserError, fail, one_line
 
 CONFIG_HELP = (
@@ -155,6 +155,7 @@ def load_config(flag_values):
       "the same command again resumes there).",
       flush=True,
     )
+  wandb_writer.require(config.log.wandb)  # installed, before anything is built
   init_from = config.init_from if "init_from" in config else ""
   if flag_values.workdir:  # before anything is built: bucket and credentials
     storage.check_location(flag_values.workdir, "--workdir")

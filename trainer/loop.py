@@ -7,7 +7,7 @@ stream and what to evaluate. Everything else lives here once: the mesh, the opti
 config, the sharded train state, the train step compiled ahead of time (its compile time, memory
 and FLOPs reported: core/cost.py), resume from WORKDIR/checkpoints (including the data
 position: the stream restarts at the saved step), SIGTERM (save and stop), the NaN stop,
-profiling, and the logs.
+profiling, and the logs (and a Weights & Biases run: core/wandb_writer.py).
 
 The per-step randomness is `fold_in(key(seed), step)`, drawn inside the step from the state's
 step counter, and the data stream is a function of (seed, step), so an interrupted and resumed run
@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import optax
 
 from core import cost as cost_lib
-from core import logs, sharding, storage
+from core import logs, sharding, storage, wandb_writer
 from core import task as task_lib
 from core.errors import UserError
 from data import info as data_info
@@ -208,8 +208,14 @@ def train_and_evaluate(
           f"Moved {dropped} metrics row(s) of the steps after {step} (to be done again) to "
           "metrics.discarded.jsonl."
         )
-    writer = logs.MetricWriter(workdir, run.total_steps, shown=logs.SHOWN + task.shown)
-    if step >= run.total_steps:
+    finished = step >= run.total_steps
+    writer = logs.MetricWriter(
+      workdir,
+      run.total_steps,
+      shown=logs.SHOWN + task.shown,
+      wandb=None if finished else _wandb_run(config, workdir),
+    )
+    if finished:
       logs.say(
         f"The run in {workdir} is finished: step {step} of {run.total_steps}. To train "
         "longer, raise --config.total_steps (or --config.num_epochs) and run again; it "
@@ -218,7 +224,7 @@ def train_and_evaluate(
       return state
     step_cost = run.compile_train_step()
     logs.say(describe_cost(step_cost))
-    writer.write(step, step_cost.report(), progress=False)
+    writer.write(step, step_cost.report(), progress=False, summary=True)
     train_step = step_cost.executable
     eval_every = config.eval_every_steps
     if task.evaluate is not None and task.evaluate_at_start and eval_every and step == 0:
@@ -306,6 +312,18 @@ def evaluate_only(config, workdir: str, task: task_lib.Task, *, devices=None) ->
         part.close()
     if failed and jax.process_index() == 0:
       storage.rmtree(workdir)  # made by this evaluation, which failed
+
+
+def _wandb_run(config, workdir: str) -> wandb_writer.Run | None:
+  """The W&B run of config.log.wandb (process 0; none without a project)."""
+  log = config.log
+  return wandb_writer.open_run(
+    workdir,
+    log.wandb,
+    entity=log.wandb_entity,
+    name=log.wandb_name,
+    config=config.to_dict(),
+  )
 
 
 def _check_finite(loss, step: int, ckpt: checkpoint.Checkpointer) -> None:

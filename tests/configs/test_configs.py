@@ -56,6 +56,7 @@ def test_every_config_file_loads_locked_with_the_shared_schema():
     "eval_every_steps",
     "compilation_cache",
     "profile_steps",
+    "log",
     "mesh",
     "sharding",
     "optim",

@@ -19,6 +19,7 @@ FREE = (
   "model.depthwise_impl data.data_dir init_from eval_only probe.enabled probe.train_examples "
   "probe.k probe.temperature probe.batch_size data.stats_images probe.data"
 ).split()
+FREE += ["log.wandb", "log.wandb_entity", "log.wandb_name"]  # where the run is followed
 EXTEND = ["total_steps", "num_epochs"]
 
 

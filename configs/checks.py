@@ -61,3 +61,39 @@ def mask_ratio(v, c):
   if int(patches * (1 - v)) < 1:
     return f"it leaves no visible patch of the {patches} at {c.data.image_size} px"
   return None
+
+
+def _channel_values(v: str) -> tuple[float, ...]:
+  """data.mean / data.std 'A,B,C' -> (A, B, C); '' -> (); ValueError if not numbers."""
+  return tuple(float(x) for x in v.split(",")) if v.strip() else ()
+
+
+def channel_stats(v, c):
+  try:
+    values = _channel_values(v)
+  except ValueError:
+    return "expected numbers separated by commas, one per channel, e.g. 0.45,0.45,0.45"
+  if values and len(values) != c.model.in_chans:
+    return f"expected {c.model.in_chans} values (model.in_chans), got {len(values)}"
+  return None
+
+
+def channel_std(v, c):
+  problem = channel_stats(v, c)
+  if problem is None and any(x <= 0 for x in _channel_values(v)):
+    return "expected standard deviations > 0"
+  return problem
+
+
+def profile_bounds(steps: str) -> tuple[int, int] | None:
+  """config.profile_steps 'START:END' -> (START, END) with 0 <= START < END; None if not so."""
+  start, sep, stop = steps.partition(":")
+  if not (sep and start.isdigit() and stop.isdigit() and int(start) < int(stop)):
+    return None
+  return int(start), int(stop)
+
+
+def profile_steps(v, c):
+  if v and profile_bounds(v) is None:
+    return "expected START:END with START < END, e.g. 10:15"
+  return None

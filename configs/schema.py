@@ -29,12 +29,15 @@ from configs import recipes
 from configs.checks import (
   Check,
   between,
+  channel_stats,
+  channel_std,
   grad_accum,
   image_size,
   mask_ratio,
   non_negative,
   one_of,
   positive,
+  profile_steps,
   total_steps,
 )
 from core.errors import UserError
@@ -72,47 +75,6 @@ class Field:
 
   def default_for(self, variant: str) -> Any:
     return self.default(variant) if callable(self.default) else self.default
-
-
-def parse_profile_steps(steps: str) -> tuple[int, int]:
-  """config.profile_steps 'START:END' -> (START, END), 0 <= START < END."""
-  start, sep, stop = steps.partition(":")
-  if not (sep and start.isdigit() and stop.isdigit() and int(start) < int(stop)):
-    raise ConfigError(
-      f"--config.profile_steps={steps!r}: expected START:END with START < END, e.g. 10:15."
-    )
-  return int(start), int(stop)
-
-
-def _profile_steps(v, c):
-  if v:
-    parse_profile_steps(v)
-  return None
-
-
-def parse_channel_stats(v: str) -> tuple[float, ...]:
-  """config.data.mean / data.std 'A,B,C' -> (A, B, C); '' -> ()."""
-  try:
-    return tuple(float(x) for x in v.split(",")) if v.strip() else ()
-  except ValueError:
-    raise ConfigError(f"{v!r}: expected numbers separated by commas, e.g. 0.5,0.5,0.5") from None
-
-
-def _channel_stats(v, c):
-  try:
-    values = parse_channel_stats(v)
-  except ConfigError:
-    return "expected numbers separated by commas, one per channel, e.g. 0.45,0.45,0.45"
-  if values and len(values) != c.model.in_chans:
-    return f"expected {c.model.in_chans} values (model.in_chans), got {len(values)}"
-  return None
-
-
-def _channel_std(v, c):
-  problem = _channel_stats(v, c)
-  if problem is None and any(x <= 0 for x in parse_channel_stats(v)):
-    return "expected standard deviations > 0"
-  return problem
 
 
 def _fsdp_default(variant):
@@ -182,9 +144,9 @@ FIELDS: tuple[Field, ...] = (
     "",
     "per-channel mean of the pixels in [0, 1], 'A,B,C'; '' = ImageNet's for 3 channels, else "
     "computed from the data (data.stats_images) and kept in the workdir",
-    check=_channel_stats,
+    check=channel_stats,
   ),
-  F("data.std", "", "per-channel standard deviation, as data.mean", check=_channel_std),
+  F("data.std", "", "per-channel standard deviation, as data.mean", check=channel_std),
   F(
     "data.stats_images",
     256,
@@ -260,7 +222,7 @@ FIELDS: tuple[Field, ...] = (
     "",
     "'START:END': a jax.profiler trace of those steps into WORKDIR/profile",
     FREE,
-    _profile_steps,
+    profile_steps,
   ),
   F(
     "log.wandb",

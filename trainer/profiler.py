@@ -7,7 +7,7 @@ import os
 
 import jax
 
-from configs import schema
+from configs import checks
 from core import logs, storage
 
 
@@ -22,7 +22,7 @@ class Profiler:
     self.active = False
     self._upload = contextlib.ExitStack()
     if steps:
-      self.start, self.stop = schema.parse_profile_steps(steps)
+      self.start, self.stop = checks.profile_bounds(steps)  # checked by the schema
 
   def before(self, step: int) -> None:
     if self.start is not None and step == self.start and not self.active:

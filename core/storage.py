@@ -22,6 +22,7 @@ import collections
 import contextlib
 import logging
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -349,12 +350,18 @@ def describe(error: BaseException) -> str:
   """One line on a failed GCS call, with what to do for missing or refused credentials."""
   text = errors.one_line(error)
   code = getattr(error, "code", None)
-  if code == 401 or "401" in text or "credentials" in text.lower() or "Anonymous" in text:
+  # Status codes as whole words: a URL's port (127.0.0.1:40121) must not read as one.
+  if (
+    code == 401
+    or re.search(r"\b401\b", text)
+    or "credentials" in text.lower()
+    or "Anonymous" in text
+  ):
     return (
       f"no usable credentials ({text}). On a Cloud TPU or GCE VM the VM's service account is "
       "used; elsewhere run `gcloud auth application-default login`."
     )
-  if code == 403 or "Forbidden" in text or "403" in text:
+  if code == 403 or "Forbidden" in text or re.search(r"\b403\b", text):
     return (
       f"permission denied ({text}). Grant this host's account Storage Object Admin on the "
       "bucket (roles/storage.objectAdmin)."

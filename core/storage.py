@@ -157,14 +157,9 @@ def write_bytes(p, data: bytes) -> None:
   never sees half of it; a GCS object is replaced whole by its upload."""
   if is_remote(p):
     target = path(p)
-    try:
+    with refusals(f"writing {p}"):
       target.parent.mkdir(parents=True, exist_ok=True)
       target.write_bytes(data)
-    except Exception as e:
-      line = refused(e)
-      if line is None:
-        raise
-      raise StorageError(f"writing {p}: {line}") from e
     return
   os.makedirs(os.path.dirname(os.path.abspath(p)) or ".", exist_ok=True)
   tmp = f"{p}.tmp"
@@ -230,13 +225,8 @@ class Log:
       self._file.write(data)
       self.size = self._file.tell()
       return
-    try:
+    with refusals(f"writing {self.path}"):
       self._append(data)
-    except Exception as e:
-      line = refused(e)
-      if line is None:
-        raise
-      raise StorageError(f"writing {self.path}: {line}") from e
 
   def _append(self, data: bytes) -> None:
     if self.size is None:  # a new object
@@ -344,6 +334,19 @@ def refused(error: BaseException) -> str | None:
   retry will pass it. None for any other error."""
   text = describe(error)
   return text if text.startswith(("no usable credentials", "permission denied")) else None
+
+
+@contextlib.contextmanager
+def refusals(what: str):
+  """Within this block, a GCS call refused for good (`refused`) is a one-line StorageError
+  '<what>: <why>'; any other error passes as it is."""
+  try:
+    yield
+  except Exception as e:
+    line = refused(e)
+    if line is None:
+      raise
+    raise StorageError(f"{what}: {line}") from e
 
 
 def describe(error: BaseException) -> str:

@@ -13,7 +13,6 @@ may be local or gs://BUCKET/PATH: orbax writes the arrays there through tensorst
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 
@@ -57,20 +56,10 @@ class Checkpointer:
     """Starts an asynchronous save of `state` (a pytree of jax.Arrays). A bucket that refuses
     the writes (permission, credentials) is a StorageError of one line; the checkpoints saved
     before are left as they were (orbax writes into a temporary directory first)."""
-    with self._refusals(f"saving checkpoint {step}"):
+    with storage.refusals(f"saving checkpoint {step} to {self.directory}"):
       self._manager.save(
         step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)), force=True
       )
-
-  @contextlib.contextmanager
-  def _refusals(self, what: str):
-    try:
-      yield
-    except Exception as e:
-      line = storage.refused(e)
-      if line is None:
-        raise
-      raise storage.StorageError(f"{what} to {self.directory}: {line}") from e
 
   def restore(self, abstract_state, step: int | None = None):
     """The state of `step` (default: the latest), placed as abstract_state's shardings say."""
@@ -139,14 +128,14 @@ class Checkpointer:
     return f"{step} ({reason})"
 
   def wait(self) -> None:
-    with self._refusals("saving a checkpoint"):
+    with storage.refusals(f"saving a checkpoint to {self.directory}"):
       self._manager.wait_until_finished()
 
   def close(self) -> None:
     """Waits for pending saves and closes; closing again does nothing."""
     if self._manager is not None:
       manager, self._manager = self._manager, None
-      with self._refusals("saving a checkpoint"):
+      with storage.refusals(f"saving a checkpoint to {self.directory}"):
         manager.wait_until_finished()
         manager.close()
 

@@ -39,10 +39,15 @@ ours() {
   timeout 300 "$python" -m benchmarks.train_step --batch "$batch" --warmup 2 --steps 10 \
     --out "$out" "$@" "${small[@]}" "${check[@]}"
 }
+timm_imports=
 peer() {
   # A dry run on a machine without timm (it needs a torchvision built for the installed torch;
   # none is installable beside a CPU torch here) checks our lines and says the peer's was skipped.
-  if (( ${#small[@]} )) && ! "$python" -c "from benchmarks import torch_peer; torch_peer.import_timm()" 2>/dev/null; then
+  if (( ${#small[@]} )) && [[ -z "$timm_imports" ]]; then  # asked once: importing torch takes seconds
+    timm_imports=yes
+    "$python" -c "from benchmarks import torch_peer; torch_peer.import_timm()" 2>/dev/null || timm_imports=no
+  fi
+  if [[ "$timm_imports" == no ]]; then
     echo "PyTorch peer --step $2 skipped: timm does not import here (pip install timm)."
     echo "{\"config\": \"torch $2 atto\", \"skipped\": \"timm does not import\"}" >> "$out"
     return

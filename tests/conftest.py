@@ -128,7 +128,7 @@ def gcs():
 _LONG = (
   "tests/test_gcs.py",
   "tests/trainer/test_compile_only.py",
-  "tests/test_train.py::test_two_processes",
+  "tests/test_train.py::test_preemption",
   "tests/test_train.py",
   "tests/test_finetune.py",
   "tests/benchmarks/",

@@ -23,8 +23,9 @@ def test_random_erasing_erases_one_box_per_example_from_its_own_key():
     jnp.asarray(np.random.default_rng(1).integers(0, 256, (batch, size, size, 3), np.uint8))
   )
   keys = jax.random.split(jax.random.key(0), batch)
-  np.testing.assert_array_equal(on_device.random_erasing(keys, images, 0.0), images)
-  erased = np.asarray(jax.jit(on_device.random_erasing, static_argnums=2)(keys, images, 1.0))
+  erase = jax.jit(on_device.random_erasing, static_argnums=2)
+  np.testing.assert_array_equal(erase(keys, images, 0.0), images)
+  erased = np.asarray(erase(keys, images, 1.0))
   for e, x in zip(erased, np.asarray(images)):
     changed = np.any(e != x, axis=-1)  # (H, W)
     rows, cols = np.flatnonzero(changed.any(1)), np.flatnonzero(changed.any(0))
@@ -33,12 +34,10 @@ def test_random_erasing_erases_one_box_per_example_from_its_own_key():
     assert 0.01 < box / size**2 < 0.4
     assert abs(float(e[changed].std()) - 1.0) < 0.3  # N(0, 1) noise in normalized space
   # An example's box depends on its key alone: the second half of the batch on its own.
-  half = np.asarray(on_device.random_erasing(keys[batch // 2 :], images[batch // 2 :], 1.0))
+  half = np.asarray(erase(keys[batch // 2 :], images[batch // 2 :], 1.0))
   np.testing.assert_array_equal(half, erased[batch // 2 :])
   # With probability 0.25, about a quarter of the images are erased.
   many = jax.random.split(jax.random.key(1), 400)
   tiles = jnp.broadcast_to(images[:1], (400, size, size, 3))
-  hit = np.any(
-    np.asarray(on_device.random_erasing(many, tiles, 0.25)) != np.asarray(tiles), axis=(1, 2, 3)
-  )
+  hit = np.any(np.asarray(erase(many, tiles, 0.25)) != np.asarray(tiles), axis=(1, 2, 3))
   assert 0.18 < hit.mean() < 0.32

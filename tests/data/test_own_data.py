@@ -96,8 +96,10 @@ def test_an_unlabeled_folder_pretrains_resumes_exactly_and_counts_the_corrupt_fi
   assert (workdir / folders.LIST_NAME).read_text().split() == files
   assert skips.skipped_images() - before == 1  # one epoch: the corrupt file met once
   assert "a/broken.jpg" in caplog.text
-  losses = {r["step"]: r["loss"] for r in logs.read_metrics(str(workdir)) if "loss" in r}
+  rows = logs.read_metrics(str(workdir))
+  losses = {r["step"]: r["loss"] for r in rows if "loss" in r}
   assert sorted(losses) == [1, 2, 3, 4]
+  assert max(r.get("skipped_images", 0) for r in rows) >= 1  # in the metrics rows too
 
   # Resume from step 2 with a file added to the folder: the workdir's list rules, so the
   # order (and the corrupt file's slot) is the same, and steps 3 and 4 are redone exactly.

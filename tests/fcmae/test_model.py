@@ -151,7 +151,9 @@ def test_encoder_params_load_into_the_classifier():
 
 
 def test_decoder_options_and_parameter_layout():
-  _, params = fcmae_model.build("atto", image_size=64, decoder_dim=96, decoder_depth=2)
+  _, params = fcmae_model.build(
+    "atto", image_size=64, decoder_dim=96, decoder_depth=2, abstract=True
+  )
   assert params["mask_token"].shape == (96,)
   assert params["proj"]["kernel"].shape == (320, 96)
   assert params["decoder"]["blocks"]["pwconv1"]["kernel"].shape == (2, 96, 384)
@@ -173,6 +175,7 @@ def test_c_channels_predict_32x32xc_values_per_patch(in_chans):
     np.random.default_rng(0).standard_normal((batch, size, size, in_chans)), jnp.float32
   )
   mask = masking.random_mask(jax.random.key(0), batch, grid[0] * grid[1], 0.5)
+  dense_fn, sparse_fn = jax.jit(dense_fn), jax.jit(sparse_fn)
   loss, pred = dense_fn(params, images, mask)
   assert pred.shape == (batch, grid[0] * grid[1], 32 * 32 * in_chans)
   # The loss against NumPy: per-patch normalized targets in (row, column, channel) order.

@@ -101,19 +101,29 @@ server.HANDLERS = (
 )
 
 
+class _QuietServer(ThreadingHTTPServer):
+  """Says nothing of a connection its client closed first (one it dropped, or a client that
+  gave up on an injected error): socketserver prints a traceback for each."""
+
+  def handle_error(self, request, client_address):
+    if not isinstance(sys.exc_info()[1], ConnectionError):
+      super().handle_error(request, client_address)
+
+
 class FaultProxy:
   """An HTTP proxy in front of the emulator at `target` (http://HOST:PORT) that fails one request
   in `every`, in turn with 503, with 429 (neither reaches the emulator) and by closing the
   connection after the emulator has done the request (its answer is lost: a retried write must
   not be done twice). With `refuse_writes`, every request that changes something is answered
-  403, as a bucket does to a credential that may read but not write. `faults` counts what was
-  injected; `url` is what STORAGE_EMULATOR_HOST is set to."""
+  403, as a bucket does to a credential that may read but not write. `client`: only the
+  requests whose User-Agent holds it are counted and failed ("tensorstore/", "gcsfs/"). `faults`
+  counts what was injected; `url` is what STORAGE_EMULATOR_HOST is set to."""
 
   KINDS = ("503", "429", "drop")
 
   def __init__(self, target: str, every: int = 6):
     self.target = target.split("://", 1)[-1]
-    self.every, self.refuse_writes = every, False
+    self.every, self.refuse_writes, self.client = every, False, ""
     self.faults = dict.fromkeys(self.KINDS, 0)
     self.faults["403"] = 0
     self._count = 0
@@ -128,7 +138,7 @@ class FaultProxy:
 
       def _handle(self):
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        kind = proxy._fault(self.command)
+        kind = proxy._fault(self.command, self.headers.get("User-Agent") or "")
         if kind in ("503", "429", "403"):
           self.send_response(int(kind))
           self.send_header("Content-Type", "application/json")
@@ -161,17 +171,19 @@ class FaultProxy:
 
       do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _handle
 
-    self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    self._server = _QuietServer(("127.0.0.1", 0), Handler)
     self._server.daemon_threads = True
     self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
     self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
     self._thread.start()
 
-  def _fault(self, method: str) -> str | None:
+  def _fault(self, method: str, agent: str) -> str | None:
     with self._lock:
       if self.refuse_writes and method in ("POST", "PUT", "PATCH", "DELETE"):
         self.faults["403"] += 1
         return "403"
+      if self.client not in agent:
+        return None
       self._count += 1
       if not self.every or self._count % self.every:
         return None

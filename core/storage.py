@@ -93,12 +93,21 @@ def set_retries(retries: int, delay: float, max_delay: float) -> None:
   up to `max_delay` (its `gcs_request_retries` context resource; its defaults: 32, 1 s, 32 s).
   Orbax (0.12) takes no tensorstore context from its caller: it builds each one from two dicts of
   its tensorstore_utils (get_ts_context), which the resource is added to here, so every save
-  and restore after this call uses it. gcsfs's retries are fixed in its code (docs/gcs.md)."""
-  from orbax.checkpoint._src.serialization import tensorstore_utils
+  and restore after this call uses it; an orbax that keeps them elsewhere is said in one line,
+  and tensorstore's defaults stay. gcsfs's retries are fixed in its code (docs/gcs.md)."""
+  try:
+    from orbax.checkpoint._src.serialization import tensorstore_utils as orbax_ts
 
+    contexts = (orbax_ts._BASE_TS_CONTEXT, orbax_ts._DEFAULT_OCDBT_TS_CONTEXT)
+  except (ImportError, AttributeError):
+    logging.warning(
+      "This orbax-checkpoint builds its tensorstore contexts elsewhere: the storage.* retry "
+      "settings are not applied (tensorstore's own: 32 attempts, 1 s doubling to 32 s)."
+    )
+    return
   us = lambda seconds: f"{round(seconds * 1e6)}us"  # what tensorstore parses, whatever the float
   resource = {"max_retries": retries, "initial_delay": us(delay), "max_delay": us(max_delay)}
-  for context in (tensorstore_utils._BASE_TS_CONTEXT, tensorstore_utils._DEFAULT_OCDBT_TS_CONTEXT):
+  for context in contexts:
     context["gcs_request_retries"] = resource
 
 

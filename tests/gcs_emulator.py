@@ -2,7 +2,8 @@
 
     python -m tests.gcs_emulator PORT BUCKET
 
-`FaultProxy` stands in front of it for the tests of transient and permanent storage errors.
+`FaultProxy` stands in front of it for the tests of transient and permanent storage errors;
+`QuickAsyncio` cuts gcsfs's waits before a retry short within a test.
 
 The emulator does not say an object's generation when it sends the object's bytes (the
 x-goog-generation header of real GCS); tensorstore needs it for the conditional writes of
@@ -14,6 +15,7 @@ emulator rewrote a JSON file of every object's metadata on each request (there i
 persist), and computed an MD5 of a whole composed object (GCS's composite objects have none).
 """
 
+import asyncio
 import http.client
 import sys
 import threading
@@ -99,6 +101,20 @@ server.HANDLERS = (
   ),
   *server.HANDLERS,
 )
+
+
+class QuickAsyncio:
+  """What gcsfs.retry may be given for `asyncio` (monkeypatch.setattr(gcsfs.retry, "asyncio",
+  QuickAsyncio())): the module, but for `sleep`, which waits at most 10 ms. gcsfs fixes its waits
+  before a retry in its code (1-2 s, then doubling) and offers no setting; what it retries and
+  how often stay its own."""
+
+  def __getattr__(self, name):
+    return getattr(asyncio, name)
+
+  @staticmethod
+  async def sleep(delay, result=None):
+    return await asyncio.sleep(min(delay, 0.01), result)
 
 
 class _QuietServer(ThreadingHTTPServer):

@@ -131,15 +131,14 @@ class FaultProxy:
   in `every`, in turn with 503, with 429 (neither reaches the emulator) and by closing the
   connection after the emulator has done the request (its answer is lost: a retried write must
   not be done twice). With `refuse_writes`, every request that changes something is answered
-  403, as a bucket does to a credential that may read but not write. `client`: only the
-  requests whose User-Agent holds it are counted and failed ("tensorstore/", "gcsfs/"). `faults`
-  counts what was injected; `url` is what STORAGE_EMULATOR_HOST is set to."""
+  403, as a bucket does to a credential that may read but not write. `faults` counts what was
+  injected; `url` is what STORAGE_EMULATOR_HOST is set to."""
 
   KINDS = ("503", "429", "drop")
 
   def __init__(self, target: str, every: int = 6):
     self.target = target.split("://", 1)[-1]
-    self.every, self.refuse_writes, self.client = every, False, ""
+    self.every, self.refuse_writes = every, False
     self.faults = dict.fromkeys(self.KINDS, 0)
     self.faults["403"] = 0
     self._count = 0
@@ -154,7 +153,7 @@ class FaultProxy:
 
       def _handle(self):
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        kind = proxy._fault(self.command, self.headers.get("User-Agent") or "")
+        kind = proxy._fault(self.command)
         if kind in ("503", "429", "403"):
           self.send_response(int(kind))
           self.send_header("Content-Type", "application/json")
@@ -193,13 +192,11 @@ class FaultProxy:
     self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
     self._thread.start()
 
-  def _fault(self, method: str, agent: str) -> str | None:
+  def _fault(self, method: str) -> str | None:
     with self._lock:
       if self.refuse_writes and method in ("POST", "PUT", "PATCH", "DELETE"):
         self.faults["403"] += 1
         return "403"
-      if self.client not in agent:
-        return None
       self._count += 1
       if not self.every or self._count % self.every:
         return None

@@ -36,6 +36,16 @@ def non_negative(v, c):
   return None if v >= 0 else "expected a number >= 0"
 
 
+def retry_delay(v, c):
+  return None if v > 0 else "expected seconds > 0"
+
+
+def max_delay(v, c):
+  """storage.retry_max_delay: no shorter than storage.retry_delay."""
+  first = c.storage.retry_delay
+  return None if v >= first else f"expected at least storage.retry_delay ({first})"
+
+
 def image_size(v, c):
   if v <= 0 or v % STRIDE:
     return f"expected a positive multiple of {STRIDE} (the encoder's stride), e.g. 224"

@@ -5,9 +5,8 @@
 `FIELDS` is the one place a field is declared. From it come
 - the defaults: `defaults(job, variant)`, the locked-to-be ConfigDict that configs/common.py
   fills with the paper's recipe (configs/recipes.py);
-- the validation: `validate(config)`, run before anything heavy is imported, so that a bad value
-  is one message naming the field;
-- the listing `--help` points to (`python -m configs.schema`, docs/config.md);
+- the validation: `validate(config)`, before anything heavy is imported: a bad value is one
+  message naming the field; the listing `--help` points to (python -m configs.schema);
 - the workdir's resume rules (trainer/workdir.py): `resume_rule(field)` says whether a changed
   field is refused (it changes what is computed), free (it changes how or how often: cadence,
   layout over devices, where data is read from), or an extension (the run's length).
@@ -34,10 +33,12 @@ from configs.checks import (
   grad_accum,
   image_size,
   mask_ratio,
+  max_delay,
   non_negative,
   one_of,
   positive,
   profile_steps,
+  retry_delay,
   total_steps,
 )
 from core.errors import UserError
@@ -224,6 +225,9 @@ FIELDS: tuple[Field, ...] = (
     FREE,
     profile_steps,
   ),
+  F("storage.retries", 32, "attempts at a checkpoint's GCS request (docs/gcs.md)", FREE, positive),
+  F("storage.retry_delay", 1.0, "seconds before its first retry, doubling", FREE, retry_delay),
+  F("storage.retry_max_delay", 32.0, "the longest wait between two retries", FREE, max_delay),
   F(
     "log.wandb",
     "",

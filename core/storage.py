@@ -24,6 +24,7 @@ import logging
 import os
 import re
 import shutil
+import sys
 import tempfile
 import threading
 import uuid
@@ -86,16 +87,63 @@ _retries = _Retries()
 _retries_lock = threading.Lock()
 
 
+def set_retries(retries: int, delay: float, max_delay: float) -> None:
+  """How tensorstore (the checkpoints' arrays) retries a GCS request that failed with 429, 5xx
+  or a dropped connection: `retries` attempts, `delay` seconds before the first retry, doubling
+  up to `max_delay` (its `gcs_request_retries` context resource; its defaults: 32, 1 s, 32 s).
+  Orbax (0.12) takes no tensorstore context from its caller: it builds each one from two dicts of
+  its tensorstore_utils (get_ts_context), which the resource is added to here, so every save
+  and restore after this call uses it; an orbax that keeps them elsewhere is said in one line,
+  and tensorstore's defaults stay. gcsfs's retries are fixed in its code (docs/gcs.md)."""
+  try:
+    from orbax.checkpoint._src.serialization import tensorstore_utils as orbax_ts
+
+    contexts = (orbax_ts._BASE_TS_CONTEXT, orbax_ts._DEFAULT_OCDBT_TS_CONTEXT)
+  except (ImportError, AttributeError):
+    logging.warning(
+      "This orbax-checkpoint builds its tensorstore contexts elsewhere: the storage.* retry "
+      "settings are not applied (tensorstore's own: 32 attempts, 1 s doubling to 32 s)."
+    )
+    return
+  us = lambda seconds: f"{round(seconds * 1e6)}us"  # what tensorstore parses, whatever the float
+  resource = {"max_retries": retries, "initial_delay": us(delay), "max_delay": us(max_delay)}
+  for context in contexts:
+    context["gcs_request_retries"] = resource
+
+
+def _tensorstore_retries() -> int:
+  """The GCS requests tensorstore retried in this process so far (its metrics: a counter per
+  GCS driver); 0 before tensorstore is imported."""
+  if "tensorstore" not in sys.modules:
+    return 0
+  import tensorstore
+
+  metrics = tensorstore.experimental_collect_matching_metrics("/tensorstore/kvstore/gcs")
+  return sum(
+    int(v.get("value", 0)) for m in metrics if m["name"].endswith("/retries") for v in m["values"]
+  )
+
+
+_tensorstore_seen = 0
+
+
 def retries_since_last() -> str:
   """'' when no storage request was retried since the last call, else one line: how many, on
-  what (for the log)."""
+  what (for the log): gcsfs's by what went wrong, tensorstore's (which says no reason) as one
+  count."""
+  global _tensorstore_seen
   with _retries_lock:
     counts = dict(_retries.counts)
     _retries.counts.clear()
-  if not counts:
+    total = _tensorstore_retries()
+    arrays, _tensorstore_seen = total - _tensorstore_seen, total
+  if not counts and not arrays:
     return ""
-  what = ", ".join(f"{reason} x{n}" for reason, n in sorted(counts.items(), key=lambda c: -c[1]))
-  return f"Storage: {sum(counts.values())} request(s) retried since the last row ({what})."
+  what = [f"{reason} x{n}" for reason, n in sorted(counts.items(), key=lambda c: -c[1])]
+  if arrays:
+    what.append(f"checkpoint arrays (tensorstore) x{arrays}")
+  n = sum(counts.values()) + arrays
+  return f"Storage: {n} request(s) retried since the last row ({', '.join(what)})."
 
 
 def is_remote(path) -> bool:

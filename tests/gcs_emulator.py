@@ -2,7 +2,8 @@
 
     python -m tests.gcs_emulator PORT BUCKET
 
-`FaultProxy` stands in front of it for the tests of transient and permanent storage errors.
+`FaultProxy` stands in front of it for the tests of transient and permanent storage errors;
+`QuickAsyncio` cuts gcsfs's waits before a retry short within a test.
 
 The emulator does not say an object's generation when it sends the object's bytes (the
 x-goog-generation header of real GCS); tensorstore needs it for the conditional writes of
@@ -14,6 +15,7 @@ emulator rewrote a JSON file of every object's metadata on each request (there i
 persist), and computed an MD5 of a whole composed object (GCS's composite objects have none).
 """
 
+import asyncio
 import http.client
 import sys
 import threading
@@ -101,6 +103,29 @@ server.HANDLERS = (
 )
 
 
+class QuickAsyncio:
+  """What gcsfs.retry may be given for `asyncio` (monkeypatch.setattr(gcsfs.retry, "asyncio",
+  QuickAsyncio())): the module, but for `sleep`, which waits at most 10 ms. gcsfs fixes its waits
+  before a retry in its code (1-2 s, then doubling) and offers no setting; what it retries and
+  how often stay its own."""
+
+  def __getattr__(self, name):
+    return getattr(asyncio, name)
+
+  @staticmethod
+  async def sleep(delay, result=None):
+    return await asyncio.sleep(min(delay, 0.01), result)
+
+
+class _QuietServer(ThreadingHTTPServer):
+  """Says nothing of a connection its client closed first (one it dropped, or a client that
+  gave up on an injected error): socketserver prints a traceback for each."""
+
+  def handle_error(self, request, client_address):
+    if not isinstance(sys.exc_info()[1], ConnectionError):
+      super().handle_error(request, client_address)
+
+
 class FaultProxy:
   """An HTTP proxy in front of the emulator at `target` (http://HOST:PORT) that fails one request
   in `every`, in turn with 503, with 429 (neither reaches the emulator) and by closing the
@@ -161,7 +186,7 @@ class FaultProxy:
 
       do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _handle
 
-    self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    self._server = _QuietServer(("127.0.0.1", 0), Handler)
     self._server.daemon_threads = True
     self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
     self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)

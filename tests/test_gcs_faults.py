@@ -11,14 +11,18 @@ import numpy as np
 import pytest
 
 from core import logs, storage
-from tests.gcs_emulator import FaultProxy
+from tests.gcs_emulator import FaultProxy, QuickAsyncio
 from trainer import checkpoint
 
 
 @pytest.fixture
 def faulty(gcs, monkeypatch):
-  """STORAGE_EMULATOR_HOST (gcsfs) and TENSORSTORE_GCS_HTTP_URL pointed at a FaultProxy."""
+  """STORAGE_EMULATOR_HOST (gcsfs) and TENSORSTORE_GCS_HTTP_URL pointed at a FaultProxy; gcsfs's
+  waits before a retry (1-2 s, doubling, fixed in its code) cut to 10 ms."""
+  import gcsfs.retry  # not before the gcs fixture: gcsfs reads its environment on import
+
   proxy = FaultProxy(gcs.host, every=5)
+  monkeypatch.setattr(gcsfs.retry, "asyncio", QuickAsyncio())
   monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.url)
   monkeypatch.setenv("TENSORSTORE_GCS_HTTP_URL", proxy.url)
   fsspec.get_filesystem_class("gs").clear_instance_cache()  # a gcsfs client for the proxy
@@ -55,17 +59,28 @@ def _state():
 
 
 def test_a_checkpoint_saved_under_transient_errors_restores_exactly(gcs, faulty):
-  faulty.every = 12  # a save makes many requests; each fault costs a library backoff (~1 s)
+  """One request in three refused, gcsfs's (orbax's metadata) and tensorstore's (the arrays):
+  tensorstore's retried as storage.set_retries says (the config's storage.* fields; 10 ms
+  here, not its default 1 s) and counted in the retries line."""
+  faulty.every = 3
   directory = f"{gcs.url('faults')}/checkpoints"
   state = _state()
-  ckpt = checkpoint.Checkpointer(directory, async_save=False)
-  ckpt.save(3, state)
-  ckpt.wait()
-  ckpt.close()
-  assert sum(faulty.faults.values()), faulty.faults
-  ckpt = checkpoint.Checkpointer(directory, async_save=False)
-  restored = ckpt.restore(jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), state), 3)
-  ckpt.close()
+  storage.set_retries(32, 0.01, 0.1)
+  try:
+    storage.retries_since_last()  # counted from here
+    ckpt = checkpoint.Checkpointer(directory, async_save=False)
+    ckpt.save(3, state)
+    ckpt.wait()
+    ckpt.close()
+    said = storage.retries_since_last()
+    ckpt = checkpoint.Checkpointer(directory, async_save=False)
+    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), state)
+    restored = ckpt.restore(abstract, 3)
+    ckpt.close()
+  finally:
+    storage.set_retries(32, 1.0, 32.0)  # tensorstore's defaults, the config's
+  assert all(faulty.faults[k] for k in FaultProxy.KINDS), faulty.faults
+  assert "checkpoint arrays (tensorstore) x" in said, said
   assert np.array_equal(restored["params"]["w"], state["params"]["w"])
   assert int(restored["step"]) == 3
 

@@ -203,11 +203,13 @@ def main(flag_values, config, make_task: Callable, job: Callable[..., object]) -
 
 
 def start(flag_values, config) -> None:
-  """Joins the distributed runtime if asked to, turns on the persistent compilation cache, and
-  sets up readable logs on process 0."""
+  """Joins the distributed runtime if asked to, turns on the persistent compilation cache, sets
+  up readable logs on process 0, and how the checkpoints' GCS requests are retried."""
   sharding.maybe_initialize_distributed(
     flag_values.coordinator_address, flag_values.num_processes, flag_values.process_id
   )
+  retry = config.storage
+  storage.set_retries(retry.retries, retry.retry_delay, retry.retry_max_delay)
   import jax
   from absl import logging as absl_logging
 

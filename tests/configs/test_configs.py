@@ -57,6 +57,7 @@ def test_every_config_file_loads_locked_with_the_shared_schema():
     "compilation_cache",
     "profile_steps",
     "log",
+    "storage",
     "mesh",
     "sharding",
     "optim",

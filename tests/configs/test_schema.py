@@ -20,6 +20,7 @@ FREE = (
   "probe.k probe.temperature probe.batch_size data.stats_images probe.data"
 ).split()
 FREE += ["log.wandb", "log.wandb_entity", "log.wandb_name"]  # where the run is followed
+FREE += ["storage.retries", "storage.retry_delay", "storage.retry_max_delay"]  # how, not what
 EXTEND = ["total_steps", "num_epochs"]
 
 
@@ -81,6 +82,9 @@ def test_a_field_added_to_the_table_reaches_defaults_checks_listing_and_resume(m
     ("total_steps", 0, "num_epochs or total_steps > 0"),
     ("profile_steps", "5:2", "START < END"),
     ("optim.layer_decay_scheme", "triple", "expected one of single, group"),
+    ("storage.retries", 0, "a positive integer"),
+    ("storage.retry_delay", 0.0, "seconds > 0"),
+    ("storage.retry_max_delay", 0.5, "expected at least storage.retry_delay (1.0)"),
   ],
 )
 def test_a_bad_value_names_its_field(field, value, expected):

@@ -97,3 +97,17 @@ def test_a_missing_bucket_or_none_is_one_storage_error(gcs):
   with pytest.raises(storage.StorageError, match="only gs://"):
     storage.check_location("s3://bucket/run", "--workdir")
   storage.check_location(gcs.url("fine"), "--workdir")
+
+
+def test_the_retry_settings_reach_the_tensorstore_context_orbax_builds():
+  """storage.set_retries adds gcs_request_retries to what orbax's contexts are built from (no
+  caller's context is taken: a newer orbax that builds them elsewhere fails here); restored."""
+  from orbax.checkpoint.serialization.tensorstore_utils import get_ts_context
+
+  storage.set_retries(5, 0.25, 4.0)
+  try:
+    for ocdbt in (True, False):
+      spec = get_ts_context(use_ocdbt=ocdbt).spec.to_json()["gcs_request_retries"]
+      assert spec == {"max_retries": 5, "initial_delay": "250ms", "max_delay": "4s"}, spec
+  finally:
+    storage.set_retries(32, 1.0, 32.0)

@@ -3,6 +3,8 @@
     traffic = measure(compiled)               # compiled: a jax.stages.Compiled
     traffic.bytes, traffic.kernels            # per step, on one device
     traffic.roofline_seconds(flops, tflops=989, bandwidth=3.35e12)
+    launches = kernels(compiled.as_text())   # where the bytes go: each kernel, most bytes first,
+    by_source(launches)                      # and summed by the line of our code it came from
 
 A step whose matrix math is small next to its elementwise work (a ConvNeXt: depthwise
 convolutions, LayerNorms, GELU, GRN) is bound by the bytes its kernels read and write to HBM. That
@@ -187,54 +189,150 @@ class Traffic:
     return max(self.bytes / bandwidth, flops / (tflops * 1e12))
 
 
-def count(text: str, xla_bytes: float) -> Traffic:
-  """Traffic of an optimized HLO module (its text) given XLA's 'bytes accessed' for it."""
-  computations, entry = parse_module(text)
-  library = loops = 0.0
-  fusions = custom_calls = others = 0
-  targets: dict[str, int] = {}
+@dataclasses.dataclass
+class Launch:
+  """One kernel of a step (a fusion, a library call or another launching op), every trip counted."""
 
-  def walk(name: str, trips: int) -> None:
-    nonlocal library, loops, fusions, custom_calls, others
+  name: str  # the HLO instruction
+  kind: str  # "fusion", the custom call's target, or the HLO opcode
+  bytes: float  # operands + results, times launches (XLA's own figure can be lower: see kernels)
+  launches: int
+  op_name: str  # JAX's name for it ("jit(step)/transpose(jvp())/mul": a backward op)
+  source: str  # the innermost frame of the program's own code, "models/layers.py:313 gelu"
+
+  @property
+  def backward(self) -> bool:
+    return "transpose(" in self.op_name
+
+
+def _launches(computations: dict[str, list[_Op]], entry: str):
+  """(op, launches, bytes of its operands and results per launch, kind) of every launching op."""
+
+  def walk(name: str, trips: int):
     shapes: dict[str, str] = {}
     for op in computations[name]:
       shapes[op.name] = op.type_text
       if op.opcode == "while":
         n = _trip_count(op.attributes)
-        walk(_attribute(op.attributes, "body"), trips * n)
-        walk(_attribute(op.attributes, "condition"), trips * (n + 1))
+        yield from walk(_attribute(op.attributes, "body"), trips * n)
+        yield from walk(_attribute(op.attributes, "condition"), trips * (n + 1))
         continue
       if op.opcode == "conditional":
         branches = re.search(r"branch_computations=\{([^}]*)\}", op.attributes)
         names = re.findall(r"%([^\s,]+)", branches.group(1)) if branches else []
         names += [_attribute(op.attributes, k) for k in ("true_computation", "false_computation")]
         for branch in filter(None, names):
-          walk(branch, trips)  # every branch counted: an upper bound
+          yield from walk(branch, trips)  # every branch counted: an upper bound
         continue
       if op.opcode == "call":
-        walk(_attribute(op.attributes, "to_apply"), trips)
+        yield from walk(_attribute(op.attributes, "to_apply"), trips)
         continue
       if op.opcode in _FREE or op.opcode.endswith("-done"):
         continue
-      result = op.type_text
+      result, kind = op.type_text, op.opcode
       if op.opcode == "custom-call":
-        target = (_attribute(op.attributes, "custom_call_target") or "").strip('"')
-        if op.type_text.startswith("(") and target.startswith(_SCRATCH_TARGETS):
+        kind = (_attribute(op.attributes, "custom_call_target") or "").strip('"')
+        if op.type_text.startswith("(") and kind.startswith(_SCRATCH_TARGETS):
           result = op.type_text[: op.type_text.rfind(",")]  # drop the scratch buffer
-        moved = sum(array_bytes(shapes.get(o, "")) for o in op.operands) + array_bytes(result)
-        library += trips * moved
-        custom_calls += trips
-        targets[target] = targets.get(target, 0) + trips
-        continue
       moved = sum(array_bytes(shapes.get(o, "")) for o in op.operands) + array_bytes(result)
-      loops += (trips - 1) * moved  # XLA counted one trip
-      if op.opcode == "fusion":
-        fusions += trips
-      else:
-        others += trips
+      yield op, trips, moved, kind
 
-  walk(entry, 1)
+  yield from walk(entry, 1)
+
+
+def count(text: str, xla_bytes: float) -> Traffic:
+  """Traffic of an optimized HLO module (its text) given XLA's 'bytes accessed' for it."""
+  computations, entry = parse_module(text)
+  library = loops = 0.0
+  fusions = custom_calls = others = 0
+  targets: dict[str, int] = {}
+  for op, trips, moved, kind in _launches(computations, entry):
+    if op.opcode == "custom-call":
+      library += trips * moved
+      custom_calls += trips
+      targets[kind] = targets.get(kind, 0) + trips
+      continue
+    loops += (trips - 1) * moved  # XLA counted one trip
+    if op.opcode == "fusion":
+      fusions += trips
+    else:
+      others += trips
   return Traffic(xla_bytes, library, loops, fusions, custom_calls, others, targets)
+
+
+def kernels(text: str) -> list[Launch]:
+  """Every kernel of an optimized HLO module, most bytes first, with the JAX op and the line of
+  the program's own code it came from (from the module's stack frame tables; a backward op
+  carries its forward op's line). Bytes are operands + results: a fusion that reads only part of
+  an operand (a slice) is counted whole here, where XLA's cost analysis counts what it reads."""
+  computations, entry = parse_module(text)
+  frames = _SourceFrames(text)
+  out = []
+  for op, trips, moved, kind in _launches(computations, entry):
+    op_name = re.search(r'op_name="([^"]*)"', op.attributes)
+    frame = re.search(r"stack_frame_id=(\d+)", op.attributes)
+    out.append(
+      Launch(
+        op.name,
+        kind,
+        trips * moved,
+        trips,
+        op_name.group(1) if op_name else "",
+        frames.source(int(frame.group(1))) if frame else "",
+      )
+    )
+  return sorted(out, key=lambda k: -k.bytes)
+
+
+def by_source(launches: list[Launch]) -> list[tuple[str, float, int]]:
+  """(source line, with ' (backward)' for backward ops, bytes, launches), most bytes first."""
+  totals: dict[str, list] = {}
+  for k in launches:
+    key = (k.source or k.op_name or k.name) + (" (backward)" if k.backward else "")
+    total = totals.setdefault(key, [0.0, 0])
+    total[0] += k.bytes
+    total[1] += k.launches
+  return sorted(((s, b, n) for s, (b, n) in totals.items()), key=lambda t: -t[1])
+
+
+class _SourceFrames:
+  """The stack frame tables that JAX writes into an HLO module (FileNames, FunctionNames,
+  FileLocations, StackFrames): a frame id to the innermost frame outside installed packages."""
+
+  def __init__(self, text: str):
+    def table(name):
+      found = re.search(rf"^{name}\n(.*?)(?:\n\n|\Z)", text, re.S | re.M)
+      rows = found.group(1).splitlines() if found else []
+      return dict((int(i), rest) for i, _, rest in (r.partition(" ") for r in rows))
+
+    self.files, self.functions = table("FileNames"), table("FunctionNames")
+    self.locations, self.frames = table("FileLocations"), table("StackFrames")
+
+  def _field(self, row: str, key: str) -> int:
+    return int(re.search(rf"\b{key}=(\d+)", row).group(1))
+
+  def source(self, frame: int) -> str:
+    seen = set()
+    while frame in self.frames and frame not in seen:
+      seen.add(frame)
+      row = self.frames[frame]
+      location = self.locations.get(self._field(row, "file_location_id"), "")
+      path = self.files.get(self._field(location, "file_name_id"), "").strip('"')
+      if path and "-packages/" not in path:
+        function = self.functions.get(self._field(location, "function_name_id"), "").strip('"')
+        line = self._field(location, "line")
+        return f"{_relative(path)}:{line} {function}"
+      # Printed ids are 1-based and a parent is printed one above its id (0: the outermost).
+      frame = self._field(row, "parent_frame_id") - 1
+    return ""
+
+
+def _relative(path: str) -> str:
+  """A source path from the repository root where it lies inside it."""
+  import os
+
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  return os.path.relpath(path, root) if path.startswith(root + os.sep) else path
 
 
 def xla_bytes_accessed(compiled) -> float:

@@ -199,11 +199,37 @@ def grn(
   return _grn(x, gamma, beta, visible, tuple(spatial_axes), jnp.dtype(out_dtype or x.dtype))
 
 
+def _spatial_sum(a: jax.Array, axes: tuple[int, ...]) -> jax.Array:
+  """jnp.sum(a, axes, keepdims=True) over contiguous axes; compiled for a GPU, as a chain of sums
+  of fewer than 32 elements each.
+
+  XLA:GPU lays out the operand of a reduction over 32 or more elements so that the reduced axes
+  are minor (layout_assignment.cc, PropagateReductionLayoutToOperand). Over a block's positions,
+  that is a channels-major copy of the widest tensor, and in GRN's gradient the layout spread
+  through GELU's gradient to the matrix products, as transposes forth and back (docs/
+  benchmarks.md). A chain of small sums (optimization barriers keep XLA from merging them back
+  into one) leaves every tensor channels-last. Same sum, another order of its additions.
+  """
+  first, last = min(axes), max(axes)
+  if platform() != "gpu":
+    return jnp.sum(a, axis=axes, keepdims=True)
+  if tuple(axes) != tuple(range(first, last + 1)):
+    raise ValueError(f"_spatial_sum needs contiguous axes; got {axes}.")
+  shape = a.shape
+  a = a.reshape(shape[:first] + (-1,) + shape[last + 1 :])
+  while a.shape[first] > 1:
+    n = a.shape[first]
+    factor = n if n < 32 else next((f for f in range(31, 1, -1) if n % f == 0), n)
+    a = a.reshape(a.shape[:first] + (n // factor, factor) + a.shape[first + 1 :])
+    a = jax.lax.optimization_barrier(jnp.sum(a, axis=first + 1))
+  return a.reshape(shape[:first] + (1,) * len(axes) + shape[last + 1 :])
+
+
 def _grn_statistics(x32, visible, spatial_axes):
   sq = jnp.square(x32)
   if visible is not None:
     sq = sq * visible
-  gx = _safe_sqrt(jnp.sum(sq, axis=spatial_axes, keepdims=True))  # (B, 1.., C)
+  gx = _safe_sqrt(_spatial_sum(sq, spatial_axes))  # (B, 1.., C)
   denominator = jnp.mean(gx, axis=-1, keepdims=True) + 1e-6
   return gx, denominator
 
@@ -227,8 +253,8 @@ def _grn_bwd(spatial_axes, out_dtype, residuals, g):
   g32 = g.astype(x32.dtype)
   nx = gx / denominator
   # Per-sample, per-channel sums over the spatial axes: the only passes over the full tensors.
-  g_dot_x = jnp.sum(g32 * x32, axis=spatial_axes, keepdims=True)
-  g_sum = jnp.sum(g32, axis=spatial_axes, keepdims=True)
+  g_dot_x = _spatial_sum(g32 * x32, spatial_axes)
+  g_sum = _spatial_sum(g32, spatial_axes)
   leading = tuple(range(x.ndim - 1))
   dgamma = jnp.sum(nx * g_dot_x, axis=leading).reshape(gamma.shape)
   dbeta = jnp.sum(g_sum, axis=leading).reshape(gamma.shape)

@@ -98,6 +98,58 @@ def test_h100_loop_counts_cublas_operands_and_every_trip():
   assert seconds == pytest.approx(traffic.bytes / 3.35e12)  # memory-bound
 
 
+# The same module with the metadata the compiler writes: JAX's op names, and stack frames in the
+# tables that follow the computations (file 1 is the program's own code, file 2 a package).
+H100_LOOP_WITH_FRAMES = (
+  H100_LOOP.replace(
+    'custom_call_target="__cublas$lt$matmul",',
+    'custom_call_target="__cublas$lt$matmul", '
+    'metadata={op_name="jit(f)/transpose(jvp())/dot_general" stack_frame_id=2},',
+  ).replace(
+    "calls=%wrapped_exponential_computation,",
+    'calls=%wrapped_exponential_computation, metadata={op_name="jit(f)/exp" stack_frame_id=3},',
+  )
+  + """
+FileNames
+1 "/home/me/repo/models/layers.py"
+2 "/venv/lib/python3.11/site-packages/jax/numpy.py"
+
+FunctionNames
+1 "matmul"
+2 "dot"
+3 "gelu"
+
+FileLocations
+1 {file_name_id=1 function_name_id=1 line=68 end_line=68 column=2 end_column=9}
+2 {file_name_id=2 function_name_id=2 line=900 end_line=900 column=2 end_column=9}
+3 {file_name_id=1 function_name_id=3 line=313 end_line=313 column=2 end_column=9}
+
+StackFrames
+1 {file_location_id=1 parent_frame_id=1}
+2 {file_location_id=2 parent_frame_id=2}
+3 {file_location_id=3 parent_frame_id=1}
+"""
+)
+
+
+def test_kernels_lists_each_launch_with_its_bytes_and_source_line():
+  launches = hlo_traffic.kernels(H100_LOOP_WITH_FRAMES)
+  x, w = 2 * 256 * 512, 2 * 512 * 512
+  by_name = {k.name: k for k in launches}
+  gemm, exp = by_name["custom-call.1"], by_name["wrapped_exponential"]
+  assert (gemm.kind, gemm.launches, gemm.bytes) == ("__cublas$lt$matmul", 3, 3 * (x + w + x))
+  assert (exp.kind, exp.launches, exp.bytes) == ("fusion", 3, 3 * 2 * x)
+  # Frame 2 lies in an installed package: its parent (printed one above its id) is our line 68.
+  assert gemm.source == "/home/me/repo/models/layers.py:68 matmul" and gemm.backward
+  assert exp.source == "/home/me/repo/models/layers.py:313 gelu" and not exp.backward
+  assert launches[0] is gemm  # most bytes first
+  # Every launch that `count` counts: kernels and the two copies outside the loop.
+  traffic = hlo_traffic.count(H100_LOOP, 0)
+  assert sum(k.launches for k in launches) == traffic.kernels + traffic.others
+  by_line = dict((s, (b, n)) for s, b, n in hlo_traffic.by_source(launches))
+  assert by_line["/home/me/repo/models/layers.py:68 matmul (backward)"] == (gemm.bytes, 3)
+
+
 def _cuda_plugin() -> bool:
   try:
     return importlib.util.find_spec("jax_plugins.xla_cuda12") is not None

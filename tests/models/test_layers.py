@@ -1,6 +1,8 @@
 """models/layers.py: both depthwise forms against a direct convolution, GRN against its
 definition (value and gradient), drop path, and the per-platform kernel choice."""
 
+import contextlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -55,11 +57,23 @@ def test_grn_matches_definition_and_has_finite_gradient_at_zero():
 
 
 @pytest.mark.parametrize(
-  "shape,spatial_axes,masked",
-  [((2, 5, 4, 6), (1, 2), False), ((2, 5, 4, 6), (1, 2), True), ((2, 3, 2, 2, 6), (1, 2, 3), True)],
+  "shape,spatial_axes,masked,target",
+  [
+    ((2, 5, 4, 6), (1, 2), False, None),
+    ((2, 5, 4, 6), (1, 2), True, None),
+    ((2, 3, 2, 2, 6), (1, 2, 3), True, None),
+    # Compiled for a GPU, the norm is a chain of sums of under 32 elements (layers._spatial_sum):
+    # 111 positions: summed 3 at a time, then the 37 partial sums at once (a prime over 31)
+    ((2, 37, 3, 6), (1, 2), True, "gpu"),
+  ],
 )
-def test_grn_gradient_equals_autodiff_of_the_definition(shape, spatial_axes, masked):
+def test_grn_gradient_equals_autodiff_of_the_definition(shape, spatial_axes, masked, target):
   """GRN's hand-written gradient against jax.grad of the formula as docs/reference.md states it."""
+  with layers.compiling_for(target) if target else contextlib.nullcontext():
+    _check_grn_gradient(shape, spatial_axes, masked)
+
+
+def _check_grn_gradient(shape, spatial_axes, masked):
   rng = np.random.default_rng(1)
   x = rng.standard_normal(shape).astype(np.float32)
   x[0, ..., 2] = 0.0  # an all-zero channel: sqrt's gradient is taken as 0 there

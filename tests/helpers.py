@@ -1,5 +1,7 @@
 """Small utilities shared by the tests."""
 
+import socket
+
 import jax
 
 
@@ -52,3 +54,10 @@ def finetune_config(**changes):
       **changes,
     },
   )
+
+
+def free_port() -> int:
+  """A TCP port on 127.0.0.1 that nothing listens on (for a coordinator or an emulator)."""
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]

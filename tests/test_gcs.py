@@ -13,7 +13,6 @@ names it; xdist_group keeps them on one worker, which makes the run once (tests/
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,7 +29,7 @@ from fcmae import pretrain, probe, visualize
 from models import pretrained as pretrained_weights
 from tests import test_train
 from tests.gcs_emulator import FaultProxy
-from tests.helpers import finetune_config
+from tests.helpers import finetune_config, free_port
 from tests.test_train import ONE_DEVICE, REPO, STEPS, _config, _flags
 from trainer import checkpoint, cli, loop
 
@@ -116,9 +115,7 @@ def bucket_run(gcs, tmp_path_factory):
 
 def _sigterm_and_resume(workdir, cwd, flags, bucket):
   first = _sigterm_after(_train_py(workdir, cwd, *flags, bucket=bucket), workdir, 3)
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
+  port = free_port()
   procs = [
     _train_py(
       workdir,

@@ -7,7 +7,6 @@ tests/data/test_own_data.py.)"""
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,7 +22,7 @@ from configs import fcmae_demo
 from core import logs
 from fcmae import pretrain
 from models import pretrained as pretrained_weights
-from tests.helpers import SCAN, override
+from tests.helpers import SCAN, free_port, override
 from trainer import checkpoint, loop
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -165,12 +164,6 @@ def _stop_after(proc, workdir, rows, signum):
   return proc.communicate(timeout=300)[0]
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
 def test_preemption_and_ctrl_c_save_and_two_processes_resume_exactly(reference, tmp_path):
   """SIGTERM (a preemption notice) and then Ctrl-C each stop a run (one process, the state
   sharded over its two devices) after saving a checkpoint at the next step; two processes of two
@@ -197,7 +190,7 @@ def test_preemption_and_ctrl_c_save_and_two_processes_resume_exactly(reference, 
   assert first < second < STEPS
   assert checkpoint.Checkpointer(str(tmp_path / "checkpoints")).latest_step() == second
 
-  port = _free_port()
+  port = free_port()
   procs = [
     _run_train_py(
       tmp_path,

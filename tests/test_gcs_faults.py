@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs import schema
 from core import logs, storage
 from tests.gcs_emulator import FaultProxy, QuickAsyncio
 from trainer import checkpoint
@@ -78,7 +79,8 @@ def test_a_checkpoint_saved_under_transient_errors_restores_exactly(gcs, faulty)
     restored = ckpt.restore(abstract, 3)
     ckpt.close()
   finally:
-    storage.set_retries(32, 1.0, 32.0)  # tensorstore's defaults, the config's
+    default = schema.defaults("pretrain", "atto").storage  # tensorstore's own, the config's
+    storage.set_retries(default.retries, default.retry_delay, default.retry_max_delay)
   assert all(faulty.faults[k] for k in FaultProxy.KINDS), faulty.faults
   assert "checkpoint arrays (tensorstore) x" in said, said
   assert np.array_equal(restored["params"]["w"], state["params"]["w"])

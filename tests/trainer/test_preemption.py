@@ -10,6 +10,8 @@ from trainer import preemption
 
 
 def test_a_first_ctrl_c_asks_for_a_checkpoint_and_a_second_stops_at_once():
+  # Python's own Ctrl-C handler, whatever an earlier test in this process left installed.
+  before = signal.signal(signal.SIGINT, signal.default_int_handler)
   watch = preemption.PreemptionWatch()
   try:
     assert not watch.should_stop(1)
@@ -21,4 +23,6 @@ def test_a_first_ctrl_c_asks_for_a_checkpoint_and_a_second_stops_at_once():
       time.sleep(0.1)
   finally:
     watch.close()
-  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    restored = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, before)
+  assert restored is signal.default_int_handler

@@ -97,13 +97,13 @@ def _objects(prefix):
 def bucket_run(gcs, tmp_path_factory):
   """The demo pretraining in gs://bucket/run-*, run from an empty directory through a bucket
   that refuses one request in six: stopped by SIGTERM, then resumed to the end by two processes
-  sharing the workdir (data=2 over their two devices). (workdir, outputs of the first run and of
-  both processes of the second, that directory, the refusals by kind.) The tests read the bucket
-  directly."""
+  sharing the workdir (data=2 x fsdp=2 over their four devices). (workdir, outputs of the first
+  run and of both processes of the second, that directory, the refusals by kind.) The tests
+  read the bucket directly."""
   workdir = gcs.url("run")
   cwd = tmp_path_factory.mktemp("cwd")
   busy = FaultProxy(gcs.host, every=6)
-  flags = _flags(**{"mesh.data": 2, "mesh.fsdp": 1, **EVAL, **QUICK_RETRIES})
+  flags = {**EVAL, **QUICK_RETRIES}
   try:
     first, outputs, procs = _sigterm_and_resume(workdir, cwd, flags, busy.url)
   finally:
@@ -114,17 +114,20 @@ def bucket_run(gcs, tmp_path_factory):
 
 
 def _sigterm_and_resume(workdir, cwd, flags, bucket):
-  first = _sigterm_after(_train_py(workdir, cwd, *flags, bucket=bucket), workdir, 3)
+  """One process (its two devices: data=2) stopped by SIGTERM; two processes of two devices each
+  (data=2 x fsdp=2: the batch and the parameters both cross processes) resume it."""
+  one = _flags(**{"mesh.data": 2, "mesh.fsdp": 1, **flags})
+  first = _sigterm_after(_train_py(workdir, cwd, *one, bucket=bucket), workdir, 3)
   port = free_port()
   procs = [
     _train_py(
       workdir,
       cwd,
-      *flags,
+      *_flags(**{"mesh.data": 2, "mesh.fsdp": 2, **flags}),
       f"--coordinator_address=127.0.0.1:{port}",
       "--num_processes=2",
       f"--process_id={i}",
-      devices=1,
+      devices=2,
       bucket=bucket,
     )
     for i in range(2)

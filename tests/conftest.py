@@ -1,7 +1,8 @@
 """Test-wide setup, before jax is imported: 8 fake CPU devices, the CPU platform even where a
 TPU runtime is installed, one persistent compilation cache (below), the repo on sys.path and the
 storage layer set up (core/storage.py setup, before any path is touched, as the entry points do);
-`gcs`, a local GCS emulator for the gs:// tests; and the order and grouping of the tests over the
+`gcs`, a local GCS emulator for the gs:// tests; each test counting storage retries from its
+start; and the order and grouping of the tests over the
 xdist workers."""
 
 import hashlib
@@ -76,6 +77,14 @@ import urllib.request  # noqa: E402
 import uuid  # noqa: E402
 
 import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _storage_retries_counted_from_the_test_start():
+  """The storage layer counts retried requests per process, for the next progress line: a test
+  starts from none, whatever an earlier test in the same worker left uncounted (the bucket fault
+  tests retry on purpose)."""
+  storage.retries_since_last()
 
 
 class Bucket:

@@ -2,13 +2,14 @@
 into a bucket stopped by SIGTERM and resumed exactly, a damaged checkpoint in the bucket set
 aside, a config change refused, a bucket that refuses writes, and weights read from the bucket
 (finetuning's init_from, the probe, the reconstruction pictures). The resumed run is two
-processes sharing the workdir. The bucket run's bucket is busy: it refuses one request in six
+processes sharing the workdir. The bucket run's bucket is busy: it refuses one request in twelve
 (tests/gcs_emulator.py FaultProxy: 503, 429, an answer lost after the write was done), which
 the client libraries' retries must ride out with the losses of the local run, exactly.
 
 The runs use test_train.py's configs, so their programs come from the session's compilation
 cache. The tests share one bucket run (a session fixture), one scenario each so that a failure
-names it; xdist_group keeps them on one worker, which makes the run once (tests/conftest.py)."""
+names it; xdist_group keeps them on one worker, which makes the run once (tests/conftest.py), beside
+test_train.py's tests of the same reference run, which that worker makes once too."""
 
 import json
 import os
@@ -33,7 +34,7 @@ from tests.helpers import finetune_config, free_port
 from tests.test_train import ONE_DEVICE, REPO, STEPS, _config, _flags
 from trainer import checkpoint, cli, loop
 
-pytestmark = pytest.mark.xdist_group("bucket_run")
+pytestmark = test_train.SHARES_THE_REFERENCE
 
 reference = test_train.reference  # the uninterrupted local run every bucket run must match
 # Reconstructions at the last step (the monitors' probes off: they would compile more).
@@ -96,13 +97,13 @@ def _objects(prefix):
 @pytest.fixture(scope="session")
 def bucket_run(gcs, tmp_path_factory):
   """The demo pretraining in gs://bucket/run-*, run from an empty directory through a bucket
-  that refuses one request in six: stopped by SIGTERM, then resumed to the end by two processes
+  that refuses one request in twelve: stopped by SIGTERM, then resumed to the end by two processes
   sharing the workdir (data=2 x fsdp=2 over their four devices). (workdir, outputs of the first
   run and of both processes of the second, that directory, the refusals by kind.) The tests
   read the bucket directly."""
   workdir = gcs.url("run")
   cwd = tmp_path_factory.mktemp("cwd")
-  busy = FaultProxy(gcs.host, every=6)
+  busy = FaultProxy(gcs.host, every=12)
   flags = {**EVAL, **QUICK_RETRIES}
   try:
     first, outputs, procs = _sigterm_and_resume(workdir, cwd, flags, busy.url)

@@ -38,6 +38,9 @@ OVERRIDES = {
   **SCAN,
 }
 ONE_DEVICE = {"mesh.data": 1, "mesh.fsdp": 1}
+# The tests that compare against `reference` (here and in tests/test_gcs.py) run on one xdist
+# worker, which makes the reference run once (half a minute of compiling and training).
+SHARES_THE_REFERENCE = pytest.mark.xdist_group("reference_run")
 
 
 def _config(**changes):
@@ -88,10 +91,10 @@ def _run_train_py(workdir, *extra, env_devices=8, **popen):
   )
 
 
-@pytest.fixture(scope="session")  # made once per worker, whatever the order
+@pytest.fixture(scope="session")
 def reference(tmp_path_factory):
-  """An uninterrupted single-device run, the losses every other layout must reproduce (made once
-  per xdist worker: ten seconds, against minutes of these tests queued on one worker)."""
+  """An uninterrupted single-device run, the losses every other layout must reproduce (made once,
+  on the worker that runs every test marked SHARES_THE_REFERENCE)."""
   workdir = tmp_path_factory.mktemp("reference")
   return _train(workdir, profile_steps="2:4"), workdir
 
@@ -112,6 +115,7 @@ def test_demo_config_learns(tmp_path):
   assert last < first - 0.1, (first, last)
 
 
+@SHARES_THE_REFERENCE
 def test_run_writes_metrics_checkpoints_and_tensorboard(reference):
   losses, workdir = reference
   assert sorted(losses) == list(range(1, STEPS + 1))
@@ -136,6 +140,7 @@ def test_run_writes_metrics_checkpoints_and_tensorboard(reference):
   )
 
 
+@SHARES_THE_REFERENCE
 def test_reconstruction_pictures_from_a_run(reference, tmp_path):
   from fcmae import visualize
 
@@ -159,6 +164,7 @@ def _stop_after(proc, workdir, rows, signum):
   return proc.communicate(timeout=300)[0]
 
 
+@SHARES_THE_REFERENCE
 def test_preemption_and_ctrl_c_save_and_the_run_resumes_exactly(reference, tmp_path):
   """SIGTERM (a preemption notice) and then Ctrl-C each stop a run (one process, the state
   sharded over its two devices) after saving a checkpoint at the next step; the same command
@@ -215,6 +221,7 @@ def _damage(path, how):
     os.remove(os.path.join(state, "manifest.ocdbt"))
 
 
+@SHARES_THE_REFERENCE
 def test_damaged_checkpoints_are_set_aside_and_the_run_resumes_from_an_intact_one(
   reference, tmp_path
 ):

@@ -2,8 +2,7 @@
 TPU runtime is installed, one persistent compilation cache (below), the repo on sys.path and the
 storage layer set up (core/storage.py setup, before any path is touched, as the entry points do);
 `gcs`, a local GCS emulator for the gs:// tests; each test counting storage retries from its
-start; and the order and grouping of the tests over the
-xdist workers."""
+start; and the order and grouping of the tests over the xdist workers."""
 
 import hashlib
 import importlib.metadata

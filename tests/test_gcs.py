@@ -8,8 +8,8 @@ the client libraries' retries must ride out with the losses of the local run, ex
 
 The runs use test_train.py's configs, so their programs come from the session's compilation
 cache. The tests share one bucket run (a session fixture), one scenario each so that a failure
-names it; xdist_group keeps them on one worker, which makes the run once (tests/conftest.py), beside
-test_train.py's tests of the same reference run, which that worker makes once too."""
+names it; xdist_group keeps them on one worker, which makes the run once (tests/conftest.py),
+beside test_train.py's tests of the same reference run, which that worker makes once too."""
 
 import json
 import os
@@ -140,6 +140,7 @@ def test_sigterm_and_two_processes_resume_exactly(bucket_run, reference):
   workdir, first, (second, _), cwd, faults = bucket_run
   assert "preemption notice (SIGTERM); the checkpoint is saved" in first, first[-3000:]
   assert f"Resumed from {workdir}/checkpoints at step" in second, second[-3000:]
+  assert "4 devices over 2 processes" in second, second[-3000:]
   assert all(faults[kind] for kind in FaultProxy.KINDS), faults  # the bucket was busy
   said = [line for line in (first + second).splitlines() if "] Storage: " in line]
   assert said and all("request(s) retried since the last row" in line for line in said), said

@@ -1,8 +1,8 @@
 """train.py end to end on the built-in data: learning; one uninterrupted single-device run (the
 reference) that every other layout must reproduce: eight devices resuming past damaged
 checkpoints, a run stopped by SIGTERM and by Ctrl-C and resumed (by two processes in a bucket:
-tests/test_gcs.py); the NaN stop and the reconstruction pictures. (A corrupt image skipped and counted in the metrics, end to end:
-tests/data/test_own_data.py.)"""
+tests/test_gcs.py); the NaN stop and the reconstruction pictures. (A corrupt image skipped and
+counted in the metrics, end to end: tests/data/test_own_data.py.)"""
 
 import os
 import shutil
